@@ -1,0 +1,92 @@
+// Package controllers registers every Paddock controller with the manager, from one place: adding
+// a kind is one entry in the registry below.
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+
+	"github.com/paddock-dev/paddock/controllers/membercluster"
+	"github.com/paddock-dev/paddock/internal/clustercache"
+	"github.com/paddock-dev/paddock/internal/flags"
+)
+
+// Options are what the manager's flags give the controllers.
+type Options struct {
+	// Concurrency per controller name; DefaultConcurrency for the rest.
+	Concurrency        flags.Concurrency
+	DefaultConcurrency int
+	// ClusterCache is the shared access layer to member clusters.
+	ClusterCache *clustercache.ClusterCache
+	// KubeconfigPolicy checks members' kubeconfigs.
+	KubeconfigPolicy clustercache.Policy
+	// MemberDeletionGracePeriod bounds how long a MemberCluster's deletion waits for an
+	// unreachable member.
+	MemberDeletionGracePeriod time.Duration
+}
+
+// defaultConcurrency of controllers whose work is mostly waiting on member clusters.
+var defaultConcurrency = map[string]int{
+	"membercluster": 50,
+}
+
+type registration struct {
+	name  string
+	setup func(ctx context.Context, mgr ctrl.Manager, o Options, co controller.Options) error
+}
+
+// registry lists every controller of the manager.
+var registry = []registration{
+	{"membercluster", func(ctx context.Context, mgr ctrl.Manager, o Options, co controller.Options) error {
+		return (&membercluster.Reconciler{
+			Client:              mgr.GetClient(),
+			APIReader:           mgr.GetAPIReader(),
+			Cache:               o.ClusterCache,
+			Policy:              o.KubeconfigPolicy,
+			Recorder:            mgr.GetEventRecorder("membercluster-controller"),
+			DeletionGracePeriod: o.MemberDeletionGracePeriod,
+		}).SetupWithManager(ctx, mgr, co)
+	}},
+}
+
+// Names lists the registered controllers (for --concurrency help and validation).
+func Names() []string {
+	out := make([]string, 0, len(registry))
+	for _, r := range registry {
+		out = append(out, r.name)
+	}
+	return out
+}
+
+// Setup registers every controller with mgr.
+func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
+	for name := range o.Concurrency {
+		if !known(name) {
+			return fmt.Errorf("--concurrency names unknown controller %q (known: %v)", name, Names())
+		}
+	}
+	for _, reg := range registry {
+		def := o.DefaultConcurrency
+		if d, ok := defaultConcurrency[reg.name]; ok && def < d {
+			def = d
+		}
+		co := controller.Options{MaxConcurrentReconciles: o.Concurrency.For(reg.name, def)}
+		if err := reg.setup(ctx, mgr, o, co); err != nil {
+			return fmt.Errorf("setting up the %s controller: %w", reg.name, err)
+		}
+	}
+	return nil
+}
+
+func known(name string) bool {
+	for _, r := range registry {
+		if r.name == name {
+			return true
+		}
+	}
+	return false
+}

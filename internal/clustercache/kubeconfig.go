@@ -1,0 +1,243 @@
+package clustercache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
+)
+
+// DefaultMaxKubeconfigBytes bounds the size of a kubeconfig read from a Secret.
+const DefaultMaxKubeconfigBytes = 256 * 1024
+
+// Policy says which kubeconfigs the manager accepts. The zero value is the strictest.
+type Policy struct {
+	// AllowLoopback accepts servers on loopback addresses (127.0.0.0/8, ::1, localhost). Only for
+	// local development and tests: in a real deployment a loopback server is the manager's own pod.
+	AllowLoopback bool
+	// AllowInsecureSkipTLSVerify accepts insecure-skip-tls-verify: true.
+	AllowInsecureSkipTLSVerify bool
+	// MaxBytes bounds the kubeconfig size; 0 means DefaultMaxKubeconfigBytes.
+	MaxBytes int
+}
+
+// PolicyError is a kubeconfig the policy refuses. Reason is a MemberCluster condition reason and
+// Message names the offending field, never its value.
+type PolicyError struct {
+	Reason  string
+	Message string
+}
+
+func (e *PolicyError) Error() string { return e.Message }
+
+// IsPolicyError tells whether err is (or wraps) a PolicyError and returns it.
+func IsPolicyError(err error) (*PolicyError, bool) {
+	var pe *PolicyError
+	ok := errors.As(err, &pe)
+	return pe, ok
+}
+
+func refuse(reason, format string, args ...any) error {
+	return &PolicyError{Reason: reason, Message: fmt.Sprintf(format, args...)}
+}
+
+func (p Policy) maxBytes() int {
+	if p.MaxBytes > 0 {
+		return p.MaxBytes
+	}
+	return DefaultMaxKubeconfigBytes
+}
+
+// Load parses a kubeconfig, checks it against the policy and builds a rest.Config from its inline
+// fields only. Nothing in the kubeconfig can make it run a command, read a file, or use a proxy:
+// the checks run on the parsed structure before anything is built, and the rest.Config is then
+// assembled field by field rather than by client-go's loader (which reads tokenFile while
+// building). contextName selects a context; empty means the kubeconfig's current-context.
+func (p Policy) Load(data []byte, contextName string) (*rest.Config, error) {
+	if len(data) == 0 {
+		return nil, refuse(clustersv1.ReasonInvalidKubeconfig, "the kubeconfig is empty")
+	}
+	if len(data) > p.maxBytes() {
+		return nil, refuse(clustersv1.ReasonSecretTooLarge, "the kubeconfig is %d bytes, more than the limit of %d", len(data), p.maxBytes())
+	}
+	cfg, err := clientcmd.Load(data)
+	if err != nil {
+		return nil, refuse(clustersv1.ReasonInvalidKubeconfig, "the kubeconfig does not parse: %s", sanitizeParseError(err))
+	}
+	if contextName == "" {
+		contextName = cfg.CurrentContext
+	}
+	if contextName == "" {
+		return nil, refuse(clustersv1.ReasonContextNotFound, "the kubeconfig has no current-context and spec.attach.context is empty")
+	}
+	kctx, ok := cfg.Contexts[contextName]
+	if !ok || kctx == nil {
+		return nil, refuse(clustersv1.ReasonContextNotFound, "context %q is not in the kubeconfig", contextName)
+	}
+	cluster, ok := cfg.Clusters[kctx.Cluster]
+	if !ok || cluster == nil {
+		return nil, refuse(clustersv1.ReasonInvalidKubeconfig, "context %q names cluster %q, which is not in the kubeconfig", contextName, kctx.Cluster)
+	}
+	user, ok := cfg.AuthInfos[kctx.AuthInfo]
+	if kctx.AuthInfo != "" && (!ok || user == nil) {
+		return nil, refuse(clustersv1.ReasonInvalidKubeconfig, "context %q names user %q, which is not in the kubeconfig", contextName, kctx.AuthInfo)
+	}
+	if user == nil {
+		user = &clientcmdapi.AuthInfo{}
+	}
+	if err := p.checkCluster(kctx.Cluster, cluster); err != nil {
+		return nil, err
+	}
+	if err := checkUser(kctx.AuthInfo, user); err != nil {
+		return nil, err
+	}
+
+	rc := &rest.Config{
+		Host: cluster.Server,
+		TLSClientConfig: rest.TLSClientConfig{
+			Insecure:   cluster.InsecureSkipTLSVerify,
+			ServerName: cluster.TLSServerName,
+			CAData:     cluster.CertificateAuthorityData,
+			CertData:   user.ClientCertificateData,
+			KeyData:    user.ClientKeyData,
+		},
+		BearerToken: user.Token,
+		Username:    user.Username,
+		Password:    user.Password,
+		// No proxy, whatever HTTPS_PROXY says in the manager's environment: a member's traffic goes
+		// straight to the server the policy checked.
+		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil },
+		Dial:  p.dialer().DialContext,
+	}
+	return rc, nil
+}
+
+// sanitizeParseError keeps a parse error short and free of the document's content.
+func sanitizeParseError(err error) string {
+	msg := err.Error()
+	// YAML/JSON decoders may quote parts of the input; keep only the first line, bounded.
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		msg = msg[:i]
+	}
+	if len(msg) > 200 {
+		msg = msg[:200] + "..."
+	}
+	return msg
+}
+
+func (p Policy) checkCluster(name string, c *clientcmdapi.Cluster) error {
+	field := fmt.Sprintf("clusters[%q]", name)
+	if c.CertificateAuthority != "" {
+		return refuse(clustersv1.ReasonLocalFileNotAllowed, "%s.certificate-authority names a local file; use certificate-authority-data", field)
+	}
+	if c.ProxyURL != "" {
+		return refuse(clustersv1.ReasonProxyNotAllowed, "%s.proxy-url is not allowed", field)
+	}
+	if c.InsecureSkipTLSVerify && !p.AllowInsecureSkipTLSVerify {
+		return refuse(clustersv1.ReasonInsecureSkipTLSVerifyNotAllowed, "%s.insecure-skip-tls-verify is not allowed (the manager runs without --allow-insecure-kubeconfig)", field)
+	}
+	if c.Server == "" {
+		return refuse(clustersv1.ReasonInvalidKubeconfig, "%s.server is empty", field)
+	}
+	u, err := url.Parse(c.Server)
+	if err != nil || u.Host == "" {
+		return refuse(clustersv1.ReasonInvalidKubeconfig, "%s.server is not a valid URL", field)
+	}
+	if u.Scheme != "https" {
+		return refuse(clustersv1.ReasonInsecureServerNotAllowed, "%s.server must use https, not %q", field, u.Scheme)
+	}
+	if u.User != nil {
+		return refuse(clustersv1.ReasonInvalidKubeconfig, "%s.server must not carry credentials in the URL", field)
+	}
+	if err := p.checkHost(u.Hostname()); err != nil {
+		return refuse(clustersv1.ReasonServerAddressNotAllowed, "%s.server: %s", field, err)
+	}
+	return nil
+}
+
+func checkUser(name string, u *clientcmdapi.AuthInfo) error {
+	field := fmt.Sprintf("users[%q]", name)
+	switch {
+	case u.Exec != nil:
+		return refuse(clustersv1.ReasonExecNotAllowed, "%s.exec is not allowed: the manager never runs commands from a kubeconfig", field)
+	case u.AuthProvider != nil:
+		return refuse(clustersv1.ReasonAuthProviderNotAllowed, "%s.auth-provider is not allowed; use a token or client certificate", field)
+	case u.TokenFile != "":
+		return refuse(clustersv1.ReasonTokenFileNotAllowed, "%s.tokenFile names a local file; use token", field)
+	case u.ClientCertificate != "":
+		return refuse(clustersv1.ReasonLocalFileNotAllowed, "%s.client-certificate names a local file; use client-certificate-data", field)
+	case u.ClientKey != "":
+		return refuse(clustersv1.ReasonLocalFileNotAllowed, "%s.client-key names a local file; use client-key-data", field)
+	case u.Impersonate != "" || u.ImpersonateUID != "" || len(u.ImpersonateGroups) > 0 || len(u.ImpersonateUserExtra) > 0:
+		return refuse(clustersv1.ReasonImpersonationNotAllowed, "%s impersonation (as, as-uid, as-groups, as-user-extra) is not allowed", field)
+	case (len(u.ClientCertificateData) > 0) != (len(u.ClientKeyData) > 0):
+		return refuse(clustersv1.ReasonInvalidKubeconfig, "%s needs both client-certificate-data and client-key-data, or neither", field)
+	}
+	return nil
+}
+
+// checkHost refuses literal addresses the policy forbids. Names are checked again at dial time,
+// after resolution (see dialer), so a DNS name cannot smuggle in a forbidden address.
+func (p Policy) checkHost(host string) error {
+	h := strings.TrimSuffix(strings.ToLower(host), ".")
+	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		if !p.AllowLoopback {
+			return errors.New("loopback servers are not allowed (the manager runs without --allow-loopback-members)")
+		}
+		return nil
+	}
+	if addr, err := netip.ParseAddr(h); err == nil {
+		return p.checkAddr(addr)
+	}
+	return nil
+}
+
+func (p Policy) checkAddr(addr netip.Addr) error {
+	addr = addr.Unmap()
+	switch {
+	case addr.IsLinkLocalUnicast() || addr.IsLinkLocalMulticast():
+		return fmt.Errorf("link-local address %s is not allowed (cloud metadata services live there)", addr)
+	case addr.IsUnspecified() || addr.IsMulticast() || addr.IsInterfaceLocalMulticast():
+		return fmt.Errorf("address %s is not a server address", addr)
+	case addr.IsLoopback() && !p.AllowLoopback:
+		return errors.New("loopback servers are not allowed (the manager runs without --allow-loopback-members)")
+	}
+	return nil
+}
+
+// dialer checks every address after DNS resolution, right before connecting.
+func (p Policy) dialer() *net.Dialer {
+	return &net.Dialer{
+		Timeout:   10 * time.Second,
+		KeepAlive: 30 * time.Second,
+		Control: func(_, address string, _ syscall.RawConn) error {
+			host, _, err := net.SplitHostPort(address)
+			if err != nil {
+				return err
+			}
+			addr, err := netip.ParseAddr(host)
+			if err != nil {
+				return fmt.Errorf("refusing to dial %q: not an IP address", host)
+			}
+			if err := p.checkAddr(addr); err != nil {
+				return fmt.Errorf("refusing to dial: %w", err)
+			}
+			return nil
+		},
+	}
+}
+
+// dialContext is the signature rest.Config.Dial expects.
+var _ func(ctx context.Context, network, address string) (net.Conn, error) = (&net.Dialer{}).DialContext

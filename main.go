@@ -1,0 +1,147 @@
+// Command manager runs Paddock's controllers against a management cluster.
+package main
+
+import (
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/go-logr/zapr"
+	"go.uber.org/zap/zapcore"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/paddock-dev/paddock/controllers"
+	"github.com/paddock-dev/paddock/internal/clustercache"
+	"github.com/paddock-dev/paddock/internal/flags"
+	paddockscheme "github.com/paddock-dev/paddock/internal/scheme"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	var (
+		metricsAddr, probeAddr    string
+		metricsSecure             bool
+		leaderElect               bool
+		leaderElectionNamespace   string
+		leaderElectionID          string
+		kubeQPS                   float64
+		kubeBurst                 int
+		memberQPS                 float64
+		memberBurst               int
+		memberTimeout             time.Duration
+		allowLoopback, allowInsec bool
+		maxKubeconfigBytes        int
+		defaultConcurrency        int
+		memberDeletionGrace       time.Duration
+		gracefulShutdownTimeout   time.Duration
+		concurrency               = flags.Concurrency{}
+		enableHTTP2               bool
+	)
+	fs := flag.CommandLine
+	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; \"0\" disables it.")
+	fs.BoolVar(&metricsSecure, "metrics-secure", false, "Serve metrics over HTTPS, authenticated and authorized against the apiserver (TokenReview/SubjectAccessReview).")
+	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints.")
+	fs.BoolVar(&leaderElect, "leader-elect", false, "Elect a leader so that only one replica reconciles (the Helm chart turns it on).")
+	fs.StringVar(&leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the pod's namespace).")
+	fs.StringVar(&leaderElectionID, "leader-election-id", "paddock-manager.paddock.dev", "Name of the leader election Lease.")
+	fs.Float64Var(&kubeQPS, "kube-api-qps", 50, "QPS towards the management cluster's apiserver.")
+	fs.IntVar(&kubeBurst, "kube-api-burst", 100, "Burst towards the management cluster's apiserver.")
+	fs.Float64Var(&memberQPS, "member-api-qps", 20, "QPS towards each member cluster's apiserver.")
+	fs.IntVar(&memberBurst, "member-api-burst", 40, "Burst towards each member cluster's apiserver.")
+	fs.DurationVar(&memberTimeout, "member-api-timeout", 30*time.Second, "Timeout of every request to a member cluster.")
+	fs.BoolVar(&allowLoopback, "allow-loopback-members", false, "Accept member kubeconfigs whose server is a loopback address (local development and tests only).")
+	fs.BoolVar(&allowInsec, "allow-insecure-kubeconfig", false, "Accept member kubeconfigs with insecure-skip-tls-verify.")
+	fs.IntVar(&maxKubeconfigBytes, "max-kubeconfig-bytes", clustercache.DefaultMaxKubeconfigBytes, "Largest kubeconfig accepted from a Secret.")
+	fs.IntVar(&defaultConcurrency, "default-concurrency", 4, "Parallel reconciles per controller unless --concurrency says otherwise.")
+	fs.Var(concurrency, "concurrency", fmt.Sprintf("Parallel reconciles of one controller, as name=N (repeatable, comma separated). Controllers: %v; membercluster defaults to 50.", controllers.Names()))
+	fs.DurationVar(&memberDeletionGrace, "member-deletion-grace-period", 2*time.Minute, "How long deleting a MemberCluster waits for an unreachable member before giving up its cleanup.")
+	fs.DurationVar(&gracefulShutdownTimeout, "graceful-shutdown-timeout", 30*time.Second, "How long the manager waits for running reconciles on shutdown.")
+	fs.BoolVar(&enableHTTP2, "enable-http2", false, "Serve metrics over HTTP/2 (off by default: CVE-2023-44487, CVE-2023-39325).")
+	zapOpts := zap.Options{Development: false, TimeEncoder: zapcore.ISO8601TimeEncoder}
+	zapOpts.BindFlags(fs)
+	flag.Parse()
+
+	logger := zap.NewRaw(zap.UseFlagOptions(&zapOpts))
+	log := zapr.NewLogger(logger)
+	ctrl.SetLogger(log)
+	klog.SetLogger(log)
+	setupLog := log.WithName("setup")
+
+	restCfg, err := ctrl.GetConfig()
+	if err != nil {
+		setupLog.Error(err, "Failed to load the management cluster's kubeconfig")
+		return 1
+	}
+	restCfg.QPS, restCfg.Burst = float32(kubeQPS), kubeBurst
+	restCfg.UserAgent = "paddock-manager"
+
+	var tlsOpts []func(*tls.Config)
+	if !enableHTTP2 {
+		tlsOpts = append(tlsOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
+	}
+	metricsOpts := metricsserver.Options{BindAddress: metricsAddr, SecureServing: metricsSecure, TLSOpts: tlsOpts}
+	if metricsSecure {
+		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+
+	scheme := paddockscheme.New()
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                        scheme,
+		Metrics:                       metricsOpts,
+		HealthProbeBindAddress:        probeAddr,
+		LeaderElection:                leaderElect,
+		LeaderElectionID:              leaderElectionID,
+		LeaderElectionNamespace:       leaderElectionNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		GracefulShutdownTimeout:       &gracefulShutdownTimeout,
+	})
+	if err != nil {
+		setupLog.Error(err, "Failed to create the manager")
+		return 1
+	}
+
+	ctx := ctrl.SetupSignalHandler()
+	cache := clustercache.New(clustercache.Options{
+		Scheme: scheme, QPS: float32(memberQPS), Burst: memberBurst, Timeout: memberTimeout,
+	})
+	if err := controllers.Setup(ctx, mgr, controllers.Options{
+		Concurrency:        concurrency,
+		DefaultConcurrency: defaultConcurrency,
+		ClusterCache:       cache,
+		KubeconfigPolicy: clustercache.Policy{
+			AllowLoopback: allowLoopback, AllowInsecureSkipTLSVerify: allowInsec, MaxBytes: maxKubeconfigBytes,
+		},
+		MemberDeletionGracePeriod: memberDeletionGrace,
+	}); err != nil {
+		setupLog.Error(err, "Failed to set up controllers")
+		return 1
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		setupLog.Error(err, "Failed to add the health check")
+		return 1
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		setupLog.Error(err, "Failed to add the ready check")
+		return 1
+	}
+	if allowLoopback {
+		setupLog.Info("Accepting loopback member servers (--allow-loopback-members): for local development only")
+	}
+	setupLog.Info("Starting manager", "leaderElection", leaderElect, "metrics", metricsAddr, "probes", probeAddr)
+	if err := mgr.Start(ctx); err != nil {
+		setupLog.Error(err, "Manager stopped with an error")
+		return 1
+	}
+	setupLog.Info("Manager stopped")
+	return 0
+}
