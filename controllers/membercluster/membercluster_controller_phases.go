@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -71,6 +72,8 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 		probesTotal.WithLabelValues("success").Inc()
 	}
 	s.state.health = s.state.health.observe(r.Clock.Now(), res.Err == nil, res.Reason, msg, hc)
+	log.V(1).Info("Probed member", "member", mc.Name, "ok", res.Err == nil, "reason", res.Reason,
+		"latency", res.Latency, "healthy", s.state.health.Healthy, "failures", s.state.health.ConsecutiveFailures)
 
 	if res.Err == nil {
 		r.checkIdentity(s, res.ClusterID)
@@ -96,10 +99,8 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 		}
 	}
 
-	next := s.state.health.nextProbeIn(hc) - r.Clock.Since(s.now.Time)
-	if next < 0 {
-		next = 0
-	}
+	// RequeueAfter of zero would mean "never": a probe slower than the interval requeues at once.
+	next := max(s.state.health.nextProbeIn(hc)-r.Clock.Since(s.now.Time), time.Millisecond)
 	return ctrl.Result{RequeueAfter: next}, nil
 }
 
@@ -177,6 +178,9 @@ func (r *Reconciler) ensureMarker(ctx context.Context, acc *clustercache.Accesso
 	defer cancel()
 	ns := &corev1.Namespace{}
 	err := acc.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, ns)
+	if err == nil && !ns.DeletionTimestamp.IsZero() {
+		return fmt.Errorf("namespace %s is being deleted", MarkerNamespace)
+	}
 	if err == nil || !apierrors.IsNotFound(err) {
 		return err
 	}

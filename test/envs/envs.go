@@ -12,6 +12,7 @@ import (
 	"fmt"
 
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -282,4 +283,28 @@ func (m *Member) Thaw() { m.proxy.setFrozen(false) }
 // DirectAddress is the apiserver's own address (bypassing the proxy).
 func (m *Member) DirectAddress() string {
 	return m.Env.ControlPlane.APIServer.SecureServing.ListenAddr.HostPort()
+}
+
+// Kubeconfig returns an inline admin kubeconfig for the control plane (straight to its apiserver).
+func (cp *ControlPlane) Kubeconfig() []byte {
+	return KubeconfigFor(cp.Config, cp.Config.Host, cp.Name)
+}
+
+// Kubectl runs the kubectl built by hack/setup-envtest.sh against the control plane.
+func (cp *ControlPlane) Kubectl(args ...string) ([]byte, error) {
+	dir, err := os.MkdirTemp("", "paddock-kubectl-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	kc := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kc, cp.Kubeconfig(), 0o600); err != nil {
+		return nil, err
+	}
+	assets, err := AssetsDir()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(filepath.Join(assets, "kubectl"), append([]string{"--kubeconfig", kc}, args...)...)
+	return cmd.CombinedOutput()
 }

@@ -10,9 +10,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -32,13 +32,17 @@ func TestHarness(t *testing.T) {
 		crd := &apiextensionsv1.CustomResourceDefinition{}
 		g.Expect(mgmt.Get(ctx, client.ObjectKey{Name: name}, crd)).To(Succeed(), name)
 	}
-	capiCluster := &unstructured.Unstructured{}
-	capiCluster.SetAPIVersion("cluster.x-k8s.io/v1beta2")
-	capiCluster.SetKind("Cluster")
-	capiCluster.SetNamespace("default")
-	capiCluster.SetName("harness-check")
-	g.Expect(unstructured.SetNestedField(capiCluster.Object, map[string]any{"paused": true}, "spec")).To(Succeed())
+	paused := true
+	capiCluster := &clusterv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "harness-check"},
+		Spec: clusterv1.ClusterSpec{Paused: &paused}}
 	g.Expect(mgmt.Create(ctx, capiCluster)).To(Succeed())
+	g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(capiCluster), &clusterv1.Cluster{})).To(Succeed())
+
+	// Member kubeconfigs are stored the way Cluster API stores them.
+	sec, err := WriteKubeconfigSecret(ctx, mgmt, "default", "harness-check", env.Members[0].Kubeconfig())
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(sec.Name).To(Equal("harness-check-kubeconfig"))
+	g.Expect(sec.Data).To(HaveKey("value"))
 
 	// Each member is its own control plane, reachable with its self-contained kubeconfig.
 	uids := map[string]bool{}
