@@ -35,7 +35,7 @@ func (h health) observe(now time.Time, ok bool, reason, msg string, hc clustersv
 		if h.ConsecutiveSuccesses < maxConsecutiveSuccesses {
 			h.ConsecutiveSuccesses++
 		}
-		if !h.Healthy && h.ConsecutiveSuccesses >= successThreshold(hc) {
+		if !h.Healthy && h.ConsecutiveSuccesses >= hc.GetSuccessThreshold() {
 			h.Healthy = true
 		}
 		return h
@@ -43,17 +43,10 @@ func (h health) observe(now time.Time, ok bool, reason, msg string, hc clustersv
 	h.ConsecutiveSuccesses = 0
 	h.ConsecutiveFailures++
 	h.LastFailureReason, h.LastFailureMsg = reason, msg
-	if h.Healthy && now.Sub(h.LastSuccess) >= hc.UnhealthyAfter.Duration {
+	if h.Healthy && now.Sub(h.LastSuccess) >= hc.GetUnhealthyAfter() {
 		h.Healthy = false
 	}
 	return h
-}
-
-func successThreshold(hc clustersv1.HealthCheckSpec) int32 {
-	if hc.SuccessThreshold < 1 {
-		return 1
-	}
-	return hc.SuccessThreshold
 }
 
 // seedHealth rebuilds the history from status after a manager restart. A member that was healthy
@@ -89,7 +82,7 @@ const minRetryInterval = 200 * time.Millisecond
 // member fast puts about 20 probes instead of 5 into the unhealthyAfter window, so random loss
 // cannot fake an outage (20% loss: 0.2^20 instead of 0.2^5), and a real outage is confirmed sooner.
 func retryInterval(hc clustersv1.HealthCheckSpec) time.Duration {
-	d := hc.Period.Duration / 5
+	d := hc.GetPeriod() / 5
 	if d < minRetryInterval {
 		d = minRetryInterval
 	}
@@ -103,7 +96,7 @@ func (h health) nextProbeIn(hc clustersv1.HealthCheckSpec) time.Duration {
 	if suspect || recovering {
 		return retryInterval(hc)
 	}
-	return hc.Period.Duration
+	return hc.GetPeriod()
 }
 
 func timePtr(t time.Time) *metav1.Time {

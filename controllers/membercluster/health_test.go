@@ -12,9 +12,9 @@ import (
 )
 
 var hc = clustersv1.HealthCheckSpec{
-	Period:           metav1.Duration{Duration: 5 * time.Second},
-	Timeout:          metav1.Duration{Duration: 5 * time.Second},
-	UnhealthyAfter:   metav1.Duration{Duration: 25 * time.Second},
+	Period:           &metav1.Duration{Duration: 5 * time.Second},
+	Timeout:          &metav1.Duration{Duration: 5 * time.Second},
+	UnhealthyAfter:   &metav1.Duration{Duration: 25 * time.Second},
 	SuccessThreshold: 2,
 }
 
@@ -72,7 +72,7 @@ func TestHealthWouldFlapAtAFixedPeriod(t *testing.T) {
 	h := health{Healthy: true, LastSuccess: now}
 	transitions := 0
 	for i := 0; i < 1_000_000; i++ {
-		now = now.Add(hc.Period.Duration)
+		now = now.Add(hc.GetPeriod())
 		prev := h.Healthy
 		h = h.observe(now, rng.Float64() >= 0.2, "ProbeFailed", "", hc)
 		if h.Healthy != prev {
@@ -92,8 +92,8 @@ func TestHealthDetectsADeadMemberPromptly(t *testing.T) {
 		now = now.Add(h.nextProbeIn(hc))
 		h = h.observe(now, false, "ClusterNotReachable", "", hc)
 	}
-	g.Expect(now.Sub(dead)).To(BeNumerically(">=", hc.UnhealthyAfter.Duration))
-	g.Expect(now.Sub(dead)).To(BeNumerically("<=", hc.UnhealthyAfter.Duration+retryInterval(hc)))
+	g.Expect(now.Sub(dead)).To(BeNumerically(">=", hc.GetUnhealthyAfter()))
+	g.Expect(now.Sub(dead)).To(BeNumerically("<=", hc.GetUnhealthyAfter()+retryInterval(hc)))
 }
 
 func TestSeedHealthGivesAHealthyMemberAFullWindow(t *testing.T) {

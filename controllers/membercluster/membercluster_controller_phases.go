@@ -60,7 +60,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	}
 	s.endpoint = acc.Config.Host
 
-	probeCtx, cancel := context.WithTimeout(ctx, hc.Timeout.Duration)
+	probeCtx, cancel := context.WithTimeout(ctx, hc.GetTimeout())
 	res := acc.Probe(probeCtx)
 	cancel()
 	s.probe = &res
@@ -174,7 +174,7 @@ func (r *Reconciler) connect(ctx context.Context, mc *clustersv1.MemberCluster) 
 }
 
 func (r *Reconciler) ensureMarker(ctx context.Context, acc *clustercache.Accessor, mc *clustersv1.MemberCluster) error {
-	ctx, cancel := context.WithTimeout(ctx, mc.Spec.HealthCheck.Timeout.Duration)
+	ctx, cancel := context.WithTimeout(ctx, mc.Spec.HealthCheck.GetTimeout())
 	defer cancel()
 	ns := &corev1.Namespace{}
 	err := acc.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, ns)
@@ -215,7 +215,7 @@ func (r *Reconciler) cleanupMember(ctx context.Context, mc *clustersv1.MemberClu
 			}
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, mc.Spec.HealthCheck.Timeout.Duration)
+	ctx, cancel := context.WithTimeout(ctx, mc.Spec.HealthCheck.GetTimeout())
 	defer cancel()
 	ns := &corev1.Namespace{}
 	if err := acc.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, ns); err != nil {

@@ -59,7 +59,7 @@ func computeStatus(s *scope) {
 	st.LastProbeTime = timePtr(h.LastProbe)
 	st.LastSuccessfulProbeTime = timePtr(h.LastSuccess)
 	st.ConsecutiveFailures = h.ConsecutiveFailures
-	st.ConsecutiveSuccesses = min(h.ConsecutiveSuccesses, successThreshold(mc.Spec.HealthCheck))
+	st.ConsecutiveSuccesses = min(h.ConsecutiveSuccesses, mc.Spec.HealthCheck.GetSuccessThreshold())
 
 	if p := s.probe; p.Err == nil {
 		st.KubernetesVersion = p.Version
@@ -75,7 +75,7 @@ func computeStatus(s *scope) {
 	case h.Healthy && h.ConsecutiveFailures > 0:
 		set(clustersv1.ReachableCondition, metav1.ConditionTrue, clustersv1.ReasonReachable,
 			fmt.Sprintf("Reachable, but the last %d probe(s) failed (%s); Ready turns False after %s without a successful probe",
-				h.ConsecutiveFailures, h.LastFailureReason, hc.UnhealthyAfter.Duration))
+				h.ConsecutiveFailures, h.LastFailureReason, hc.GetUnhealthyAfter()))
 	case h.Healthy:
 		set(clustersv1.ReachableCondition, metav1.ConditionTrue, clustersv1.ReasonReachable, "The member's apiserver answers and reports ready")
 	case h.ConsecutiveFailures > 0 || h.LastFailureReason != "" && h.ConsecutiveSuccesses == 0:
@@ -83,10 +83,10 @@ func computeStatus(s *scope) {
 	case h.LastFailureReason != "":
 		set(clustersv1.ReachableCondition, metav1.ConditionFalse, h.LastFailureReason,
 			fmt.Sprintf("Recovering: %d of %d consecutive successful probes needed; last failure: %s",
-				h.ConsecutiveSuccesses, successThreshold(hc), h.LastFailureMsg))
+				h.ConsecutiveSuccesses, hc.GetSuccessThreshold(), h.LastFailureMsg))
 	default:
 		set(clustersv1.ReachableCondition, metav1.ConditionUnknown, clustersv1.ReasonProgressing,
-			fmt.Sprintf("Attaching: %d of %d consecutive successful probes needed", h.ConsecutiveSuccesses, successThreshold(hc)))
+			fmt.Sprintf("Attaching: %d of %d consecutive successful probes needed", h.ConsecutiveSuccesses, hc.GetSuccessThreshold()))
 	}
 
 	reachable := meta.FindStatusCondition(st.Conditions, clustersv1.ReachableCondition)

@@ -116,8 +116,8 @@ func attach(t *testing.T, name string, kubeconfig []byte, mutate ...func(*cluste
 			Attach: &clustersv1.AttachSpec{KubeconfigSecretRef: clustersv1.SecretKeyReference{
 				Namespace: secretNS, Name: envs.KubeconfigSecretName(name)}},
 			HealthCheck: clustersv1.HealthCheckSpec{
-				Period: metav1.Duration{Duration: testPeriod}, Timeout: metav1.Duration{Duration: testTimeout},
-				UnhealthyAfter: metav1.Duration{Duration: testUnhealthy}, SuccessThreshold: testThreshold,
+				Period: &metav1.Duration{Duration: testPeriod}, Timeout: &metav1.Duration{Duration: testTimeout},
+				UnhealthyAfter: &metav1.Duration{Duration: testUnhealthy}, SuccessThreshold: testThreshold,
 			},
 		},
 	}

@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"time"
+
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -99,21 +101,21 @@ type HealthCheckSpec struct {
 	// +kubebuilder:default="5s"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('1h')",message="healthCheck.period must be between 1s and 1h"
-	Period metav1.Duration `json:"period,omitempty"`
+	Period *metav1.Duration `json:"period,omitempty"`
 
 	// Timeout bounds one whole probe (readiness, version, nodes, identity).
 	// +optional
 	// +kubebuilder:default="5s"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('100ms') && duration(self) <= duration('5m')",message="healthCheck.timeout must be between 100ms and 5m"
-	Timeout metav1.Duration `json:"timeout,omitempty"`
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
 
 	// UnhealthyAfter is how long without a successful probe before the member turns Ready=False.
 	// +optional
 	// +kubebuilder:default="25s"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('24h')",message="healthCheck.unhealthyAfter must be between 1s and 24h"
-	UnhealthyAfter metav1.Duration `json:"unhealthyAfter,omitempty"`
+	UnhealthyAfter *metav1.Duration `json:"unhealthyAfter,omitempty"`
 
 	// SuccessThreshold is how many consecutive successful probes turn an unhealthy member Ready.
 	// +optional
@@ -121,6 +123,44 @@ type HealthCheckSpec struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100
 	SuccessThreshold int32 `json:"successThreshold,omitempty"`
+}
+
+// Defaults of HealthCheckSpec, also applied at admission.
+const (
+	DefaultHealthCheckPeriod         = 5 * time.Second
+	DefaultHealthCheckTimeout        = 5 * time.Second
+	DefaultHealthCheckUnhealthyAfter = 25 * time.Second
+	DefaultHealthCheckSuccess        = 2
+)
+
+// GetPeriod returns the probe period, defaulted.
+func (h HealthCheckSpec) GetPeriod() time.Duration {
+	return durationOr(h.Period, DefaultHealthCheckPeriod)
+}
+
+// GetTimeout returns the probe timeout, defaulted.
+func (h HealthCheckSpec) GetTimeout() time.Duration {
+	return durationOr(h.Timeout, DefaultHealthCheckTimeout)
+}
+
+// GetUnhealthyAfter returns the unhealthy window, defaulted.
+func (h HealthCheckSpec) GetUnhealthyAfter() time.Duration {
+	return durationOr(h.UnhealthyAfter, DefaultHealthCheckUnhealthyAfter)
+}
+
+// GetSuccessThreshold returns the success threshold, defaulted.
+func (h HealthCheckSpec) GetSuccessThreshold() int32 {
+	if h.SuccessThreshold < 1 {
+		return DefaultHealthCheckSuccess
+	}
+	return h.SuccessThreshold
+}
+
+func durationOr(d *metav1.Duration, def time.Duration) time.Duration {
+	if d == nil || d.Duration <= 0 {
+		return def
+	}
+	return d.Duration
 }
 
 // NodeSummary counts a member's nodes.
