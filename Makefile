@@ -75,3 +75,7 @@ dev: envtest build ## Run Paddock locally: a management control plane, two membe
 .PHONY: docker-build
 docker-build: ## Build the manager image (needs a Docker engine).
 	docker build -t $(IMG) .
+
+.PHONY: fuzz
+fuzz: ## Fuzz the kubeconfig policy (FUZZTIME=1m).
+	go test ./internal/clustercache/ -run '^$$' -fuzz FuzzPolicyLoad -fuzztime $(or $(FUZZTIME),1m)
