@@ -24,8 +24,10 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -94,7 +96,11 @@ func runOne(n, members int, kubeQPS float64, full bool, lossFor time.Duration, l
 	cfg := *env.Management.Config
 	cfg.QPS, cfg.Burst = float32(kubeQPS), int(kubeQPS*2)
 	sch := scheme.New()
-	mgr, err := ctrl.NewManager(&cfg, ctrl.Options{Scheme: sch, Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
+	mgr, err := ctrl.NewManager(&cfg, ctrl.Options{
+		Scheme: sch, Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0",
+		// One manager per N in this process.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
 	if err != nil {
 		return err
 	}
@@ -110,13 +116,8 @@ func runOne(n, members int, kubeQPS float64, full bool, lossFor time.Duration, l
 	go func() { _ = mgr.Start(ctx) }()
 
 	c := env.Management.Client
-	if err := envs.EnsureNamespace(ctx, c, "paddock-system"); err != nil {
+	if err := env.WriteMemberKubeconfigSecrets(ctx, "paddock-system"); err != nil {
 		return err
-	}
-	for _, m := range env.Members {
-		if _, err := envs.WriteKubeconfigSecret(ctx, c, "paddock-system", m.Name, m.Kubeconfig()); err != nil {
-			return err
-		}
 	}
 	baseRSS := rssMiB()
 	start := time.Now()

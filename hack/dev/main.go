@@ -70,14 +70,10 @@ func run() error {
 	if err := os.WriteFile(kubeconfig, env.Management.Kubeconfig(), 0o600); err != nil {
 		return err
 	}
-	c := env.Management.Client
-	if err := envs.EnsureNamespace(ctx, c, "paddock-system"); err != nil {
+	if err := env.WriteMemberKubeconfigSecrets(ctx, "paddock-system"); err != nil {
 		return err
 	}
 	for _, m := range env.Members {
-		if _, err := envs.WriteKubeconfigSecret(ctx, c, "paddock-system", m.Name, m.Kubeconfig()); err != nil {
-			return err
-		}
 		// envtest runs no kubelets: give each member a couple of Node objects to count.
 		for i := 1; i <= 2; i++ {
 			if err := addNode(ctx, m, fmt.Sprintf("%s-node-%d", m.Name, i)); err != nil {

@@ -36,3 +36,18 @@ func EnsureNamespace(ctx context.Context, c client.Client, name string) error {
 	err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
 	return client.IgnoreAlreadyExists(err)
 }
+
+// WriteMemberKubeconfigSecrets creates namespace in the management control plane and writes every
+// member's kubeconfig Secret there (<member>-kubeconfig, key "value").
+func (e *Env) WriteMemberKubeconfigSecrets(ctx context.Context, namespace string) error {
+	c := e.Management.Client
+	if err := EnsureNamespace(ctx, c, namespace); err != nil {
+		return err
+	}
+	for _, m := range e.Members {
+		if _, err := WriteKubeconfigSecret(ctx, c, namespace, m.Name, m.Kubeconfig()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
