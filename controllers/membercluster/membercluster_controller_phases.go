@@ -11,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
@@ -176,8 +175,10 @@ func (r *Reconciler) connect(ctx context.Context, mc *clustersv1.MemberCluster) 
 func (r *Reconciler) ensureMarker(ctx context.Context, acc *clustercache.Accessor, mc *clustersv1.MemberCluster) error {
 	ctx, cancel := context.WithTimeout(ctx, mc.Spec.HealthCheck.GetTimeout())
 	defer cancel()
-	ns := &corev1.Namespace{}
-	err := acc.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, ns)
+	// The typed clientset needs no discovery (a controller-runtime client would build a REST
+	// mapper and cache discovery for every member).
+	namespaces := acc.Kubernetes.CoreV1().Namespaces()
+	ns, err := namespaces.Get(ctx, MarkerNamespace, metav1.GetOptions{})
 	if err == nil && !ns.DeletionTimestamp.IsZero() {
 		return fmt.Errorf("namespace %s is being deleted", MarkerNamespace)
 	}
@@ -188,7 +189,7 @@ func (r *Reconciler) ensureMarker(ctx context.Context, acc *clustercache.Accesso
 		Name:   MarkerNamespace,
 		Labels: map[string]string{ManagedByLabel: ManagedByValue},
 	}}
-	if err := acc.Client.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := namespaces.Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
 	return nil
@@ -217,8 +218,9 @@ func (r *Reconciler) cleanupMember(ctx context.Context, mc *clustersv1.MemberClu
 	}
 	ctx, cancel := context.WithTimeout(ctx, mc.Spec.HealthCheck.GetTimeout())
 	defer cancel()
-	ns := &corev1.Namespace{}
-	if err := acc.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, ns); err != nil {
+	namespaces := acc.Kubernetes.CoreV1().Namespaces()
+	ns, err := namespaces.Get(ctx, MarkerNamespace, metav1.GetOptions{})
+	if err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
@@ -227,7 +229,7 @@ func (r *Reconciler) cleanupMember(ctx context.Context, mc *clustersv1.MemberClu
 	if ns.Labels[ManagedByLabel] != ManagedByValue {
 		return nil
 	}
-	if err := acc.Client.Delete(ctx, ns); err != nil && !apierrors.IsNotFound(err) {
+	if err := namespaces.Delete(ctx, MarkerNamespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("deleting namespace %s: %w", MarkerNamespace, err)
 	}
 	return nil

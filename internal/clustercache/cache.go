@@ -61,14 +61,29 @@ type Accessor struct {
 	Version string
 	// Config is the member's rest.Config (do not mutate).
 	Config *rest.Config
-	// Client is a controller-runtime client for the member (uncached).
-	Client client.Client
 	// Kubernetes is a typed clientset for the member.
 	Kubernetes kubernetes.Interface
 	// Discovery for the member.
 	Discovery discovery.DiscoveryInterface
 
 	httpClient *http.Client
+	scheme     *runtime.Scheme
+
+	clientOnce sync.Once
+	client     client.Client
+	clientErr  error
+}
+
+// Client returns a controller-runtime client for the member (uncached), built on first use: its
+// REST mapper runs discovery against the member, which members that are only probed never need.
+func (a *Accessor) Client() (client.Client, error) {
+	a.clientOnce.Do(func() {
+		a.client, a.clientErr = client.New(a.Config, client.Options{Scheme: a.scheme, HTTPClient: a.httpClient})
+		if a.clientErr != nil {
+			a.clientErr = fmt.Errorf("building client for member %q: %w", a.Name, a.clientErr)
+		}
+	})
+	return a.client, a.clientErr
 }
 
 type entry struct {
@@ -142,18 +157,14 @@ func (c *ClusterCache) build(name, version string, in *rest.Config) (*Accessor, 
 	if err != nil {
 		return nil, fmt.Errorf("building HTTP client for member %q: %w", name, err)
 	}
-	cl, err := client.New(cfg, client.Options{Scheme: c.opts.Scheme, HTTPClient: httpClient})
-	if err != nil {
-		return nil, fmt.Errorf("building client for member %q: %w", name, err)
-	}
 	kc, err := kubernetes.NewForConfigAndClient(cfg, httpClient)
 	if err != nil {
 		return nil, fmt.Errorf("building clientset for member %q: %w", name, err)
 	}
 	return &Accessor{
 		Name: name, Version: version, Config: cfg,
-		Client: cl, Kubernetes: kc, Discovery: kc.Discovery(),
-		httpClient: httpClient,
+		Kubernetes: kc, Discovery: kc.Discovery(),
+		httpClient: httpClient, scheme: c.opts.Scheme,
 	}, nil
 }
 
