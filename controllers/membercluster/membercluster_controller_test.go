@@ -82,6 +82,16 @@ func TestAttachTwoMembersReportsVersionNodesAndCapacity(t *testing.T) {
 		g.Expect(mc.Status.Allocatable.CPU.String()).To(Equal("16"))
 	}, eventuallyWait, poll).Should(Succeed())
 
+	// lastProbeTime is not written on every probe, but the heartbeat (2s in this suite) keeps it fresh.
+	g.Expect(one.Status.LastProbeTime).NotTo(BeNil())
+	first := one.Status.LastProbeTime.Time
+	g.Eventually(func(g Gomega) {
+		mc := get(g, "attach-one")
+		g.Expect(mc.Status.LastProbeTime.Time).To(BeTemporally(">", first))
+		g.Expect(time.Since(mc.Status.LastProbeTime.Time)).To(BeNumerically("<", 2*time.Second+testPeriod+time.Second))
+	}, 10*time.Second, poll).Should(Succeed())
+	g.Expect(one.Status.ConsecutiveSuccesses).To(Equal(int32(testThreshold)), "capped at the threshold so a healthy member's status stays still")
+
 	// One event for the transition to Ready, none per probe.
 	g.Expect(eventReasons(g, "attach-one")).To(ContainElement(clustersv1.ReasonReady))
 	g.Consistently(func(g Gomega) int { return len(memberEvents(g, "attach-one")) }, 3*time.Second, 500*time.Millisecond).Should(Equal(len(memberEvents(g, "attach-one"))))
