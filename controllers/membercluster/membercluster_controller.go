@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -21,9 +22,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 	"github.com/paddock-dev/paddock/internal/clustercache"
@@ -36,6 +39,7 @@ const secretIndex = "spec.attach.kubeconfigSecretRef"
 const (
 	DefaultDeletionGracePeriod = 2 * time.Minute
 	DefaultStatusHeartbeat     = time.Minute
+	DefaultMaxConcurrentProbes = 500
 )
 
 // Reconciler reconciles MemberCluster objects.
@@ -56,14 +60,28 @@ type Reconciler struct {
 	DeletionGracePeriod time.Duration
 	// StatusHeartbeat is how stale lastProbeTime may get before status is written anyway.
 	StatusHeartbeat time.Duration
+	// MaxConcurrentProbes bounds the probes in flight across all members.
+	MaxConcurrentProbes int
+
+	ctx        context.Context
+	log        logr.Logger
+	probeSlots chan struct{}
+	probeDone  chan event.GenericEvent
 
 	mu     sync.Mutex
 	health map[types.UID]*memberState
 }
 
-// memberState is what the controller remembers about a member between reconciles.
+// memberState is what the controller remembers about a member between reconciles. mu guards
+// what the probe goroutine writes (health, latest, inFlight, lastStart); the rest is only touched
+// by reconciles, which controller-runtime never runs in parallel for one member.
 type memberState struct {
-	health health
+	mu        sync.Mutex
+	health    health
+	latest    *clustercache.ProbeResult
+	inFlight  bool
+	lastStart time.Time
+
 	// identityMismatch is the clusterID last observed when it differed from status.clusterID.
 	identityMismatch string
 	// markerVersion is the accessor version the marker namespace was ensured for.
@@ -88,7 +106,13 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	if r.StatusHeartbeat == 0 {
 		r.StatusHeartbeat = DefaultStatusHeartbeat
 	}
+	if r.MaxConcurrentProbes <= 0 {
+		r.MaxConcurrentProbes = DefaultMaxConcurrentProbes
+	}
 	r.health = map[types.UID]*memberState{}
+	r.ctx, r.log = ctx, mgr.GetLogger().WithName("membercluster-prober")
+	r.probeSlots = make(chan struct{}, r.MaxConcurrentProbes)
+	r.probeDone = make(chan event.GenericEvent, 1024)
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &clustersv1.MemberCluster{}, secretIndex, func(o client.Object) []string {
 		mc := o.(*clustersv1.MemberCluster)
 		if mc.Spec.Attach == nil {
@@ -106,6 +130,8 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 		// Secrets are watched as metadata only: the manager does not keep every Secret of the
 		// management cluster in memory; data is read when a resourceVersion changes.
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.membersForSecret)).
+		// Completed probes requeue their member.
+		WatchesRawSource(source.Channel(r.probeDone, &handler.EnqueueRequestForObject{})).
 		WithOptions(opts).
 		Complete(r)
 }
@@ -148,7 +174,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Re
 		}
 	}
 
-	s := &scope{mc: mc, orig: mc.DeepCopy(), state: r.stateFor(mc), now: metav1.NewTime(r.Clock.Now())}
+	s := &scope{mc: mc, orig: mc.DeepCopy(), state: r.stateFor(mc)}
 	defer func() {
 		if err := r.patchStatus(ctx, s); err != nil {
 			log.Error(err, "Failed to patch status")

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
@@ -33,12 +34,15 @@ type scope struct {
 	mc    *clustersv1.MemberCluster
 	orig  *clustersv1.MemberCluster
 	state *memberState
-	now   metav1.Time
 
 	paused        bool
 	kubeconfigErr *clustercache.PolicyError
+	connected     bool
 	endpoint      string
-	probe         *clustercache.ProbeResult
+	// probe is the result that completed since the last reconcile, if any.
+	probe *clustercache.ProbeResult
+	// health is a snapshot of the member's health verdict.
+	health health
 }
 
 func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result, error) {
@@ -59,48 +63,98 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	}
 	s.endpoint = acc.Config.Host
 
-	probeCtx, cancel := context.WithTimeout(ctx, hc.GetTimeout())
-	res := acc.Probe(probeCtx)
-	cancel()
-	s.probe = &res
-	msg := ""
-	if res.Err != nil {
-		msg = res.Err.Error()
-		probesTotal.WithLabelValues(res.Reason).Inc()
-	} else {
-		probesTotal.WithLabelValues("success").Inc()
-	}
-	s.state.health = s.state.health.observe(r.Clock.Now(), res.Err == nil, res.Reason, msg, hc)
-	log.V(1).Info("Probed member", "member", mc.Name, "ok", res.Err == nil, "reason", res.Reason,
-		"latency", res.Latency, "healthy", s.state.health.Healthy, "failures", s.state.health.ConsecutiveFailures)
+	s.connected = true
 
-	if res.Err == nil {
-		r.checkIdentity(s, res.ClusterID)
+	// Take the result of the last completed probe (if a new one arrived) and a snapshot of the
+	// health verdict. Probes run outside reconcile workers (startProbe), so a hung member never
+	// holds a worker that other members need.
+	st := s.state
+	st.mu.Lock()
+	s.probe, st.latest = st.latest, nil
+	s.health = st.health
+	inFlight := st.inFlight
+	due := st.lastStart.Add(st.health.nextProbeIn(hc))
+	st.mu.Unlock()
+
+	if s.probe != nil && s.probe.Err == nil {
+		r.checkIdentity(s, s.probe.ClusterID)
 	}
 
-	ready, reason := s.state.health.Healthy && s.state.identityMismatch == "", ""
+	ready, reason := s.health.Healthy && st.identityMismatch == "", ""
 	switch {
-	case s.state.identityMismatch != "":
+	case st.identityMismatch != "":
 		reason = clustersv1.ReasonClusterIdentityChanged
-	case !s.state.health.Healthy:
-		reason = s.state.health.LastFailureReason
+	case !s.health.Healthy:
+		reason = s.health.LastFailureReason
 		if reason == "" {
 			reason = clustersv1.ReasonProgressing
 		}
 	}
 	r.Cache.SetReady(mc.Name, ready, reason)
 
-	if ready && s.state.markerVersion != acc.Version {
+	if ready && st.markerVersion != acc.Version {
 		if err := r.ensureMarker(ctx, acc, mc); err != nil {
 			log.Info("Could not create the marker namespace; retrying at the next probe", "member", mc.Name, "reason", err.Error())
 		} else {
-			s.state.markerVersion = acc.Version
+			st.markerVersion = acc.Version
 		}
 	}
 
-	// RequeueAfter of zero would mean "never": a probe slower than the interval requeues at once.
-	next := max(s.state.health.nextProbeIn(hc)-r.Clock.Since(s.now.Time), time.Millisecond)
-	return ctrl.Result{RequeueAfter: next}, nil
+	// The probe's completion requeues this member; the requeue below is only a safety net.
+	safety := 2*hc.GetTimeout() + hc.GetPeriod()
+	now := r.Clock.Now()
+	switch {
+	case inFlight:
+		return ctrl.Result{RequeueAfter: safety}, nil
+	case !now.Before(due):
+		r.startProbe(mc.Name, acc, st, hc)
+		return ctrl.Result{RequeueAfter: safety}, nil
+	default:
+		// RequeueAfter of zero would mean "never".
+		return ctrl.Result{RequeueAfter: max(due.Sub(now), time.Millisecond)}, nil
+	}
+}
+
+// startProbe probes the member in its own goroutine (at most one per member, at most
+// MaxConcurrentProbes at once), folds the result into the member's health, and requeues the
+// MemberCluster through the probeDone channel.
+func (r *Reconciler) startProbe(name string, acc *clustercache.Accessor, st *memberState, hc clustersv1.HealthCheckSpec) {
+	st.mu.Lock()
+	st.inFlight = true
+	st.lastStart = r.Clock.Now()
+	st.mu.Unlock()
+	go func() {
+		select {
+		case r.probeSlots <- struct{}{}:
+		case <-r.ctx.Done():
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.ctx, hc.GetTimeout())
+		res := acc.Probe(ctx)
+		cancel()
+		<-r.probeSlots
+
+		msg := ""
+		if res.Err != nil {
+			msg = res.Err.Error()
+			probesTotal.WithLabelValues(res.Reason).Inc()
+		} else {
+			probesTotal.WithLabelValues("success").Inc()
+		}
+		st.mu.Lock()
+		st.health = st.health.observe(r.Clock.Now(), res.Err == nil, res.Reason, msg, hc)
+		st.latest = &res
+		st.inFlight = false
+		h := st.health
+		st.mu.Unlock()
+		r.log.V(1).Info("Probed member", "member", name, "ok", res.Err == nil, "reason", res.Reason,
+			"latency", res.Latency, "healthy", h.Healthy, "failures", h.ConsecutiveFailures)
+
+		select {
+		case r.probeDone <- event.GenericEvent{Object: &clustersv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: name}}}:
+		case <-r.ctx.Done():
+		}
+	}()
 }
 
 // checkIdentity pins the member's clusterID on first sight and refuses a different one until a

@@ -47,7 +47,7 @@ func computeStatus(s *scope) {
 		st.ObservedGeneration = gen
 		return
 	}
-	if s.probe == nil {
+	if !s.connected {
 		// A transient error (reading the Secret failed): keep the last status; the error is retried.
 		return
 	}
@@ -55,13 +55,13 @@ func computeStatus(s *scope) {
 	set(clustersv1.KubeconfigValidCondition, metav1.ConditionTrue, clustersv1.ReasonValid, "The kubeconfig passed the policy")
 	st.APIEndpoint = s.endpoint
 
-	h := s.state.health
+	h := s.health
 	st.LastProbeTime = timePtr(h.LastProbe)
 	st.LastSuccessfulProbeTime = timePtr(h.LastSuccess)
 	st.ConsecutiveFailures = h.ConsecutiveFailures
 	st.ConsecutiveSuccesses = min(h.ConsecutiveSuccesses, mc.Spec.HealthCheck.GetSuccessThreshold())
 
-	if p := s.probe; p.Err == nil {
+	if p := s.probe; p != nil && p.Err == nil {
 		st.KubernetesVersion = p.Version
 		st.Platform = p.Platform
 		nodes := p.Nodes

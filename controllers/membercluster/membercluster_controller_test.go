@@ -2,6 +2,7 @@ package membercluster
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -299,4 +300,34 @@ func TestOrphanDeletionLeavesTheMemberAlone(t *testing.T) {
 	ns := &corev1.Namespace{}
 	g.Expect(m1.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, ns)).To(Succeed())
 	g.Expect(ns.DeletionTimestamp.IsZero()).To(BeTrue())
+}
+
+// Probes of a hung member must not hold the workers other members need: with 30 MemberClusters on
+// a frozen member (probe timeout 3 s, 10 reconcile workers in this suite), a member attached to a
+// healthy cluster still turns Ready promptly.
+func TestFrozenMembersDoNotStarveOthers(t *testing.T) {
+	g := NewWithT(t)
+	m1, m3 := env.Members[0], env.Members[2]
+	slow := func(mc *clustersv1.MemberCluster) {
+		mc.Spec.HealthCheck.Timeout = &metav1.Duration{Duration: 3 * time.Second}
+		mc.Spec.HealthCheck.UnhealthyAfter = &metav1.Duration{Duration: 10 * time.Second}
+	}
+	names := []string{}
+	for i := range 30 {
+		name := fmt.Sprintf("hung-%02d", i)
+		attach(t, name, m3.Kubeconfig(), slow)
+		names = append(names, name)
+	}
+	for _, name := range names {
+		waitCondition(t, name, clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
+	}
+	m3.Freeze()
+	defer m3.Thaw()
+	time.Sleep(4 * time.Second) // every hung member now has a probe stuck until its timeout
+
+	start := time.Now()
+	attach(t, "beside-hung", m1.Kubeconfig())
+	waitCondition(t, "beside-hung", clustersv1.ReadyCondition, metav1.ConditionTrue, clustersv1.ReasonReady, 5*time.Second)
+	t.Logf("a healthy member attached beside 30 hung ones was Ready after %s", time.Since(start))
+	g.Expect(time.Since(start)).To(BeNumerically("<", 5*time.Second))
 }

@@ -167,31 +167,60 @@ func runOne(n, members int, kubeQPS float64, full bool, lossFor time.Duration, l
 	fmt.Printf("%.0f%% probe loss for %s: %.0f probes, %.0f failed, %d spurious Ready transitions\n",
 		loss*100, lossFor, probes()-p0, failedProbes()-failed0, flips)
 
-	// A dead member: stop one apiserver; all MemberClusters on it must turn Ready=False.
-	onDead := n / members
+	// Dead members: one apiserver stopped, then another frozen (accepts TCP, never answers). All
+	// MemberClusters on it must turn Ready=False; the target is within 30 s.
+	onEach := n / members
 	if n%members > 0 {
-		onDead++
+		onEach++
 	}
-	dead := env.Members[0]
-	stopAt := time.Now()
-	if err := dead.StopAPIServer(); err != nil {
+	if err := detect(ctx, c, "stopped", onEach, env.Members[0].StopAPIServer); err != nil {
 		return err
 	}
+	if members > 1 {
+		frozen := env.Members[1]
+		if err := detect(ctx, c, "frozen", n/members, func() error { frozen.Freeze(); return nil }); err != nil {
+			return err
+		}
+		frozen.Thaw()
+	}
+	return nil
+}
+
+// detect takes a member down and waits until want MemberClusters in all are not Ready.
+func detect(ctx context.Context, c client.Client, how string, want int, down func() error) error {
+	_, before, err := countReady(ctx, c)
+	if err != nil {
+		return err
+	}
+	want += before
+	stopAt := time.Now()
+	if err := down(); err != nil {
+		return err
+	}
+	lastDiag, patches0 := time.Now(), metricSum("rest_client_requests_total", "method", "PATCH")
 	for {
+		if time.Since(lastDiag) >= 5*time.Second {
+			patches := metricSum("rest_client_requests_total", "method", "PATCH")
+			_, nr, _ := countReady(ctx, c)
+			fmt.Printf("  +%2.0fs: %d not Ready, %.0f PATCH/s to the management apiserver, queue depth %.0f, busy workers %.0f\n",
+				time.Since(stopAt).Seconds(), nr, (patches-patches0)/time.Since(lastDiag).Seconds(),
+				metricSum("workqueue_depth", "name", "membercluster"), metricSum("controller_runtime_active_workers", "controller", "membercluster"))
+			lastDiag, patches0 = time.Now(), patches
+		}
 		_, notReady, err := countReady(ctx, c)
 		if err != nil {
 			return err
 		}
-		if notReady >= onDead {
+		if notReady >= want {
 			break
 		}
 		if time.Since(stopAt) > 3*time.Minute {
-			return fmt.Errorf("only %d of %d MemberClusters on the dead member detected", notReady, onDead)
+			return fmt.Errorf("%s member: only %d of %d MemberClusters not Ready after 3 minutes", how, notReady, want)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	fmt.Printf("dead member (%d MemberClusters on it) detected by all of them %s after its apiserver stopped (unhealthyAfter 25s)\n",
-		onDead, time.Since(stopAt).Round(100*time.Millisecond))
+	fmt.Printf("%s member (%d MemberClusters on it) detected by all of them %s after it went down (unhealthyAfter 25s)\n",
+		how, want-before, time.Since(stopAt).Round(100*time.Millisecond))
 	return nil
 }
 
@@ -289,6 +318,26 @@ func counterSum(match func(result string) bool) float64 {
 		for _, m := range mf.GetMetric() {
 			if match(label(m, "result")) {
 				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+// metricSum sums a counter or gauge over the series whose label equals value.
+func metricSum(name, labelName, value string) float64 {
+	mfs, err := metrics.Registry.Gather()
+	if err != nil {
+		return 0
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if label(m, labelName) == value {
+				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +15,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/version"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 )
@@ -51,10 +54,15 @@ func (a *Accessor) Probe(ctx context.Context) ProbeResult {
 	return res
 }
 
+// Every probe request is sent once (MaxRetries(0)): client-go otherwise retries a GET that met
+// EOF or a reset up to ten times, a second apart, so a dead member behind anything that accepts
+// and closes connections (a load balancer, a proxy) would hold each probe for its whole timeout.
+// The health state machine does the retrying, by re-probing a suspect member quickly.
 func (a *Accessor) probe(ctx context.Context) ProbeResult {
 	var res ProbeResult
-	rc := a.Kubernetes.Discovery().RESTClient()
-	body, err := rc.Get().AbsPath("/readyz").DoRaw(ctx)
+	disc := a.Kubernetes.Discovery().RESTClient()
+	core := a.Kubernetes.CoreV1().RESTClient()
+	body, err := disc.Get().AbsPath("/readyz").MaxRetries(0).DoRaw(ctx)
 	if err != nil {
 		if statusErr := (apierrors.APIStatus)(nil); errors.As(err, &statusErr) && statusErr.Status().Code == 500 {
 			res.Err = &notReadyError{detail: firstLine(string(body))}
@@ -67,14 +75,19 @@ func (a *Accessor) probe(ctx context.Context) ProbeResult {
 		res.Err = &notReadyError{detail: firstLine(string(body))}
 		return res
 	}
-	v, err := a.Kubernetes.Discovery().ServerVersion()
+	body, err = disc.Get().AbsPath("/version").MaxRetries(0).DoRaw(ctx)
 	if err != nil {
 		res.Err = fmt.Errorf("version: %w", err)
 		return res
 	}
+	var v version.Info
+	if err := json.Unmarshal(body, &v); err != nil {
+		res.Err = fmt.Errorf("version: %w", err)
+		return res
+	}
 	res.Version, res.Platform = v.GitVersion, v.Platform
-	ns, err := a.Kubernetes.CoreV1().Namespaces().Get(ctx, metav1.NamespaceSystem, metav1.GetOptions{})
-	if err != nil {
+	ns := &corev1.Namespace{}
+	if err := core.Get().Resource("namespaces").Name(metav1.NamespaceSystem).MaxRetries(0).Do(ctx).Into(ns); err != nil {
 		res.Err = fmt.Errorf("reading namespace kube-system: %w", err)
 		return res
 	}
@@ -83,7 +96,8 @@ func (a *Accessor) probe(ctx context.Context) ProbeResult {
 	capacity, allocatable := corev1.ResourceList{}, corev1.ResourceList{}
 	opts := metav1.ListOptions{Limit: nodePageSize}
 	for {
-		nodes, err := a.Kubernetes.CoreV1().Nodes().List(ctx, opts)
+		nodes := &corev1.NodeList{}
+		err := core.Get().Resource("nodes").VersionedParams(&opts, clientgoscheme.ParameterCodec).MaxRetries(0).Do(ctx).Into(nodes)
 		if err != nil {
 			res.Err = fmt.Errorf("listing nodes: %w", err)
 			return res
