@@ -76,16 +76,25 @@ type Reconciler struct {
 // what the probe goroutine writes (health, latest, inFlight, lastStart); the rest is only touched
 // by reconciles, which controller-runtime never runs in parallel for one member.
 type memberState struct {
-	mu        sync.Mutex
-	health    health
+	mu     sync.Mutex
+	health health
+	// latest is the last completed probe.
 	latest    *clustercache.ProbeResult
 	inFlight  bool
 	lastStart time.Time
+	// What the prober probes with; active is false while paused, refused or deleted.
+	active bool
+	acc    *clustercache.Accessor
+	hc     clustersv1.HealthCheckSpec
+	timer  *time.Timer
+	// lastPublished is when a reconcile last took the state into status.
+	lastPublished time.Time
 
 	// identityMismatch is the clusterID last observed when it differed from status.clusterID.
 	identityMismatch string
 	// markerVersion is the accessor version the marker namespace was ensured for.
 	markerVersion string
+	name          string
 }
 
 // +kubebuilder:rbac:groups=clusters.paddock.dev,resources=memberclusters,verbs=get;list;watch;update;patch
@@ -156,6 +165,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Re
 	if err := r.Client.Get(ctx, req.NamespacedName, mc); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.Cache.Disconnect(req.Name)
+			r.forgetStateByName(req.Name)
 			forgetMetrics(req.Name)
 			return ctrl.Result{}, nil
 		}
@@ -185,6 +195,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Re
 	}()
 
 	if mc.Spec.Paused {
+		deactivate(s.state)
 		r.Cache.SetReady(mc.Name, false, clustersv1.ReasonPaused)
 		s.paused = true
 		return ctrl.Result{}, nil
@@ -199,7 +210,7 @@ func (r *Reconciler) stateFor(mc *clustersv1.MemberCluster) *memberState {
 	defer r.mu.Unlock()
 	st, ok := r.health[mc.UID]
 	if !ok {
-		st = &memberState{health: seedHealth(r.Clock.Now(), &mc.Status)}
+		st = &memberState{name: mc.Name, health: seedHealth(r.Clock.Now(), &mc.Status)}
 		r.health[mc.UID] = st
 	}
 	return st
@@ -207,8 +218,28 @@ func (r *Reconciler) stateFor(mc *clustersv1.MemberCluster) *memberState {
 
 func (r *Reconciler) forgetState(uid types.UID) {
 	r.mu.Lock()
+	st := r.health[uid]
 	delete(r.health, uid)
 	r.mu.Unlock()
+	if st != nil {
+		deactivate(st)
+	}
+}
+
+// forgetStateByName drops the state of a MemberCluster that vanished without our finalizer.
+func (r *Reconciler) forgetStateByName(name string) {
+	r.mu.Lock()
+	var gone []*memberState
+	for uid, st := range r.health {
+		if st.name == name {
+			gone = append(gone, st)
+			delete(r.health, uid)
+		}
+	}
+	r.mu.Unlock()
+	for _, st := range gone {
+		deactivate(st)
+	}
 }
 
 // patchStatus computes conditions and writes status when it changed (or the heartbeat is due).
@@ -263,6 +294,11 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, mc *clustersv1.MemberC
 		return ctrl.Result{}, nil
 	}
 	r.Cache.SetReady(mc.Name, false, clustersv1.ReasonDeleting)
+	r.mu.Lock()
+	if st := r.health[mc.UID]; st != nil {
+		deactivate(st)
+	}
+	r.mu.Unlock()
 
 	var cleanupErr error
 	if mc.Spec.DeletionPolicy != clustersv1.DeletionPolicyOrphan {

@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
@@ -54,6 +52,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	if err != nil {
 		if pe, ok := clustercache.IsPolicyError(err); ok {
 			s.kubeconfigErr = pe
+			deactivate(s.state)
 			r.Cache.Disconnect(mc.Name)
 			log.Info("Refused kubeconfig", "member", mc.Name, "reason", pe.Reason, "detail", pe.Message)
 			// A person has to fix the Secret; its watch brings us back.
@@ -65,16 +64,14 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 
 	s.connected = true
 
-	// Take the result of the last completed probe (if a new one arrived) and a snapshot of the
-	// health verdict. Probes run outside reconcile workers (startProbe), so a hung member never
-	// holds a worker that other members need.
+	// Probes run on their own schedule, outside reconcile workers (see prober.go); a reconcile
+	// only hands the prober the current accessor and settings and publishes what it found.
 	st := s.state
 	st.mu.Lock()
-	s.probe, st.latest = st.latest, nil
-	s.health = st.health
-	inFlight := st.inFlight
-	due := st.lastStart.Add(st.health.nextProbeIn(hc))
+	s.probe, s.health = st.latest, st.health
+	st.lastPublished = r.Clock.Now()
 	st.mu.Unlock()
+	r.activate(mc.Name, st, acc, hc)
 
 	if s.probe != nil && s.probe.Err == nil {
 		r.checkIdentity(s, s.probe.ClusterID)
@@ -99,62 +96,8 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 			st.markerVersion = acc.Version
 		}
 	}
-
-	// The probe's completion requeues this member; the requeue below is only a safety net.
-	safety := 2*hc.GetTimeout() + hc.GetPeriod()
-	now := r.Clock.Now()
-	switch {
-	case inFlight:
-		return ctrl.Result{RequeueAfter: safety}, nil
-	case !now.Before(due):
-		r.startProbe(mc.Name, acc, st, hc)
-		return ctrl.Result{RequeueAfter: safety}, nil
-	default:
-		// RequeueAfter of zero would mean "never".
-		return ctrl.Result{RequeueAfter: max(due.Sub(now), time.Millisecond)}, nil
-	}
-}
-
-// startProbe probes the member in its own goroutine (at most one per member, at most
-// MaxConcurrentProbes at once), folds the result into the member's health, and requeues the
-// MemberCluster through the probeDone channel.
-func (r *Reconciler) startProbe(name string, acc *clustercache.Accessor, st *memberState, hc clustersv1.HealthCheckSpec) {
-	st.mu.Lock()
-	st.inFlight = true
-	st.lastStart = r.Clock.Now()
-	st.mu.Unlock()
-	go func() {
-		select {
-		case r.probeSlots <- struct{}{}:
-		case <-r.ctx.Done():
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.ctx, hc.GetTimeout())
-		res := acc.Probe(ctx)
-		cancel()
-		<-r.probeSlots
-
-		msg := ""
-		if res.Err != nil {
-			msg = res.Err.Error()
-			probesTotal.WithLabelValues(res.Reason).Inc()
-		} else {
-			probesTotal.WithLabelValues("success").Inc()
-		}
-		st.mu.Lock()
-		st.health = st.health.observe(r.Clock.Now(), res.Err == nil, res.Reason, msg, hc)
-		st.latest = &res
-		st.inFlight = false
-		h := st.health
-		st.mu.Unlock()
-		r.log.V(1).Info("Probed member", "member", name, "ok", res.Err == nil, "reason", res.Reason,
-			"latency", res.Latency, "healthy", h.Healthy, "failures", h.ConsecutiveFailures)
-
-		select {
-		case r.probeDone <- event.GenericEvent{Object: &clustersv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: name}}}:
-		case <-r.ctx.Done():
-		}
-	}()
+	// The prober requeues this member when something visible changes; this is a safety net.
+	return ctrl.Result{RequeueAfter: r.StatusHeartbeat}, nil
 }
 
 // checkIdentity pins the member's clusterID on first sight and refuses a different one until a

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -72,6 +73,7 @@ func main() {
 		counts = append(counts, n)
 	}
 	for i, n := range counts {
+		// runOne stops its control planes before returning, also on error.
 		if err := runOne(n, *members, *kubeQPS, i == len(counts)-1, *lossFor, *loss); err != nil {
 			fail(err)
 		}
@@ -144,6 +146,12 @@ func runOne(n, members int, kubeQPS float64, full bool, lossFor time.Duration, l
 	p0, t0 := probes(), time.Now()
 	time.Sleep(20 * time.Second)
 	pps := (probes() - p0) / time.Since(t0).Seconds()
+	if dump := os.Getenv("BENCH_GOROUTINE_DUMP"); dump != "" {
+		if f, err := os.Create(dump); err == nil {
+			_ = pprof.Lookup("goroutine").WriteTo(f, 1)
+			_ = f.Close()
+		}
+	}
 	runtime.GC()
 	fmt.Printf("steady state: %.0f probes/s, RSS %d MiB (%d MiB before creating MemberClusters), %d goroutines\n",
 		pps, rssMiB(), baseRSS, runtime.NumGoroutine())
