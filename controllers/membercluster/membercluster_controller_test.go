@@ -331,3 +331,23 @@ func TestFrozenMembersDoNotStarveOthers(t *testing.T) {
 	t.Logf("a healthy member attached beside 30 hung ones was Ready after %s", time.Since(start))
 	g.Expect(time.Since(start)).To(BeNumerically("<", 5*time.Second))
 }
+
+// A frozen member's probe is cut off when the unhealthyAfter window ends: detection does not wait
+// for a long probe timeout on top of unhealthyAfter.
+func TestFrozenMemberDetectedWithinUnhealthyAfterDespiteALongTimeout(t *testing.T) {
+	g := NewWithT(t)
+	m3 := env.Members[2]
+	attach(t, "frozen-long-timeout", m3.Kubeconfig(), func(mc *clustersv1.MemberCluster) {
+		mc.Spec.HealthCheck.Timeout = &metav1.Duration{Duration: 3 * time.Second}
+	})
+	waitCondition(t, "frozen-long-timeout", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
+	t0 := time.Now()
+	m3.Freeze()
+	defer m3.Thaw()
+	mc := waitCondition(t, "frozen-long-timeout", clustersv1.ReadyCondition, metav1.ConditionFalse, clustersv1.ReasonClusterNotReachable, 10*time.Second)
+	detected := time.Since(t0)
+	t.Logf("detected after %s (unhealthyAfter %s, timeout 3s)", detected, testUnhealthy)
+	g.Expect(detected).To(BeNumerically("<", testUnhealthy+1500*time.Millisecond))
+	ready := meta.FindStatusCondition(mc.Status.Conditions, clustersv1.ReadyCondition)
+	g.Expect(ready.LastTransitionTime.Sub(mc.Status.LastSuccessfulProbeTime.Time)).To(BeNumerically(">=", testUnhealthy-time.Second))
+}

@@ -52,6 +52,7 @@ func (r *Reconciler) runProbe(name string, st *memberState) {
 	acc, hc := st.acc, st.hc
 	st.inFlight = true
 	st.lastStart = r.Clock.Now()
+	timeout := probeTimeout(st.health, hc, st.lastStart)
 	st.mu.Unlock()
 
 	select {
@@ -59,7 +60,7 @@ func (r *Reconciler) runProbe(name string, st *memberState) {
 	case <-r.ctx.Done():
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.ctx, hc.GetTimeout())
+	ctx, cancel := context.WithTimeout(r.ctx, timeout)
 	res := acc.Probe(ctx)
 	cancel()
 	<-r.probeSlots
@@ -94,6 +95,23 @@ func (r *Reconciler) runProbe(name string, st *memberState) {
 	case r.probeDone <- event.GenericEvent{Object: &clustersv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: name}}}:
 	case <-r.ctx.Done():
 	}
+}
+
+// minProbeTimeout is the shortest deadline a probe gets.
+const minProbeTimeout = 200 * time.Millisecond
+
+// probeTimeout is the probe's timeout, cut short for a healthy member when its unhealthyAfter
+// window ends sooner: a probe still running then has not succeeded, so waiting out a long timeout
+// would only delay detecting a hung member (to unhealthyAfter + timeout).
+func probeTimeout(h health, hc clustersv1.HealthCheckSpec, now time.Time) time.Duration {
+	timeout := hc.GetTimeout()
+	if !h.Healthy || h.LastSuccess.IsZero() {
+		return timeout
+	}
+	if left := hc.GetUnhealthyAfter() - now.Sub(h.LastSuccess); left < timeout {
+		timeout = max(left, minProbeTimeout)
+	}
+	return timeout
 }
 
 // visibleChange tells whether the health verdict changed in a way the conditions show.

@@ -3,6 +3,7 @@ package membercluster
 import (
 	"errors"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
@@ -39,4 +40,14 @@ func TestResultChanged(t *testing.T) {
 	failed := &clustercache.ProbeResult{Err: errors.New("x")}
 	g.Expect(resultChanged(a, failed)).To(BeTrue())
 	g.Expect(resultChanged(failed, &clustercache.ProbeResult{Err: errors.New("y")})).To(BeFalse())
+}
+
+func TestProbeTimeoutEndsWithTheUnhealthyWindow(t *testing.T) {
+	g := NewWithT(t)
+	t0 := time.Unix(1000, 0)
+	h := health{Healthy: true, LastSuccess: t0}
+	g.Expect(probeTimeout(h, hc, t0.Add(5*time.Second))).To(Equal(5*time.Second), "plenty of window left")
+	g.Expect(probeTimeout(h, hc, t0.Add(22*time.Second))).To(Equal(3 * time.Second))
+	g.Expect(probeTimeout(h, hc, t0.Add(26*time.Second))).To(Equal(minProbeTimeout))
+	g.Expect(probeTimeout(health{}, hc, t0.Add(time.Hour))).To(Equal(5*time.Second), "an unhealthy member gets the full timeout")
 }
