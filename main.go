@@ -43,6 +43,7 @@ func run() int {
 		maxKubeconfigBytes        int
 		defaultConcurrency        int
 		memberDeletionGrace       time.Duration
+		maxConcurrentProbes       int
 		gracefulShutdownTimeout   time.Duration
 		concurrency               = flags.Concurrency{}
 		enableHTTP2               bool
@@ -63,8 +64,9 @@ func run() int {
 	fs.BoolVar(&allowInsec, "allow-insecure-kubeconfig", false, "Accept member kubeconfigs with insecure-skip-tls-verify.")
 	fs.IntVar(&maxKubeconfigBytes, "max-kubeconfig-bytes", clustercache.DefaultMaxKubeconfigBytes, "Largest kubeconfig accepted from a Secret.")
 	fs.IntVar(&defaultConcurrency, "default-concurrency", 4, "Parallel reconciles per controller unless --concurrency says otherwise.")
-	fs.Var(concurrency, "concurrency", fmt.Sprintf("Parallel reconciles of one controller, as name=N (repeatable, comma separated). Controllers: %v; membercluster defaults to 50.", controllers.Names()))
+	fs.Var(concurrency, "concurrency", fmt.Sprintf("Parallel reconciles of one controller, as name=N (repeatable, comma separated). Controllers: %v; membercluster defaults to 20.", controllers.Names()))
 	fs.DurationVar(&memberDeletionGrace, "member-deletion-grace-period", 2*time.Minute, "How long deleting a MemberCluster waits for an unreachable member before giving up its cleanup.")
+	fs.IntVar(&maxConcurrentProbes, "max-concurrent-probes", 500, "Member health probes in flight at once, across all members (a hung member holds one until its timeout).")
 	fs.DurationVar(&gracefulShutdownTimeout, "graceful-shutdown-timeout", 30*time.Second, "How long the manager waits for running reconciles on shutdown.")
 	fs.BoolVar(&enableHTTP2, "enable-http2", false, "Serve metrics over HTTP/2 (off by default: CVE-2023-44487, CVE-2023-39325).")
 	zapOpts := zap.Options{Development: false, TimeEncoder: zapcore.ISO8601TimeEncoder}
@@ -122,6 +124,7 @@ func run() int {
 			AllowLoopback: allowLoopback, AllowInsecureSkipTLSVerify: allowInsec, MaxBytes: maxKubeconfigBytes,
 		},
 		MemberDeletionGracePeriod: memberDeletionGrace,
+		MaxConcurrentProbes:       maxConcurrentProbes,
 	}); err != nil {
 		setupLog.Error(err, "Failed to set up controllers")
 		return 1

@@ -27,11 +27,13 @@ type Options struct {
 	// MemberDeletionGracePeriod bounds how long a MemberCluster's deletion waits for an
 	// unreachable member.
 	MemberDeletionGracePeriod time.Duration
+	// MaxConcurrentProbes bounds member health probes in flight.
+	MaxConcurrentProbes int
 }
 
 // defaultConcurrency of controllers whose work is mostly waiting on member clusters.
 var defaultConcurrency = map[string]int{
-	"membercluster": 50,
+	"membercluster": 20,
 }
 
 type registration struct {
@@ -49,6 +51,7 @@ var registry = []registration{
 			Policy:              o.KubeconfigPolicy,
 			Recorder:            mgr.GetEventRecorder("membercluster-controller"),
 			DeletionGracePeriod: o.MemberDeletionGracePeriod,
+			MaxConcurrentProbes: o.MaxConcurrentProbes,
 		}).SetupWithManager(ctx, mgr, co)
 	}},
 }

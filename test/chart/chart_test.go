@@ -123,6 +123,7 @@ func TestChartDefaultsApplyToARealAPIServer(t *testing.T) {
 	d := deployment(t, objs)
 	c := d.Spec.Template.Spec.Containers[0]
 	g.Expect(c.Args).To(ContainElement("--leader-elect=true"), "leader election is on by default in the chart")
+	g.Expect(c.Args).To(ContainElement("--max-concurrent-probes=500"))
 	g.Expect(c.LivenessProbe).NotTo(BeNil())
 	g.Expect(c.ReadinessProbe).NotTo(BeNil())
 	g.Expect(c.Resources.Requests).NotTo(BeEmpty())
