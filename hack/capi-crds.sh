@@ -4,7 +4,10 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-DIR=$(go list -m -f '{{.Dir}}' sigs.k8s.io/cluster-api)
+# `go list -m` prints an empty Dir until the module is in the module cache (a fresh machine), so
+# download it first: `go mod download -json` prints the Dir it downloaded to.
+DIR=$(go mod download -json sigs.k8s.io/cluster-api | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+[ -n "$DIR" ] || DIR=$(go list -m -f '{{.Dir}}' sigs.k8s.io/cluster-api)
 [ -n "$DIR" ] && [ -d "$DIR" ] || { echo "capi-crds: module sigs.k8s.io/cluster-api not found" >&2; exit 1; }
 OUT=config/crd/capi
 rm -rf "$OUT"
