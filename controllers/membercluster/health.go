@@ -89,14 +89,26 @@ func retryInterval(hc clustersv1.HealthCheckSpec) time.Duration {
 	return d
 }
 
-// nextProbeIn is the delay before the next probe, counted from the start of the last one.
+// maxDownBackoff bounds how far the probes of a member that stays down are spread out.
+const maxDownBackoff = 30 * time.Second
+
+// nextProbeIn is the delay before the next probe, counted from the start of the last one. A member
+// that stays down backs off: after 3 failures in a row the period doubles per further failure,
+// up to 30 s (or the period, if longer), so a large outage costs few probes and slots while a
+// member that comes back is still seen within 30 s.
 func (h health) nextProbeIn(hc clustersv1.HealthCheckSpec) time.Duration {
 	suspect := h.Healthy && h.ConsecutiveFailures > 0
 	recovering := !h.Healthy && h.ConsecutiveSuccesses > 0
 	if suspect || recovering {
 		return retryInterval(hc)
 	}
-	return hc.GetPeriod()
+	period := hc.GetPeriod()
+	if !h.Healthy && h.ConsecutiveFailures > 3 {
+		limit := max(period, maxDownBackoff)
+		d := period << min(h.ConsecutiveFailures-3, 6)
+		return min(d, limit)
+	}
+	return period
 }
 
 func timePtr(t time.Time) *metav1.Time {

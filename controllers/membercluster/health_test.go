@@ -109,3 +109,21 @@ func TestSeedHealthGivesAHealthyMemberAFullWindow(t *testing.T) {
 	h = h.observe(now.Add(5*time.Second), false, "ClusterNotReachable", "", hc)
 	g.Expect(h.Healthy).To(BeTrue(), "a restart must not flip Ready from a stale lastSuccessfulProbeTime")
 }
+
+func TestMembersThatStayDownBackOff(t *testing.T) {
+	g := NewWithT(t)
+	hc := clustersv1.HealthCheckSpec{Period: &metav1.Duration{Duration: time.Second}}
+	h := health{}
+	var delays []time.Duration
+	for i := 0; i < 12; i++ {
+		h = h.observe(time.Now(), false, "ClusterNotReachable", "down", hc)
+		delays = append(delays, h.nextProbeIn(hc))
+	}
+	g.Expect(delays[:3]).To(HaveEach(time.Second))
+	g.Expect(delays[3]).To(Equal(2 * time.Second))
+	g.Expect(delays[4]).To(Equal(4 * time.Second))
+	g.Expect(delays[11]).To(Equal(maxDownBackoff))
+	// One success (recovering) is re-probed quickly again.
+	h = h.observe(time.Now(), true, "", "", hc)
+	g.Expect(h.nextProbeIn(hc)).To(Equal(retryInterval(hc)))
+}

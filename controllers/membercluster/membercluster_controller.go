@@ -6,8 +6,11 @@ package membercluster
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -38,7 +41,7 @@ const secretIndex = "spec.attach.kubeconfigSecretRef"
 // Defaults of the Reconciler's knobs.
 const (
 	DefaultDeletionGracePeriod = 2 * time.Minute
-	DefaultStatusHeartbeat     = time.Minute
+	DefaultStatusHeartbeat     = 10 * time.Minute
 	DefaultMaxConcurrentProbes = 500
 )
 
@@ -62,27 +65,44 @@ type Reconciler struct {
 	StatusHeartbeat time.Duration
 	// MaxConcurrentProbes bounds the probes in flight across all members.
 	MaxConcurrentProbes int
+	// SecretNamespaces are the namespaces kubeconfig Secrets may live in
+	// (--kubeconfig-secret-namespaces); empty allows any (tests only: the manager always sets it).
+	SecretNamespaces []string
 
-	ctx        context.Context
-	log        logr.Logger
-	probeSlots chan struct{}
-	probeDone  chan event.GenericEvent
+	ctx            context.Context
+	log            logr.Logger
+	slots          *probeSlots
+	inventorySlots chan struct{}
+	probeDone      chan event.GenericEvent
 
 	mu     sync.Mutex
 	health map[types.UID]*memberState
 }
 
 // memberState is what the controller remembers about a member between reconciles. mu guards
-// what the probe goroutine writes (health, latest, inFlight, lastStart); the rest is only touched
-// by reconciles, which controller-runtime never runs in parallel for one member.
+// what the prober writes; identityMismatch, markerGen and verifiedGen are only touched by
+// reconciles, which controller-runtime never runs in parallel for one member.
 type memberState struct {
 	mu     sync.Mutex
+	uid    types.UID
+	name   string
 	health health
-	// latest is the last completed probe.
-	latest    *clustercache.ProbeResult
-	inFlight  bool
-	lastStart time.Time
-	// What the prober probes with; active is false while paused, refused or deleted.
+	// live is the last liveness result and inv the last successful inventory, both through acc
+	// (reset when acc is replaced); invErr is the last inventory failure.
+	live   *clustercache.LivenessResult
+	inv    *clustercache.InventoryResult
+	invErr string
+	// probedConn: a liveness probe through acc has completed. hcPending: spec.healthCheck changed
+	// and no probe with the new settings has completed.
+	probedConn, hcPending bool
+	// replaced: acc replaced another connection in this process (a Secret change, an unpause, a
+	// fixed kubeconfig), so status shows Reconciling until a probe through it is in.
+	replaced, everConnected bool
+
+	inFlight, invInFlight, probeNow bool
+	lastStart, invStart             time.Time
+	// epoch numbers schedules: a timer from an older epoch does nothing.
+	epoch  uint64
 	active bool
 	acc    *clustercache.Accessor
 	hc     clustersv1.HealthCheckSpec
@@ -90,12 +110,17 @@ type memberState struct {
 	// lastPublished is when a reconcile last took the state into status.
 	lastPublished time.Time
 
-	// identityMismatch is the clusterID last observed when it differed from status.clusterID.
+	// identityMismatch is the clusterID last observed when it differed from status.clusterID
+	// (seededMismatch after a restart, until a probe reads it again).
 	identityMismatch string
-	// markerVersion is the accessor version the marker namespace was ensured for.
-	markerVersion string
-	name          string
+	// verifiedGen is the connection (Accessor.Generation) through which a probe confirmed the
+	// pinned identity; markerGen the one the marker namespace was ensured through.
+	verifiedGen, markerGen uint64
 }
+
+// seededMismatch stands for "the identity had changed when the manager last ran" until a probe
+// through the new connection reads the member's clusterID.
+const seededMismatch = "?"
 
 // +kubebuilder:rbac:groups=clusters.paddock.dev,resources=memberclusters,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=clusters.paddock.dev,resources=memberclusters/status,verbs=get;update;patch
@@ -120,7 +145,8 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	}
 	r.health = map[types.UID]*memberState{}
 	r.ctx, r.log = ctx, mgr.GetLogger().WithName("membercluster-prober")
-	r.probeSlots = make(chan struct{}, r.MaxConcurrentProbes)
+	r.slots = newProbeSlots(r.MaxConcurrentProbes)
+	r.inventorySlots = make(chan struct{}, max(1, r.MaxConcurrentProbes/10))
 	r.probeDone = make(chan event.GenericEvent, 1024)
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &clustersv1.MemberCluster{}, secretIndex, func(o client.Object) []string {
 		mc := o.(*clustersv1.MemberCluster)
@@ -160,12 +186,11 @@ func (r *Reconciler) membersForSecret(ctx context.Context, o client.Object) []re
 
 // Reconcile moves a MemberCluster towards its desired state.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, retErr error) {
-	log := ctrl.LoggerFrom(ctx)
 	mc := &clustersv1.MemberCluster{}
 	if err := r.Client.Get(ctx, req.NamespacedName, mc); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.Cache.Disconnect(req.Name)
-			r.forgetStateByName(req.Name)
+			r.forgetStateByName(req.Name, "")
 			forgetMetrics(req.Name)
 			return ctrl.Result{}, nil
 		}
@@ -179,7 +204,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Re
 	if !controllerutil.ContainsFinalizer(mc, clustersv1.MemberClusterFinalizer) {
 		orig := mc.DeepCopy()
 		controllerutil.AddFinalizer(mc, clustersv1.MemberClusterFinalizer)
-		if err := r.Client.Patch(ctx, mc, client.MergeFrom(orig)); err != nil {
+		// Optimistic lock: a merge patch of metadata.finalizers replaces the whole list, so it must
+		// not be computed from a stale copy (another owner's finalizer would be lost).
+		if err := r.Client.Patch(ctx, mc, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
 			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
 		}
 	}
@@ -187,7 +214,6 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Re
 	s := &scope{mc: mc, orig: mc.DeepCopy(), state: r.stateFor(mc)}
 	defer func() {
 		if err := r.patchStatus(ctx, s); err != nil {
-			log.Error(err, "Failed to patch status")
 			if retErr == nil {
 				retErr = err
 			}
@@ -196,7 +222,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Re
 
 	if mc.Spec.Paused {
 		deactivate(s.state)
-		r.Cache.SetReady(mc.Name, false, clustersv1.ReasonPaused)
+		// The connection is dropped: after an unpause a new one proves the identity again (the
+		// cluster behind the kubeconfig may have changed meanwhile).
+		r.Cache.Revoke(mc.Name, clustersv1.ReasonPaused, true)
+		r.Cache.Disconnect(mc.Name)
 		s.paused = true
 		return ctrl.Result{}, nil
 	}
@@ -207,11 +236,22 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Re
 // stateFor returns the in-memory state of a member, seeding it from status on first sight.
 func (r *Reconciler) stateFor(mc *clustersv1.MemberCluster) *memberState {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	st, ok := r.health[mc.UID]
 	if !ok {
-		st = &memberState{name: mc.Name, health: seedHealth(r.Clock.Now(), &mc.Status)}
+		st = &memberState{uid: mc.UID, name: mc.Name, health: seedHealth(r.Clock.Now(), &mc.Status)}
+		if c := findCondition(mc.Status.Conditions, clustersv1.StalledCondition); c != nil &&
+			c.Status == metav1.ConditionTrue && c.Reason == clustersv1.ReasonClusterIdentityChanged {
+			// The identity had changed when the manager last ran: stay Stalled until a probe says
+			// otherwise, never briefly usable.
+			st.identityMismatch = seededMismatch
+		}
 		r.health[mc.UID] = st
+	}
+	r.mu.Unlock()
+	if !ok {
+		// A MemberCluster deleted without our finalizer and recreated under the same name: the
+		// old one's prober must not live on.
+		r.forgetStateByName(mc.Name, mc.UID)
 	}
 	return st
 }
@@ -226,12 +266,12 @@ func (r *Reconciler) forgetState(uid types.UID) {
 	}
 }
 
-// forgetStateByName drops the state of a MemberCluster that vanished without our finalizer.
-func (r *Reconciler) forgetStateByName(name string) {
+// forgetStateByName drops the state of every MemberCluster of that name except keep.
+func (r *Reconciler) forgetStateByName(name string, keep types.UID) {
 	r.mu.Lock()
 	var gone []*memberState
 	for uid, st := range r.health {
-		if st.name == name {
+		if st.name == name && uid != keep {
 			gone = append(gone, st)
 			delete(r.health, uid)
 		}
@@ -242,34 +282,70 @@ func (r *Reconciler) forgetStateByName(name string) {
 	}
 }
 
-// patchStatus computes conditions and writes status when it changed (or the heartbeat is due).
+// heartbeat is how stale lastProbeTime may get in status before it is written anyway, spread
+// over [StatusHeartbeat, 1.1×StatusHeartbeat) by UID so that a fleet attached at once does not
+// write its heartbeats at once.
+func (r *Reconciler) heartbeat(uid types.UID) time.Duration {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(uid))
+	return r.StatusHeartbeat + time.Duration(uint64(h.Sum32())%1000)*r.StatusHeartbeat/10000
+}
+
+// patchStatus computes conditions and writes status when it changed (or the heartbeat is due),
+// then emits the events of the transitions it recorded. It is idempotent: after a successful
+// write, s.orig is what was written.
 func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 	computeStatus(s)
-	r.emitTransitionEvents(s)
 	updateMetrics(s)
 
 	newStatus := s.mc.Status.DeepCopy()
 	oldStatus := s.orig.Status.DeepCopy()
 	// lastProbeTime and lastSuccessfulProbeTime alone do not justify a write until the heartbeat.
 	heartbeatDue := oldStatus.LastProbeTime == nil ||
-		(newStatus.LastProbeTime != nil && newStatus.LastProbeTime.Sub(oldStatus.LastProbeTime.Time) >= r.StatusHeartbeat)
+		(newStatus.LastProbeTime != nil && newStatus.LastProbeTime.Sub(oldStatus.LastProbeTime.Time) >= r.heartbeat(s.mc.UID))
 	if !heartbeatDue {
 		newStatus.LastProbeTime, newStatus.LastSuccessfulProbeTime = oldStatus.LastProbeTime, oldStatus.LastSuccessfulProbeTime
 	}
 	if equality.Semantic.DeepEqual(newStatus, oldStatus) {
+		s.mc.Status = *newStatus
 		return nil
 	}
 	s.mc.Status = *newStatus
-	if err := r.Client.Status().Patch(ctx, s.mc, client.MergeFrom(s.orig)); err != nil {
+	if err := r.Client.Status().Patch(ctx, s.mc, client.MergeFromWithOptions(s.orig, client.MergeFromWithOptimisticLock{})); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		return err
+		// Nothing is announced for a status that did not land: the retry announces it.
+		return fmt.Errorf("patching status: %w", err)
 	}
+	r.emitTransitionEvents(s)
+	s.orig = s.mc.DeepCopy()
 	return nil
 }
 
+// maxEventNote is what the events API accepts in a note.
+const maxEventNote = 1024
+
+func truncateNote(msg string) string {
+	if len(msg) <= maxEventNote {
+		return msg
+	}
+	cut := maxEventNote - len("...")
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + "..."
+}
+
+func (r *Reconciler) event(obj *clustersv1.MemberCluster, eventType, reason, action, msg string) {
+	r.Recorder.Eventf(obj, nil, eventType, reason, action, "%s", truncateNote(msg))
+}
+
 func (r *Reconciler) emitTransitionEvents(s *scope) {
+	for _, e := range s.pendingEvents {
+		r.event(s.mc, e.eventType, e.reason, e.action, e.msg)
+	}
+	s.pendingEvents = nil
 	oldReady := findCondition(s.orig.Status.Conditions, clustersv1.ReadyCondition)
 	newReady := findCondition(s.mc.Status.Conditions, clustersv1.ReadyCondition)
 	if newReady == nil {
@@ -279,47 +355,59 @@ func (r *Reconciler) emitTransitionEvents(s *scope) {
 		return
 	}
 	eventType := corev1.EventTypeNormal
-	if newReady.Status == metav1.ConditionFalse && newReady.Reason != clustersv1.ReasonProgressing {
+	if newReady.Status == metav1.ConditionFalse && newReady.Reason != clustersv1.ReasonProgressing && newReady.Reason != clustersv1.ReasonProbePending {
 		eventType = corev1.EventTypeWarning
 	}
-	r.Recorder.Eventf(s.mc, nil, eventType, newReady.Reason, "Probe", "%s", newReady.Message)
+	r.event(s.mc, eventType, newReady.Reason, "Probe", newReady.Message)
 }
 
-// reconcileDelete cleans up what Paddock placed in the member and releases the finalizer. It
-// never wedges: when the member cannot be reached it gives up after DeletionGracePeriod.
+// reconcileDelete lets dependants clean up, cleans up what Paddock placed in the member and
+// releases the finalizer. It never wedges: when the member cannot be reached it gives up after
+// DeletionGracePeriod, and a member that cannot be reached at all (its Secret gone or refused,
+// its identity never pinned) is released at once.
 func (r *Reconciler) reconcileDelete(ctx context.Context, mc *clustersv1.MemberCluster) (ctrl.Result, error) {
 	log := ctrl.LoggerFrom(ctx)
 	if !controllerutil.ContainsFinalizer(mc, clustersv1.MemberClusterFinalizer) {
 		r.Cache.Disconnect(mc.Name)
 		return ctrl.Result{}, nil
 	}
-	r.Cache.SetReady(mc.Name, false, clustersv1.ReasonDeleting)
+	// From now on Get refuses the member; GetForCleanup serves dependants' cleanup.
+	r.Cache.BeginCleanup(mc.Name)
 	r.mu.Lock()
 	if st := r.health[mc.UID]; st != nil {
 		deactivate(st)
 	}
 	r.mu.Unlock()
+	waited := r.Clock.Since(mc.DeletionTimestamp.Time)
 
-	var cleanupErr error
-	if mc.Spec.DeletionPolicy != clustersv1.DeletionPolicyOrphan {
-		cleanupErr = r.cleanupMember(ctx, mc)
+	// Controllers that placed things in the member go first (their finalizers are *.paddock.dev/),
+	// bounded by the grace period.
+	if others := dependantFinalizers(mc); len(others) > 0 && waited < r.DeletionGracePeriod {
+		log.Info("Waiting for dependants to clean up the member", "member", mc.Name, "finalizers", others)
+		return ctrl.Result{RequeueAfter: min(time.Second, r.DeletionGracePeriod-waited)}, nil
 	}
-	if cleanupErr != nil {
-		waited := r.Clock.Since(mc.DeletionTimestamp.Time)
-		if waited < r.DeletionGracePeriod {
-			log.Info("Could not clean up member yet; retrying", "member", mc.Name, "reason", cleanupErr.Error())
+
+	if mc.Spec.DeletionPolicy != clustersv1.DeletionPolicyOrphan {
+		outcome, err := r.cleanupMember(ctx, mc)
+		switch {
+		case err != nil && outcome == cleanupRetry && waited < r.DeletionGracePeriod:
+			log.Info("Could not clean up member yet; retrying", "member", mc.Name, "reason", err.Error())
 			return ctrl.Result{RequeueAfter: min(retryInterval(mc.Spec.HealthCheck)*5, r.DeletionGracePeriod-waited)}, nil
+		case err != nil && outcome == cleanupRetry:
+			r.event(mc, corev1.EventTypeWarning, "CleanupAbandoned", "Delete", fmt.Sprintf(
+				"Gave up cleaning up the member after %s: %s; what Paddock placed there is left in place", r.DeletionGracePeriod, err))
+			log.Info("Abandoned member cleanup", "member", mc.Name, "reason", err.Error())
+		case err != nil:
+			r.event(mc, corev1.EventTypeWarning, "CleanupSkipped", "Delete", err.Error())
+			log.Info("Skipped member cleanup", "member", mc.Name, "reason", err.Error())
+		case outcome == cleanupDone:
+			r.event(mc, corev1.EventTypeNormal, "CleanedUp", "Delete", "Removed what Paddock placed in the member")
 		}
-		r.Recorder.Eventf(mc, nil, corev1.EventTypeWarning, "CleanupAbandoned", "Delete",
-			"Gave up cleaning up the member after %s: %s; what Paddock placed there is left in place", r.DeletionGracePeriod, cleanupErr)
-		log.Info("Abandoned member cleanup", "member", mc.Name, "reason", cleanupErr.Error())
-	} else if mc.Spec.DeletionPolicy != clustersv1.DeletionPolicyOrphan {
-		r.Recorder.Eventf(mc, nil, corev1.EventTypeNormal, "CleanedUp", "Delete", "Removed what Paddock placed in the member")
 	}
 
 	orig := mc.DeepCopy()
 	controllerutil.RemoveFinalizer(mc, clustersv1.MemberClusterFinalizer)
-	if err := r.Client.Patch(ctx, mc, client.MergeFrom(orig)); err != nil && !apierrors.IsNotFound(err) {
+	if err := r.Client.Patch(ctx, mc, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, fmt.Errorf("removing finalizer: %w", err)
 	}
 	r.Cache.Disconnect(mc.Name)
@@ -327,6 +415,20 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, mc *clustersv1.MemberC
 	forgetMetrics(mc.Name)
 	log.Info("Released member", "member", mc.Name)
 	return ctrl.Result{}, nil
+}
+
+// dependantFinalizers lists the finalizers of other Paddock controllers on the MemberCluster.
+func dependantFinalizers(mc *clustersv1.MemberCluster) []string {
+	var out []string
+	for _, f := range mc.Finalizers {
+		if f == clustersv1.MemberClusterFinalizer {
+			continue
+		}
+		if domain, _, ok := strings.Cut(f, "/"); ok && (domain == "paddock.dev" || strings.HasSuffix(domain, ".paddock.dev")) {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func findCondition(conds []metav1.Condition, t string) *metav1.Condition {

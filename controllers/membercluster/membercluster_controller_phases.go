@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -37,11 +39,19 @@ type scope struct {
 	kubeconfigErr *clustercache.PolicyError
 	connected     bool
 	endpoint      string
-	// probe is the result that completed since the last reconcile, if any.
-	probe *clustercache.ProbeResult
+	// live and inv are the latest liveness and inventory results through the current connection.
+	live *clustercache.LivenessResult
+	inv  *clustercache.InventoryResult
 	// health is a snapshot of the member's health verdict.
 	health health
+	// probedConn: a probe through the current connection is in; verified: one confirmed the
+	// pinned identity; replaced and hcPending as in memberState.
+	probedConn, verified, replaced, hcPending bool
+	// pendingEvents are emitted once the status that records them has landed.
+	pendingEvents []pendingEvent
 }
+
+type pendingEvent struct{ eventType, reason, action, msg string }
 
 func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result, error) {
 	log := ctrl.LoggerFrom(ctx)
@@ -61,40 +71,55 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 		return ctrl.Result{}, err
 	}
 	s.endpoint = acc.Config.Host
-
 	s.connected = true
 
 	// Probes run on their own schedule, outside reconcile workers (see prober.go); a reconcile
-	// only hands the prober the current accessor and settings and publishes what it found.
+	// only hands the prober the current connection and settings and publishes what it found.
 	st := s.state
+	r.activate(mc.Name, st, acc, hc)
 	st.mu.Lock()
-	s.probe, s.health = st.latest, st.health
+	s.live, s.inv, s.health = st.live, st.inv, st.health
+	s.probedConn, s.replaced, s.hcPending = st.probedConn, st.replaced, st.hcPending
 	st.lastPublished = r.Clock.Now()
 	st.mu.Unlock()
-	r.activate(mc.Name, st, acc, hc)
-
-	if s.probe != nil && s.probe.Err == nil {
-		r.checkIdentity(s, s.probe.ClusterID)
+	if st.verifiedGen != acc.Generation {
+		st.verifiedGen = 0
 	}
 
-	ready, reason := s.health.Healthy && st.identityMismatch == "", ""
-	switch {
-	case st.identityMismatch != "":
-		reason = clustersv1.ReasonClusterIdentityChanged
-	case !s.health.Healthy:
-		reason = s.health.LastFailureReason
-		if reason == "" {
+	if s.live != nil && s.live.Err == nil {
+		r.checkIdentity(s, s.live.ClusterID)
+		if st.identityMismatch == "" {
+			st.verifiedGen = acc.Generation
+		}
+	}
+	s.verified = st.verifiedGen == acc.Generation && st.identityMismatch == ""
+
+	usable := s.verified && s.health.Healthy
+	if !usable {
+		// Taking a member away is safe at any time; only admitting one waits for its status.
+		reason := clustersv1.ReasonProbePending
+		switch {
+		case st.identityMismatch != "":
+			reason = clustersv1.ReasonClusterIdentityChanged
+		case !s.health.Healthy && s.health.LastFailureReason != "":
+			reason = s.health.LastFailureReason
+		case !s.health.Healthy:
 			reason = clustersv1.ReasonProgressing
 		}
+		r.Cache.Revoke(mc.Name, reason, st.identityMismatch != "")
 	}
-	r.Cache.SetReady(mc.Name, ready, reason)
 
-	if ready && st.markerVersion != acc.Version {
+	// Status first (it pins the identity), then admission: no controller acts on the member
+	// before the status saying which cluster it is has landed.
+	if err := r.patchStatus(ctx, s); err != nil {
+		return ctrl.Result{}, err
+	}
+	if usable && r.Cache.Admit(acc, mc.Status.ClusterID) && st.markerGen != acc.Generation {
 		if err := r.ensureMarker(ctx, acc, mc); err != nil {
-			log.Info("Could not create the marker namespace; retrying at the next probe", "member", mc.Name, "reason", err.Error())
-		} else {
-			st.markerVersion = acc.Version
+			log.Info("Could not create the marker namespace; retrying", "member", mc.Name, "reason", err.Error())
+			return ctrl.Result{RequeueAfter: retryInterval(hc) * 5}, nil
 		}
+		st.markerGen = acc.Generation
 	}
 	// The prober requeues this member when something visible changes; this is a safety net.
 	return ctrl.Result{RequeueAfter: r.StatusHeartbeat}, nil
@@ -111,8 +136,8 @@ func (r *Reconciler) checkIdentity(s *scope, observed string) {
 		st.ClusterID = observed
 		s.state.identityMismatch = ""
 	case s.mc.Annotations[clustersv1.AcceptClusterIDAnnotation] == observed:
-		r.Recorder.Eventf(s.mc, nil, corev1.EventTypeNormal, "ClusterIdentityAccepted", "Probe",
-			"Accepted new cluster identity %s (was %s) as confirmed by annotation %s", observed, st.ClusterID, clustersv1.AcceptClusterIDAnnotation)
+		s.pendingEvents = append(s.pendingEvents, pendingEvent{corev1.EventTypeNormal, "ClusterIdentityAccepted", "Probe",
+			fmt.Sprintf("Accepted new cluster identity %s (was %s) as confirmed by annotation %s", observed, st.ClusterID, clustersv1.AcceptClusterIDAnnotation)})
 		st.ClusterID = observed
 		s.state.identityMismatch = ""
 	default:
@@ -126,6 +151,11 @@ func (r *Reconciler) connect(ctx context.Context, mc *clustersv1.MemberCluster) 
 		return nil, &clustercache.PolicyError{Reason: clustersv1.ReasonInvalidKubeconfig, Message: "spec.attach is not set"}
 	}
 	ref := mc.Spec.Attach.KubeconfigSecretRef
+	if len(r.SecretNamespaces) > 0 && !slices.Contains(r.SecretNamespaces, ref.Namespace) {
+		return nil, &clustercache.PolicyError{Reason: clustersv1.ReasonSecretNamespaceNotAllowed,
+			Message: fmt.Sprintf("kubeconfig Secrets are read only in the namespaces %s (--kubeconfig-secret-namespaces), not in %q",
+				strings.Join(r.SecretNamespaces, ", "), ref.Namespace)}
+	}
 	key := ref.Key
 	if key == "" {
 		key = "value"
@@ -192,42 +222,71 @@ func (r *Reconciler) ensureMarker(ctx context.Context, acc *clustercache.Accesso
 	return nil
 }
 
+type cleanupOutcome int
+
+const (
+	// cleanupDone: what Paddock placed in the member was removed (or was not there).
+	cleanupDone cleanupOutcome = iota
+	// cleanupRetry: the member could not be reached; retry until the grace period ends.
+	cleanupRetry
+	// cleanupSkipped: there is nothing Paddock may safely do in the member (identity never pinned
+	// or changed, kubeconfig gone or refused, still in use through another MemberCluster).
+	cleanupSkipped
+)
+
 // cleanupMember removes what Paddock placed in the member: the marker namespace, unless it is not
-// Paddock's or another MemberCluster still points at the same cluster.
-func (r *Reconciler) cleanupMember(ctx context.Context, mc *clustersv1.MemberCluster) error {
+// Paddock's or another MemberCluster still points at the same cluster. Right before deleting it
+// reads the kube-system UID again through the connection it deletes with, and skips on a mismatch:
+// a Secret re-pointed at another cluster must not make us delete there.
+func (r *Reconciler) cleanupMember(ctx context.Context, mc *clustersv1.MemberCluster) (cleanupOutcome, error) {
+	if mc.Status.ClusterID == "" {
+		// Never pinned, so nothing was ever placed there (the marker waits for admission).
+		return cleanupSkipped, nil
+	}
 	acc, ok := r.Cache.Peek(mc.Name)
 	if !ok {
 		var err error
 		if acc, err = r.connect(ctx, mc); err != nil {
-			return err
+			if pe, ok := clustercache.IsPolicyError(err); ok {
+				return cleanupSkipped, fmt.Errorf("released without cleaning up the member: its kubeconfig is not usable (%s: %s)", pe.Reason, pe.Message)
+			}
+			return cleanupRetry, err
 		}
 	}
-	if mc.Status.ClusterID != "" {
-		var all clustersv1.MemberClusterList
-		if err := r.Client.List(ctx, &all); err != nil {
-			return err
-		}
-		for _, other := range all.Items {
-			if other.Name != mc.Name && other.Status.ClusterID == mc.Status.ClusterID && other.DeletionTimestamp.IsZero() {
-				return nil // still in use through another MemberCluster
-			}
+	var all clustersv1.MemberClusterList
+	if err := r.Client.List(ctx, &all); err != nil {
+		return cleanupRetry, err
+	}
+	for _, other := range all.Items {
+		if other.Name != mc.Name && other.Status.ClusterID == mc.Status.ClusterID && other.DeletionTimestamp.IsZero() {
+			return cleanupSkipped, nil // still in use through another MemberCluster
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, mc.Spec.HealthCheck.GetTimeout())
 	defer cancel()
+	res := acc.ProbeLiveness(ctx)
+	if res.Err != nil {
+		return cleanupRetry, fmt.Errorf("%s: %w", res.Reason, res.Err)
+	}
+	if res.ClusterID != mc.Status.ClusterID {
+		return cleanupSkipped, fmt.Errorf("skipped cleaning up the member: the kubeconfig now reaches a different cluster (kube-system UID %s, expected %s), so nothing was deleted there",
+			res.ClusterID, mc.Status.ClusterID)
+	}
 	namespaces := acc.Kubernetes.CoreV1().Namespaces()
 	ns, err := namespaces.Get(ctx, MarkerNamespace, metav1.GetOptions{})
 	if err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil
+			return cleanupDone, nil
 		}
-		return fmt.Errorf("reading namespace %s: %w", MarkerNamespace, errors.New(clustercache.Classify(err)+": "+err.Error()))
+		return cleanupRetry, fmt.Errorf("reading namespace %s: %w", MarkerNamespace, errors.New(clustercache.Classify(err)+": "+err.Error()))
 	}
 	if ns.Labels[ManagedByLabel] != ManagedByValue {
-		return nil
+		return cleanupDone, nil
 	}
-	if err := namespaces.Delete(ctx, MarkerNamespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("deleting namespace %s: %w", MarkerNamespace, err)
+	// Preconditioned on the UID just read: never delete a namespace someone recreated meanwhile.
+	uid := ns.UID
+	if err := namespaces.Delete(ctx, MarkerNamespace, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		return cleanupRetry, fmt.Errorf("deleting namespace %s: %w", MarkerNamespace, err)
 	}
-	return nil
+	return cleanupDone, nil
 }

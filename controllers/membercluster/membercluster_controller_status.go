@@ -61,7 +61,7 @@ func computeStatus(s *scope) {
 	st.ConsecutiveFailures = h.ConsecutiveFailures
 	st.ConsecutiveSuccesses = min(h.ConsecutiveSuccesses, mc.Spec.HealthCheck.GetSuccessThreshold())
 
-	if p := s.probe; p != nil && p.Err == nil {
+	if p := s.inv; p != nil {
 		st.KubernetesVersion = p.Version
 		st.Platform = p.Platform
 		nodes := p.Nodes
@@ -90,7 +90,24 @@ func computeStatus(s *scope) {
 	}
 
 	reachable := meta.FindStatusCondition(st.Conditions, clustersv1.ReachableCondition)
+	// unproven: nothing through the current connection has confirmed the member's identity yet,
+	// while the verdict (carried over from the last connection, or from status after a restart)
+	// is still healthy. Ready is not (re)confirmed from such a connection.
+	unproven := h.Healthy && !s.verified
+	pendingMsg := "Probing the member through its new connection (the kubeconfig Secret changed, the member was unpaused or its kubeconfig was fixed); " +
+		"no controller acts on it until a probe confirms its identity"
+	if s.probedConn && unproven && h.LastFailureMsg != "" {
+		pendingMsg = fmt.Sprintf("No probe through the new connection has succeeded yet (%s: %s); Ready turns False after %s without a successful probe",
+			h.LastFailureReason, strings.TrimSuffix(h.LastFailureMsg, "."), hc.GetUnhealthyAfter())
+	}
+	removeProgress := func() {
+		meta.RemoveStatusCondition(&st.Conditions, clustersv1.ReconcilingCondition)
+		meta.RemoveStatusCondition(&st.Conditions, clustersv1.StalledCondition)
+	}
 	switch {
+	case s.state.identityMismatch == seededMismatch:
+		// Stalled with ClusterIdentityChanged when the manager last ran, and no probe has read the
+		// identity since: keep saying so.
 	case s.state.identityMismatch != "":
 		msg := fmt.Sprintf("The kubeconfig now reaches a different cluster (kube-system UID %s, expected %s). No controller acts on this member until a person confirms: "+
 			"kubectl annotate membercluster %s %s=%s --overwrite",
@@ -98,18 +115,34 @@ func computeStatus(s *scope) {
 		set(clustersv1.ReadyCondition, metav1.ConditionFalse, clustersv1.ReasonClusterIdentityChanged, msg)
 		set(clustersv1.StalledCondition, metav1.ConditionTrue, clustersv1.ReasonClusterIdentityChanged, msg)
 		meta.RemoveStatusCondition(&st.Conditions, clustersv1.ReconcilingCondition)
+	case unproven && s.replaced:
+		if meta.FindStatusCondition(st.Conditions, clustersv1.ReadyCondition) == nil {
+			set(clustersv1.ReadyCondition, metav1.ConditionFalse, clustersv1.ReasonProbePending, pendingMsg)
+		}
+		set(clustersv1.ReconcilingCondition, metav1.ConditionTrue, clustersv1.ReasonProbePending, pendingMsg)
+		meta.RemoveStatusCondition(&st.Conditions, clustersv1.StalledCondition)
+	case unproven:
+		// The first connection after a manager restart: status already says what the last
+		// manager knew, and rewriting it for every member would cost a write per member per
+		// restart. Other controllers still wait for the probe (the cache is not admitted).
+		if meta.FindStatusCondition(st.Conditions, clustersv1.ReadyCondition) == nil {
+			set(clustersv1.ReadyCondition, metav1.ConditionFalse, clustersv1.ReasonProbePending, pendingMsg)
+			set(clustersv1.ReconcilingCondition, metav1.ConditionTrue, clustersv1.ReasonProbePending, pendingMsg)
+		}
 	case h.Healthy:
 		set(clustersv1.ReadyCondition, metav1.ConditionTrue, clustersv1.ReasonReady, readyMessage(st))
-		meta.RemoveStatusCondition(&st.Conditions, clustersv1.ReconcilingCondition)
-		meta.RemoveStatusCondition(&st.Conditions, clustersv1.StalledCondition)
+		removeProgress()
 	case reachable.Status == metav1.ConditionUnknown:
 		set(clustersv1.ReadyCondition, metav1.ConditionFalse, clustersv1.ReasonProgressing, reachable.Message)
 		set(clustersv1.ReconcilingCondition, metav1.ConditionTrue, clustersv1.ReasonProgressing, reachable.Message)
 		meta.RemoveStatusCondition(&st.Conditions, clustersv1.StalledCondition)
 	default:
 		set(clustersv1.ReadyCondition, metav1.ConditionFalse, reachable.Reason, reachable.Message)
-		meta.RemoveStatusCondition(&st.Conditions, clustersv1.ReconcilingCondition)
-		meta.RemoveStatusCondition(&st.Conditions, clustersv1.StalledCondition)
+		removeProgress()
+	}
+	if s.hcPending && s.state.identityMismatch == "" {
+		set(clustersv1.ReconcilingCondition, metav1.ConditionTrue, clustersv1.ReasonProbePending,
+			"Probing the member with the new spec.healthCheck settings")
 	}
 	st.ObservedGeneration = gen
 }
@@ -121,6 +154,10 @@ func failureMessage(h health) string {
 		hint = " Check that the server in the kubeconfig is up and reachable from the management cluster."
 	case clustersv1.ReasonUnauthorized:
 		hint = " The member rejected the credentials: rotate the token or certificate in the kubeconfig Secret."
+	case clustersv1.ReasonForbidden:
+		hint = " The member denied a request Paddock needs: grant the member-side RBAC listed in docs/membercluster.md."
+	case clustersv1.ReasonResponseTooLarge:
+		hint = " The member sent a response larger than Paddock accepts."
 	case clustersv1.ReasonTLSError:
 		hint = " Check certificate-authority-data and tls-server-name in the kubeconfig."
 	case clustersv1.ReasonAPIServerNotReady:
@@ -161,9 +198,6 @@ func updateMetrics(s *scope) {
 		v = 1
 	}
 	readyGauge.WithLabelValues(name).Set(v)
-	if s.probe != nil {
-		probeLatency.WithLabelValues(name).Set(s.probe.Latency.Seconds())
-	}
 	if n := s.mc.Status.Nodes; n != nil {
 		nodesGauge.WithLabelValues(name, "total").Set(float64(n.Total))
 		nodesGauge.WithLabelValues(name, "ready").Set(float64(n.Ready))

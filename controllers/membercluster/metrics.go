@@ -20,17 +20,35 @@ var (
 	}, []string{"member", "state"})
 	probesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "paddock_membercluster_probes_total",
-		Help: "Health probes of all members by result (success, or the failure reason).",
+		Help: "Liveness probes of all members by result (success, or the failure reason).",
 	}, []string{"result"})
+	inventoryTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "paddock_membercluster_inventory_reads_total",
+		Help: "Inventory reads (version, nodes, capacity) of all members by result (success, or the failure reason).",
+	}, []string{"result"})
+	probesDiscarded = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "paddock_membercluster_probes_discarded_total",
+		Help: "Probe results discarded because the member's connection was replaced while they ran.",
+	})
+	lastProbeGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "paddock_membercluster_last_probe_timestamp_seconds",
+		Help: "Unix time of the member's last completed liveness probe (status.lastProbeTime is written only about every 10 minutes).",
+	}, []string{"member"})
+	lastSuccessGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "paddock_membercluster_last_successful_probe_timestamp_seconds",
+		Help: "Unix time of the member's last successful liveness probe.",
+	}, []string{"member"})
 )
 
 func init() {
-	metrics.Registry.MustRegister(readyGauge, probeLatency, nodesGauge, probesTotal)
+	metrics.Registry.MustRegister(readyGauge, probeLatency, nodesGauge, probesTotal, inventoryTotal, probesDiscarded, lastProbeGauge, lastSuccessGauge)
 }
 
 func forgetMetrics(member string) {
 	readyGauge.DeleteLabelValues(member)
 	probeLatency.DeleteLabelValues(member)
+	lastProbeGauge.DeleteLabelValues(member)
+	lastSuccessGauge.DeleteLabelValues(member)
 	nodesGauge.DeleteLabelValues(member, "total")
 	nodesGauge.DeleteLabelValues(member, "ready")
 }

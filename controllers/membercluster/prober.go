@@ -2,6 +2,7 @@ package membercluster
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -13,22 +14,96 @@ import (
 )
 
 // The prober probes each active member on its own schedule: a timer per member (no goroutine
-// while it waits), one probe in flight per member, at most MaxConcurrentProbes in flight overall.
-// A hung member holds only its own probe, never a reconcile worker. After each probe it folds the
-// result into the member's health and requeues the MemberCluster only when something that status
-// shows changed (or the status heartbeat is due), so a quiet fleet costs no reconciles.
+// while it waits), one liveness probe in flight per member, and slots bounding the probes in
+// flight overall. A hung member holds only its own probe, never a reconcile worker. After each
+// probe it folds the result into the member's health and requeues the MemberCluster only when
+// something that status shows changed (or the status heartbeat is due), so a quiet fleet costs no
+// reconciles.
+//
+// Every result belongs to the connection (Accessor) it was taken through: a result that comes
+// back after the connection was replaced is discarded, and a new connection is probed at once.
+//
+// Fairness: members whose last probe failed take their slots from a small pool of their own (a
+// fifth of the slots), and any probe that has held a slot for longer than slotHold gives it back
+// while it goes on, so members that hang can never keep healthy ones waiting.
+//
+// The inventory (version, nodes, capacity) is read on its own, slower cadence, in the background
+// with its own small pool, so a big member's node list never delays its liveness probe.
 
-// activate points the prober at the member's current accessor and settings and makes sure a
-// probe is scheduled.
+// slotHold is how long a probe may hold a slot before it goes on without one.
+const slotHold = time.Second
+
+// probeSlots bounds the probes that are in flight and younger than slotHold.
+type probeSlots struct {
+	healthy chan struct{}
+	failing chan struct{}
+}
+
+func newProbeSlots(n int) *probeSlots {
+	return &probeSlots{healthy: make(chan struct{}, n), failing: make(chan struct{}, max(1, n/5))}
+}
+
+// acquire takes a slot from the pool for a member whose last probe failed (failing) or not, and
+// returns its release, which is safe to call more than once.
+func (p *probeSlots) acquire(ctx context.Context, failing bool) (func(), bool) {
+	pool := p.healthy
+	if failing {
+		pool = p.failing
+	}
+	select {
+	case pool <- struct{}{}:
+	case <-ctx.Done():
+		return nil, false
+	}
+	var once sync.Once
+	return func() { once.Do(func() { <-pool }) }, true
+}
+
+// activate points the prober at the member's current connection and settings. A new connection
+// or changed settings are probed at once.
 func (r *Reconciler) activate(name string, st *memberState, acc *clustercache.Accessor, hc clustersv1.HealthCheckSpec) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	connChanged := st.acc != acc
+	hcChanged := st.acc != nil && !sameHealthCheck(st.hc, hc)
+	if connChanged {
+		if st.acc != nil || st.everConnected {
+			// A replaced connection proves nothing about the new one.
+			st.replaced = true
+		}
+		st.everConnected = true
+		st.live, st.inv = nil, nil
+		st.probedConn = false
+	}
+	if hcChanged {
+		st.hcPending = true
+	}
+	wasActive := st.active
 	st.acc, st.hc, st.active = acc, hc, true
+	if connChanged || hcChanged || !wasActive {
+		r.schedule(name, st, 0)
+		return
+	}
 	if st.inFlight || st.timer != nil {
 		return
 	}
-	delay := st.health.nextProbeIn(hc) - r.Clock.Since(st.lastStart)
-	st.timer = time.AfterFunc(max(delay, 0), func() { r.runProbe(name, st) })
+	r.schedule(name, st, st.health.nextProbeIn(hc)-r.Clock.Since(st.lastStart))
+}
+
+// schedule (st.mu held) replaces any scheduled probe with one after delay. While a probe is in
+// flight it only asks that one to schedule the next at once.
+func (r *Reconciler) schedule(name string, st *memberState, delay time.Duration) {
+	st.epoch++
+	if st.timer != nil {
+		st.timer.Stop()
+		st.timer = nil
+	}
+	if st.inFlight {
+		st.probeNow = delay <= 0
+		return
+	}
+	epoch := st.epoch
+	st.timer = time.AfterFunc(max(delay, 0), func() { r.runProbe(name, st, epoch) })
 }
 
 // deactivate stops probing the member.
@@ -36,61 +111,151 @@ func deactivate(st *memberState) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.active = false
+	st.epoch++
 	if st.timer != nil {
 		st.timer.Stop()
 		st.timer = nil
 	}
 }
 
-func (r *Reconciler) runProbe(name string, st *memberState) {
+func (r *Reconciler) runProbe(name string, st *memberState, epoch uint64) {
 	st.mu.Lock()
-	st.timer = nil
-	if !st.active || st.inFlight || r.ctx.Err() != nil {
+	// A timer that fired while the member was deactivated and re-activated belongs to an old
+	// epoch: only the newest schedule may start a probe, so one member has one probe chain.
+	if st.epoch != epoch || !st.active || st.inFlight || r.ctx.Err() != nil {
 		st.mu.Unlock()
 		return
 	}
+	st.timer = nil
 	acc, hc := st.acc, st.hc
-	st.inFlight = true
+	st.inFlight, st.probeNow = true, false
 	st.lastStart = r.Clock.Now()
 	timeout := probeTimeout(st.health, hc, st.lastStart)
+	failing := st.health.ConsecutiveFailures > 0 && st.probedConn
 	st.mu.Unlock()
 
-	select {
-	case r.probeSlots <- struct{}{}:
-	case <-r.ctx.Done():
+	release, ok := r.slots.acquire(r.ctx, failing)
+	if !ok {
+		st.mu.Lock()
+		st.inFlight = false
+		st.mu.Unlock()
 		return
 	}
+	hold := time.AfterFunc(slotHold, release)
 	ctx, cancel := context.WithTimeout(r.ctx, timeout)
-	res := acc.Probe(ctx)
+	res := acc.ProbeLiveness(ctx)
 	cancel()
-	<-r.probeSlots
+	hold.Stop()
+	release()
 
-	msg := ""
+	st.mu.Lock()
+	st.inFlight = false
+	if st.acc != acc {
+		// The connection was replaced while this probe ran: its result says nothing about the new
+		// one. activate has asked for a probe of the new connection; start it now.
+		probesDiscarded.Inc()
+		if st.active {
+			r.schedule(name, st, 0)
+		}
+		st.mu.Unlock()
+		return
+	}
 	if res.Err != nil {
-		msg = res.Err.Error()
 		probesTotal.WithLabelValues(res.Reason).Inc()
 	} else {
 		probesTotal.WithLabelValues("success").Inc()
 	}
-
-	st.mu.Lock()
-	prev, prevRes := st.health, st.latest
+	msg := ""
+	if res.Err != nil {
+		msg = res.Err.Error()
+	}
+	prev, prevRes, firstOnConn, hcPending := st.health, st.live, !st.probedConn, st.hcPending
 	st.health = st.health.observe(r.Clock.Now(), res.Err == nil, res.Reason, msg, hc)
-	st.latest = &res
-	st.inFlight = false
+	st.live = &res
+	st.probedConn, st.hcPending = true, false
 	h := st.health
-	publish := visibleChange(prev, h) || resultChanged(prevRes, &res) || r.Clock.Since(st.lastPublished) >= r.StatusHeartbeat
+	publish := firstOnConn || hcPending || visibleChange(prev, h) || livenessChanged(prevRes, &res) ||
+		r.Clock.Since(st.lastPublished) >= r.heartbeat(st.uid)
+	invDue := res.Err == nil && !st.invInFlight &&
+		(st.inv == nil || r.Clock.Since(st.invStart) >= hc.GetInventoryInterval())
+	if invDue {
+		st.invInFlight = true
+		st.invStart = r.Clock.Now()
+	}
 	if st.active {
-		delay := h.nextProbeIn(hc) - r.Clock.Since(st.lastStart)
-		st.timer = time.AfterFunc(max(delay, 0), func() { r.runProbe(name, st) })
+		next := h.nextProbeIn(hc) - r.Clock.Since(st.lastStart)
+		if st.probeNow {
+			next = 0
+		}
+		r.schedule(name, st, next)
+	}
+	if st.active {
+		// Under the lock, so a member forgotten meanwhile does not get its series back.
+		lastProbeGauge.WithLabelValues(name).Set(float64(r.Clock.Now().Unix()))
+		if res.Err == nil {
+			lastSuccessGauge.WithLabelValues(name).Set(float64(r.Clock.Now().Unix()))
+		}
+		probeLatency.WithLabelValues(name).Set(res.Latency.Seconds())
 	}
 	st.mu.Unlock()
 
+	if invDue {
+		go r.runInventory(name, st, acc, hc)
+	}
 	r.log.V(1).Info("Probed member", "member", name, "ok", res.Err == nil, "reason", res.Reason,
 		"latency", res.Latency, "healthy", h.Healthy, "failures", h.ConsecutiveFailures, "publish", publish)
-	if !publish {
+	if publish {
+		r.requeue(name)
+	}
+}
+
+// inventoryTimeout bounds one inventory read: a big member's node list takes longer than a
+// liveness probe, and nothing waits for it.
+func inventoryTimeout(hc clustersv1.HealthCheckSpec) time.Duration {
+	return min(max(3*hc.GetTimeout(), 30*time.Second), 2*time.Minute)
+}
+
+func (r *Reconciler) runInventory(name string, st *memberState, acc *clustercache.Accessor, hc clustersv1.HealthCheckSpec) {
+	done := func() {
+		st.mu.Lock()
+		st.invInFlight = false
+		st.mu.Unlock()
+	}
+	select {
+	case r.inventorySlots <- struct{}{}:
+	case <-r.ctx.Done():
+		done()
 		return
 	}
+	ctx, cancel := context.WithTimeout(r.ctx, inventoryTimeout(hc))
+	res := acc.ProbeInventory(ctx)
+	cancel()
+	<-r.inventorySlots
+
+	st.mu.Lock()
+	st.invInFlight = false
+	if st.acc != acc {
+		st.mu.Unlock()
+		probesDiscarded.Inc()
+		return
+	}
+	if res.Err != nil {
+		st.invErr = res.Err.Error()
+		st.mu.Unlock()
+		inventoryTotal.WithLabelValues(res.Reason).Inc()
+		r.log.Info("Could not read the member's inventory; keeping the last one", "member", name, "reason", res.Reason, "detail", res.Err.Error())
+		return
+	}
+	inventoryTotal.WithLabelValues("success").Inc()
+	changed := inventoryChanged(st.inv, &res)
+	st.inv, st.invErr = &res, ""
+	st.mu.Unlock()
+	if changed {
+		r.requeue(name)
+	}
+}
+
+func (r *Reconciler) requeue(name string) {
 	select {
 	case r.probeDone <- event.GenericEvent{Object: &clustersv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: name}}}:
 	case <-r.ctx.Done():
@@ -127,15 +292,20 @@ func visibleChange(prev, cur health) bool {
 	return false
 }
 
-// resultChanged tells whether a probe found different data than the one before.
-func resultChanged(prev, cur *clustercache.ProbeResult) bool {
+// livenessChanged tells whether a liveness probe found different data than the one before.
+func livenessChanged(prev, cur *clustercache.LivenessResult) bool {
 	if prev == nil || (prev.Err == nil) != (cur.Err == nil) {
 		return true
 	}
-	if cur.Err != nil {
-		return false
+	return cur.Err == nil && prev.ClusterID != cur.ClusterID
+}
+
+// inventoryChanged tells whether an inventory differs from the one before.
+func inventoryChanged(prev, cur *clustercache.InventoryResult) bool {
+	if prev == nil {
+		return true
 	}
-	return prev.Version != cur.Version || prev.Platform != cur.Platform || prev.ClusterID != cur.ClusterID ||
+	return prev.Version != cur.Version || prev.Platform != cur.Platform ||
 		prev.Nodes != cur.Nodes || !sameResources(prev.Capacity, cur.Capacity) || !sameResources(prev.Allocatable, cur.Allocatable)
 }
 
@@ -150,4 +320,10 @@ func sameResources(a, b corev1.ResourceList) bool {
 		}
 	}
 	return true
+}
+
+func sameHealthCheck(a, b clustersv1.HealthCheckSpec) bool {
+	return a.GetPeriod() == b.GetPeriod() && a.GetTimeout() == b.GetTimeout() &&
+		a.GetUnhealthyAfter() == b.GetUnhealthyAfter() && a.GetSuccessThreshold() == b.GetSuccessThreshold() &&
+		a.GetInventoryInterval() == b.GetInventoryInterval()
 }

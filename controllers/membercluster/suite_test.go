@@ -38,6 +38,7 @@ const (
 	testTimeout    = time.Second
 	testUnhealthy  = 4 * time.Second
 	testThreshold  = 2
+	testInventory  = 10 * time.Second
 	eventuallyWait = 30 * time.Second
 	poll           = 100 * time.Millisecond
 )
@@ -118,6 +119,7 @@ func attach(t *testing.T, name string, kubeconfig []byte, mutate ...func(*cluste
 			HealthCheck: clustersv1.HealthCheckSpec{
 				Period: &metav1.Duration{Duration: testPeriod}, Timeout: &metav1.Duration{Duration: testTimeout},
 				UnhealthyAfter: &metav1.Duration{Duration: testUnhealthy}, SuccessThreshold: testThreshold,
+				InventoryInterval: &metav1.Duration{Duration: testInventory},
 			},
 		},
 	}

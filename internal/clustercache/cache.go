@@ -1,11 +1,16 @@
 // Package clustercache is Paddock's one way into member clusters. From a MemberCluster's validated
-// kubeconfig it builds and caches a client, a discovery client and the rest.Config of that member,
-// rebuilds them when the kubeconfig Secret changes, drops them when the member goes, and tells
-// other controllers whether they may act on a member right now (Get fails with a typed error while
-// the member is unhealthy, paused, or its identity changed).
+// kubeconfig it builds one Accessor (a connection: one shared transport, the clients built on it)
+// per kubeconfig version, and tells other controllers whether they may act on a member right now.
 //
-// It starts no goroutines and no informers per member: clients read from the member directly,
-// bounded by per-member QPS, burst and timeouts.
+// A connection is usable only once the MemberCluster controller has admitted it: a probe through
+// *this* connection read the member's clusterID, it matched the identity pinned in status, and the
+// status that records it has landed. A rebuilt connection (a changed Secret, an unpause, a fixed
+// kubeconfig, a manager restart) starts unadmitted, so no controller acts on a cluster whose
+// identity is unproven.
+//
+// The API has two sides. Reader is what every controller gets: Get a usable member, GetForCleanup
+// while its MemberCluster is being deleted, and Subscribe to usability changes. The write side
+// (Connect, Admit, Revoke, BeginCleanup, Disconnect, Peek) is for the MemberCluster controller only.
 package clustercache
 
 import (
@@ -14,65 +19,136 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/flowcontrol"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 )
 
-// ErrNotConnected is returned by Get for a member the cache has no client for (not yet attached,
-// kubeconfig invalid, or deleted).
+// ErrNotConnected is returned by Get for a member the cache has no connection for (not yet
+// attached, kubeconfig invalid, or deleted).
 var ErrNotConnected = errors.New("member cluster is not connected")
+
+// Reasons a connected member is not usable, beside the MemberCluster Ready reasons.
+const (
+	// ReasonProbePending: the connection is new and no probe through it has confirmed the
+	// member's identity yet.
+	ReasonProbePending = clustersv1.ReasonProbePending
+	// ReasonDeleting: the MemberCluster is being deleted; only cleanup may use it (GetForCleanup).
+	ReasonDeleting = clustersv1.ReasonDeleting
+)
 
 // NotReadyError is returned by Get for a connected member that must not be acted on now.
 type NotReadyError struct {
 	Member string
-	Reason string // a MemberCluster Ready reason, e.g. ClusterNotReachable, ClusterIdentityChanged, Paused
+	// Reason is a MemberCluster Ready reason (ClusterNotReachable, ClusterIdentityChanged, Paused,
+	// ...) or ProbePending / Deleting.
+	Reason string
 }
 
 func (e *NotReadyError) Error() string {
 	return fmt.Sprintf("member cluster %q is not ready: %s", e.Member, e.Reason)
 }
 
+// IsNotReady tells whether err is a *NotReadyError and returns it.
+func IsNotReady(err error) (*NotReadyError, bool) {
+	var nre *NotReadyError
+	ok := errors.As(err, &nre)
+	return nre, ok
+}
+
+// Reader is the read side of the cache, for every controller that acts on members.
+type Reader interface {
+	// Get returns the member's accessor when the member may be acted on now: connected, its
+	// identity confirmed through this very connection, Ready, not paused and not being deleted.
+	// Otherwise ErrNotConnected or a *NotReadyError.
+	Get(ctx context.Context, name string) (*Accessor, error)
+	// GetForCleanup returns the member's accessor while its MemberCluster is being deleted (or is
+	// usable), so dependants can remove what they placed there before the MemberCluster's
+	// finalizer goes. It never returns a connection whose identity was not confirmed.
+	GetForCleanup(ctx context.Context, name string) (*Accessor, error)
+	// Subscribe returns a channel that receives an event (object name = member name) whenever a
+	// member's usability may have changed. Events are coalesced per member and never dropped.
+	Subscribe() <-chan event.GenericEvent
+}
+
+var _ Reader = (*ClusterCache)(nil)
+
 // Options configure every member's clients.
 type Options struct {
 	// Scheme for the member clients.
 	Scheme *runtime.Scheme
-	// QPS and Burst per member (client-go's 5/10 default throttles real workloads).
+	// QPS and Burst per member for work clients (client-go's 5/10 default throttles real work).
 	QPS   float32
 	Burst int
-	// Timeout bounds every request to a member.
+	// Timeout bounds every request of the work clients (watches excepted).
 	Timeout time.Duration
+	// ProbeQPS and ProbeBurst are the probes' own limiter, so that work on a member never delays
+	// its probes (default 5 and 10).
+	ProbeQPS   float32
+	ProbeBurst int
+	// MaxResponseBytes caps any one response body from a member read by work clients (default
+	// 128 MiB). Probes have their own, smaller caps.
+	MaxResponseBytes int64
 	// WrapTransport, if set, wraps every member's transport (metrics, fault injection in benchmarks).
 	WrapTransport func(member string, rt http.RoundTripper) http.RoundTripper
 }
 
-// Accessor holds the clients of one member.
+// Response caps of the probe clients.
+const (
+	// DefaultMaxResponseBytes caps a work client's response.
+	DefaultMaxResponseBytes int64 = 128 << 20
+	// LivenessMaxResponseBytes caps /readyz, kube-system and every error body of a probe.
+	LivenessMaxResponseBytes int64 = 1 << 20
+	// InventoryMaxResponseBytes caps the node list (protobuf from the watch cache: a 5,000-node
+	// member is in the tens of MiB).
+	InventoryMaxResponseBytes int64 = 256 << 20
+)
+
+var generations atomic.Uint64
+
+// Accessor is one connection to a member: the clients built on one shared transport from one
+// kubeconfig version. A new kubeconfig version makes a new Accessor.
 type Accessor struct {
 	// Name of the MemberCluster.
 	Name string
 	// Version identifies the kubeconfig the clients were built from (Secret UID/resourceVersion,
 	// key and context); a different version rebuilds them.
 	Version string
-	// Config is the member's rest.Config (do not mutate).
+	// Generation is unique per Accessor in this process.
+	Generation uint64
+	// Config is the member's rest.Config for work (do not mutate). Its transport is shared by every
+	// client of this Accessor: build clients with HTTPClient(), never from Config alone.
 	Config *rest.Config
-	// Kubernetes is a typed clientset for the member.
+	// Kubernetes is a typed clientset for work on the member.
 	Kubernetes kubernetes.Interface
 	// Discovery for the member.
 	Discovery discovery.DiscoveryInterface
 
 	httpClient *http.Client
 	scheme     *runtime.Scheme
+	// liveness and inventory are the probes' REST clients (own limiter, response caps).
+	liveness  rest.Interface
+	inventory rest.Interface
 
 	clientOnce sync.Once
 	client     client.Client
 	clientErr  error
 }
+
+// HTTPClient is the member's shared HTTP client (one connection pool per member): build further
+// clients on it with rest.Config from Config.
+func (a *Accessor) HTTPClient() *http.Client { return a.httpClient }
 
 // Client returns a controller-runtime client for the member (uncached), built on first use: its
 // REST mapper runs discovery against the member, which members that are only probed never need.
@@ -87,18 +163,24 @@ func (a *Accessor) Client() (client.Client, error) {
 }
 
 type entry struct {
-	acc    *Accessor
-	ready  bool
-	reason string
+	acc *Accessor
+	// admittedID is the clusterID a probe through acc confirmed and the controller admitted;
+	// empty until then.
+	admittedID string
+	ready      bool
+	reason     string
+	deleting   bool
 }
 
-// ClusterCache caches Accessors by MemberCluster name. It is safe for concurrent use.
+func (e *entry) usable() bool { return e.admittedID != "" && e.ready && !e.deleting }
+
+// ClusterCache caches one Accessor per MemberCluster name. It is safe for concurrent use.
 type ClusterCache struct {
 	opts Options
 
 	mu      sync.RWMutex
 	members map[string]*entry
-	subs    []chan event.GenericEvent
+	subs    []*subscriber
 }
 
 // New returns an empty ClusterCache.
@@ -112,11 +194,20 @@ func New(opts Options) *ClusterCache {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 30 * time.Second
 	}
+	if opts.ProbeQPS <= 0 {
+		opts.ProbeQPS = 5
+	}
+	if opts.ProbeBurst <= 0 {
+		opts.ProbeBurst = 10
+	}
+	if opts.MaxResponseBytes <= 0 {
+		opts.MaxResponseBytes = DefaultMaxResponseBytes
+	}
 	return &ClusterCache{opts: opts, members: map[string]*entry{}}
 }
 
-// Connect returns the member's Accessor, building it from cfg when none exists or version differs.
-// cfg must come from Policy.Load. A rebuilt accessor starts not ready until SetReady says so.
+// Connect returns the member's Accessor, building a new one from cfg when none exists or the
+// version differs. cfg must come from Policy.Load. A new Accessor is not usable until Admit.
 func (c *ClusterCache) Connect(name, version string, cfg *rest.Config) (*Accessor, error) {
 	c.mu.RLock()
 	e, ok := c.members[name]
@@ -130,11 +221,15 @@ func (c *ClusterCache) Connect(name, version string, cfg *rest.Config) (*Accesso
 	}
 	c.mu.Lock()
 	old := c.members[name]
-	c.members[name] = &entry{acc: acc}
+	ne := &entry{acc: acc, reason: ReasonProbePending}
+	if old != nil {
+		ne.deleting = old.deleting
+	}
+	c.members[name] = ne
 	c.mu.Unlock()
 	if old != nil {
 		old.acc.close()
-		if old.ready {
+		if old.usable() {
 			c.notify(name)
 		}
 	}
@@ -146,27 +241,58 @@ func (c *ClusterCache) build(name, version string, in *rest.Config) (*Accessor, 
 	cfg.QPS = c.opts.QPS
 	cfg.Burst = c.opts.Burst
 	cfg.Timeout = c.opts.Timeout
-	// One rate limiter shared by all clients of this member.
+	// One rate limiter shared by all work clients of this member.
 	cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(c.opts.QPS, c.opts.Burst)
 	cfg.UserAgent = "paddock-manager"
 	if c.opts.WrapTransport != nil {
 		wrap := c.opts.WrapTransport
 		cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return wrap(name, rt) })
 	}
-	httpClient, err := rest.HTTPClientFor(cfg)
+	rt, err := rest.TransportFor(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("building HTTP client for member %q: %w", name, err)
+		return nil, fmt.Errorf("building transport for member %q: %w", name, err)
 	}
+	// One transport (one connection pool) per member. Redirects are never followed: a member
+	// must not be able to send our credentials to another host.
+	shared := func(limit int64, timeout time.Duration) *http.Client {
+		return &http.Client{Transport: &capTransport{next: rt, limit: limit}, Timeout: timeout, CheckRedirect: refuseRedirect}
+	}
+	httpClient := shared(c.opts.MaxResponseBytes, c.opts.Timeout)
 	kc, err := kubernetes.NewForConfigAndClient(cfg, httpClient)
 	if err != nil {
 		return nil, fmt.Errorf("building clientset for member %q: %w", name, err)
 	}
+	// Probe clients: their own limiter, no client timeout (each probe's context bounds it).
+	probeCfg := rest.CopyConfig(cfg)
+	probeCfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(c.opts.ProbeQPS, c.opts.ProbeBurst)
+	probeCfg.Timeout = 0
+	probeCfg.GroupVersion = &schema.GroupVersion{Version: "v1"}
+	probeCfg.APIPath = "/api"
+	probeCfg.NegotiatedSerializer = clientgoscheme.Codecs.WithoutConversion()
+	liveness, err := rest.RESTClientForConfigAndClient(probeCfg, shared(LivenessMaxResponseBytes, 0))
+	if err != nil {
+		return nil, fmt.Errorf("building probe client for member %q: %w", name, err)
+	}
+	invCfg := rest.CopyConfig(probeCfg)
+	// Nodes as protobuf: a third of the JSON's bytes and far cheaper to decode.
+	invCfg.ContentType = "application/vnd.kubernetes.protobuf"
+	invCfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	inventory, err := rest.RESTClientForConfigAndClient(invCfg, shared(InventoryMaxResponseBytes, 0))
+	if err != nil {
+		return nil, fmt.Errorf("building inventory client for member %q: %w", name, err)
+	}
 	return &Accessor{
-		Name: name, Version: version, Config: cfg,
+		Name: name, Version: version, Generation: generations.Add(1), Config: cfg,
 		Kubernetes: kc, Discovery: kc.Discovery(),
 		httpClient: httpClient, scheme: c.opts.Scheme,
+		liveness: liveness, inventory: inventory,
 	}, nil
 }
+
+// ErrRedirectRefused is returned when a member answers with a redirect.
+var ErrRedirectRefused = errors.New("the member answered with a redirect, which Paddock never follows")
+
+func refuseRedirect(*http.Request, []*http.Request) error { return ErrRedirectRefused }
 
 func (a *Accessor) close() {
 	if a.httpClient != nil {
@@ -174,28 +300,48 @@ func (a *Accessor) close() {
 	}
 }
 
-// Disconnect drops the member's clients.
-func (c *ClusterCache) Disconnect(name string) {
-	c.mu.Lock()
-	e, ok := c.members[name]
-	delete(c.members, name)
-	c.mu.Unlock()
-	if ok {
-		e.acc.close()
-		if e.ready {
-			c.notify(name)
-		}
-	}
+// current returns the entry when acc is still the member's connection.
+func (c *ClusterCache) current(acc *Accessor) (*entry, bool) {
+	e, ok := c.members[acc.Name]
+	return e, ok && e.acc == acc
 }
 
-// SetReady records whether other controllers may act on the member. reason explains a false.
-// Subscribers are notified when readiness changes.
-func (c *ClusterCache) SetReady(name string, ready bool, reason string) {
+// Admit makes acc usable: a probe through acc read clusterID, it matches the member's pinned
+// identity, and the status recording it has landed. It returns false (and changes nothing) when
+// acc is no longer the member's connection.
+func (c *ClusterCache) Admit(acc *Accessor, clusterID string) bool {
+	if clusterID == "" {
+		return false
+	}
+	c.mu.Lock()
+	e, ok := c.current(acc)
+	var changed bool
+	if ok {
+		before := e.usable()
+		e.admittedID, e.ready, e.reason = clusterID, true, ""
+		changed = before != e.usable()
+	}
+	c.mu.Unlock()
+	if changed {
+		c.notify(acc.Name)
+	}
+	return ok
+}
+
+// Revoke makes the member unusable for reason (a Ready reason). The admitted identity is kept
+// unless forgetIdentity: an unreachable member is still the same cluster, a member whose identity
+// changed is not.
+func (c *ClusterCache) Revoke(name, reason string, forgetIdentity bool) {
 	c.mu.Lock()
 	e, ok := c.members[name]
-	changed := ok && e.ready != ready
+	var changed bool
 	if ok {
-		e.ready, e.reason = ready, reason
+		before := e.usable()
+		e.ready, e.reason = false, reason
+		if forgetIdentity {
+			e.admittedID = ""
+		}
+		changed = before != e.usable()
 	}
 	c.mu.Unlock()
 	if changed {
@@ -203,8 +349,36 @@ func (c *ClusterCache) SetReady(name string, ready bool, reason string) {
 	}
 }
 
-// Peek returns the member's accessor whatever its readiness (for the MemberCluster controller's
-// own probes and cleanup). ok is false when not connected.
+// BeginCleanup marks the member as being deleted: Get refuses it from now on, GetForCleanup
+// serves it (when its identity was confirmed) until Disconnect.
+func (c *ClusterCache) BeginCleanup(name string) {
+	c.mu.Lock()
+	e, ok := c.members[name]
+	var changed bool
+	if ok && !e.deleting {
+		changed = e.usable()
+		e.deleting = true
+	}
+	c.mu.Unlock()
+	if changed || ok {
+		c.notify(name)
+	}
+}
+
+// Disconnect drops the member's connection.
+func (c *ClusterCache) Disconnect(name string) {
+	c.mu.Lock()
+	e, ok := c.members[name]
+	delete(c.members, name)
+	c.mu.Unlock()
+	if ok {
+		e.acc.close()
+		c.notify(name)
+	}
+}
+
+// Peek returns the member's connection whatever its state, for the MemberCluster controller's own
+// probes. Nothing else may act through it. ok is false when not connected.
 func (c *ClusterCache) Peek(name string) (*Accessor, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -215,8 +389,17 @@ func (c *ClusterCache) Peek(name string) (*Accessor, bool) {
 	return e.acc, true
 }
 
-// Get returns the member's accessor for a controller that wants to act on the member. It fails
-// with ErrNotConnected or a *NotReadyError when it must not.
+// AdmittedID returns the clusterID admitted for the member's current connection ("" if none).
+func (c *ClusterCache) AdmittedID(name string) string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if e, ok := c.members[name]; ok {
+		return e.admittedID
+	}
+	return ""
+}
+
+// Get implements Reader.
 func (c *ClusterCache) Get(_ context.Context, name string) (*Accessor, error) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -224,10 +407,33 @@ func (c *ClusterCache) Get(_ context.Context, name string) (*Accessor, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrNotConnected, name)
 	}
-	if !e.ready {
+	switch {
+	case e.deleting:
+		return nil, &NotReadyError{Member: name, Reason: ReasonDeleting}
+	case e.admittedID == "":
 		reason := e.reason
 		if reason == "" {
-			reason = "not yet probed"
+			reason = ReasonProbePending
+		}
+		return nil, &NotReadyError{Member: name, Reason: reason}
+	case !e.ready:
+		return nil, &NotReadyError{Member: name, Reason: e.reason}
+	}
+	return e.acc, nil
+}
+
+// GetForCleanup implements Reader.
+func (c *ClusterCache) GetForCleanup(_ context.Context, name string) (*Accessor, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	e, ok := c.members[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNotConnected, name)
+	}
+	if e.admittedID == "" {
+		reason := e.reason
+		if reason == "" {
+			reason = ReasonProbePending
 		}
 		return nil, &NotReadyError{Member: name, Reason: reason}
 	}
@@ -241,28 +447,66 @@ func (c *ClusterCache) Len() int {
 	return len(c.members)
 }
 
-// Subscribe returns a channel that receives an event (object name = member name) whenever a
-// member becomes usable or stops being usable. Use it with source.Channel to requeue dependants.
-// Subscribe before the manager starts.
+// subscriber coalesces notifications per member: a member already pending is not queued again,
+// and none is ever dropped however far behind the subscriber is.
+type subscriber struct {
+	out  chan event.GenericEvent
+	mu   sync.Mutex
+	set  map[string]struct{}
+	fifo []string
+	wake chan struct{}
+}
+
+// Subscribe implements Reader. Subscribe before the manager starts; the pump lives as long as the
+// process (one goroutine per subscriber).
 func (c *ClusterCache) Subscribe() <-chan event.GenericEvent {
-	ch := make(chan event.GenericEvent, 1024)
+	s := &subscriber{out: make(chan event.GenericEvent), set: map[string]struct{}{}, wake: make(chan struct{}, 1)}
 	c.mu.Lock()
-	c.subs = append(c.subs, ch)
+	c.subs = append(c.subs, s)
 	c.mu.Unlock()
-	return ch
+	go s.pump()
+	return s.out
+}
+
+func (s *subscriber) add(name string) {
+	s.mu.Lock()
+	if _, ok := s.set[name]; !ok {
+		s.set[name] = struct{}{}
+		s.fifo = append(s.fifo, name)
+	}
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *subscriber) pump() {
+	for range s.wake {
+		for {
+			s.mu.Lock()
+			if len(s.fifo) == 0 {
+				s.fifo = nil
+				s.mu.Unlock()
+				break
+			}
+			name := s.fifo[0]
+			s.fifo = s.fifo[1:]
+			// Taken off the set before it is sent: a change after this point queues it again.
+			delete(s.set, name)
+			s.mu.Unlock()
+			obj := &memberRef{}
+			obj.SetName(name)
+			s.out <- event.GenericEvent{Object: obj}
+		}
+	}
 }
 
 func (c *ClusterCache) notify(name string) {
 	c.mu.RLock()
 	subs := c.subs
 	c.mu.RUnlock()
-	for _, ch := range subs {
-		obj := &memberRef{}
-		obj.SetName(name)
-		select {
-		case ch <- event.GenericEvent{Object: obj}:
-		default:
-			// A full buffer means the subscriber is far behind; its periodic resync catches up.
-		}
+	for _, s := range subs {
+		s.add(name)
 	}
 }

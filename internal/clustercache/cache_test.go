@@ -3,6 +3,7 @@ package clustercache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -38,40 +39,103 @@ func TestCacheLifecycleAndNotifications(t *testing.T) {
 	g.Expect(again).To(BeIdenticalTo(acc), "same version: cached")
 
 	_, err = c.Get(ctx, "m")
-	var nre *NotReadyError
-	g.Expect(errors.As(err, &nre)).To(BeTrue(), "connected but not yet ready")
+	nre, ok := IsNotReady(err)
+	g.Expect(ok).To(BeTrue(), "connected but not yet admitted")
+	g.Expect(nre.Reason).To(Equal(ReasonProbePending))
+	_, err = c.GetForCleanup(ctx, "m")
+	g.Expect(err).To(HaveOccurred(), "cleanup never acts through an unproven connection either")
 
-	c.SetReady("m", true, "")
+	g.Expect(c.Admit(acc, "uid-1")).To(BeTrue())
 	g.Expect(receive(events)).To(Equal("m"))
 	got, err := c.Get(ctx, "m")
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(got).To(BeIdenticalTo(acc))
-	c.SetReady("m", true, "")
+	g.Expect(c.Admit(acc, "uid-1")).To(BeTrue())
 	g.Consistently(events, 100*time.Millisecond).ShouldNot(Receive(), "no event without a change")
 
-	// A new kubeconfig version rebuilds and starts not ready; dependants hear about it.
+	// A new kubeconfig version rebuilds and starts unadmitted; dependants hear about it.
 	rebuilt, err := c.Connect("m", "v2", cfg)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(rebuilt).NotTo(BeIdenticalTo(acc))
+	g.Expect(rebuilt.Generation).NotTo(Equal(acc.Generation))
 	g.Expect(receive(events)).To(Equal("m"))
 	_, err = c.Get(ctx, "m")
-	g.Expect(errors.As(err, &nre)).To(BeTrue())
+	nre, _ = IsNotReady(err)
+	g.Expect(nre.Reason).To(Equal(ReasonProbePending))
+	// An admission for the old connection (a probe that was in flight) changes nothing.
+	g.Expect(c.Admit(acc, "uid-1")).To(BeFalse())
+	_, err = c.Get(ctx, "m")
+	g.Expect(err).To(HaveOccurred())
 
-	c.SetReady("m", true, "")
+	g.Expect(c.Admit(rebuilt, "uid-1")).To(BeTrue())
 	g.Expect(receive(events)).To(Equal("m"))
-	c.SetReady("m", false, "ClusterNotReachable")
+	c.Revoke("m", "ClusterNotReachable", false)
 	g.Expect(receive(events)).To(Equal("m"))
 	_, err = c.Get(ctx, "m")
-	g.Expect(errors.As(err, &nre)).To(BeTrue())
+	nre, _ = IsNotReady(err)
 	g.Expect(nre.Reason).To(Equal("ClusterNotReachable"))
+	_, err = c.GetForCleanup(ctx, "m")
+	g.Expect(err).NotTo(HaveOccurred(), "an unreachable member is still the same cluster: cleanup may try")
+	c.Revoke("m", "ClusterIdentityChanged", true)
+	_, err = c.GetForCleanup(ctx, "m")
+	g.Expect(err).To(HaveOccurred(), "a changed identity is forgotten")
 
-	c.SetReady("m", true, "")
+	g.Expect(c.Admit(rebuilt, "uid-1")).To(BeTrue())
 	<-events
+	c.BeginCleanup("m")
+	g.Expect(receive(events)).To(Equal("m"))
+	_, err = c.Get(ctx, "m")
+	nre, _ = IsNotReady(err)
+	g.Expect(nre.Reason).To(Equal(ReasonDeleting))
+	cleanup, err := c.GetForCleanup(ctx, "m")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(cleanup).To(BeIdenticalTo(rebuilt))
+
 	c.Disconnect("m")
 	g.Expect(receive(events)).To(Equal("m"))
 	g.Expect(c.Len()).To(Equal(0))
-	_, ok := c.Peek("m")
+	_, ok = c.Peek("m")
 	g.Expect(ok).To(BeFalse())
+}
+
+// Notifications are coalesced per member and never dropped, however far behind a subscriber is.
+func TestSubscribeCoalescesAndNeverDrops(t *testing.T) {
+	g := NewWithT(t)
+	c := New(Options{Scheme: scheme.New()})
+	events := c.Subscribe()
+	const members = 3000 // more than any fixed buffer would hold
+	for round := 0; round < 3; round++ {
+		for i := 0; i < members; i++ {
+			c.notify(fmt.Sprintf("m%d", i))
+		}
+	}
+	seen := map[string]int{}
+	timeout := time.After(10 * time.Second)
+	for len(seen) < members {
+		select {
+		case e := <-events:
+			seen[e.Object.GetName()]++
+		case <-timeout:
+			t.Fatalf("only %d of %d members notified", len(seen), members)
+		}
+	}
+	// The first of each name may have been taken by the pump before the repeats came in, so at
+	// most two per member; never the three that were sent.
+	for name, n := range seen {
+		g.Expect(n).To(BeNumerically("<=", 2), name)
+	}
+	g.Consistently(func() int {
+		select {
+		case e := <-events:
+			seen[e.Object.GetName()]++
+		default:
+		}
+		total := 0
+		for _, n := range seen {
+			total += n
+		}
+		return total
+	}, 200*time.Millisecond, 10*time.Millisecond).Should(BeNumerically("<=", 2*members))
 }
 
 func receive(ch <-chan event.GenericEvent) string {

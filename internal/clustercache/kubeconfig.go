@@ -31,6 +31,40 @@ type Policy struct {
 	AllowInsecureSkipTLSVerify bool
 	// MaxBytes bounds the kubeconfig size; 0 means DefaultMaxKubeconfigBytes.
 	MaxBytes int
+	// DeniedCIDRs are refused before anything else is checked (--member-denied-cidrs: the
+	// management cluster's own pod, service and node networks).
+	DeniedCIDRs []netip.Prefix
+}
+
+// Addresses no member server may have, whatever the flags: cloud metadata services that live
+// outside the link-local range, and IPv6 forms that embed an IPv4 address (NAT64, IPv4-compatible)
+// and so could reach a refused one.
+var (
+	deniedAddrs = []netip.Addr{
+		netip.MustParseAddr("fd00:ec2::254"),   // AWS IMDS over IPv6
+		netip.MustParseAddr("100.100.100.200"), // Alibaba Cloud metadata
+	}
+	deniedPrefixes = []netip.Prefix{
+		netip.MustParsePrefix("64:ff9b::/96"), // NAT64 well-known prefix
+		netip.MustParsePrefix("::/96"),        // IPv4-compatible IPv6 (deprecated)
+	}
+)
+
+// ParseCIDRs parses a comma-separated list of CIDRs (for --member-denied-cidrs).
+func ParseCIDRs(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(list, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a CIDR: %w", f, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // PolicyError is a kubeconfig the policy refuses. Reason is a MemberCluster condition reason and
@@ -206,6 +240,21 @@ func (p Policy) checkHost(host string) error {
 
 func (p Policy) checkAddr(addr netip.Addr) error {
 	addr = addr.Unmap()
+	for _, pre := range p.DeniedCIDRs {
+		if pre.Contains(addr) {
+			return fmt.Errorf("address %s is in a denied network (--member-denied-cidrs %s)", addr, pre)
+		}
+	}
+	for _, d := range deniedAddrs {
+		if addr == d {
+			return fmt.Errorf("address %s is a cloud metadata service", addr)
+		}
+	}
+	for _, pre := range deniedPrefixes {
+		if addr.Is6() && !addr.IsUnspecified() && !addr.IsLoopback() && pre.Contains(addr) {
+			return fmt.Errorf("address %s embeds an IPv4 address (%s) and is not allowed", addr, pre)
+		}
+	}
 	switch {
 	case addr.IsLinkLocalUnicast() || addr.IsLinkLocalMulticast():
 		return fmt.Errorf("link-local address %s is not allowed (cloud metadata services live there)", addr)

@@ -3,6 +3,7 @@ package clustercache
 import (
 	"context"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -200,4 +201,37 @@ func FuzzPolicyLoad(f *testing.F) {
 		default:
 		}
 	})
+}
+
+func TestPolicyRefusesMetadataAndEmbeddedIPv4AndDeniedCIDRs(t *testing.T) {
+	g := NewWithT(t)
+	for _, server := range []string{
+		"https://[fd00:ec2::254]:443", "https://100.100.100.200", "https://[64:ff9b::a9fe:a9fe]",
+		"https://[::a9fe:a9fe]", "https://[::ffff:169.254.169.254]",
+	} {
+		_, err := Policy{AllowLoopback: true}.Load(withServer(server), "")
+		pe, ok := IsPolicyError(err)
+		g.Expect(ok).To(BeTrue(), server)
+		g.Expect(pe.Reason).To(Equal("ServerAddressNotAllowed"), server)
+	}
+	denied, err := ParseCIDRs("10.96.0.0/12, 192.168.0.0/16")
+	g.Expect(err).NotTo(HaveOccurred())
+	p := Policy{DeniedCIDRs: denied, AllowLoopback: true}
+	_, err = p.Load(withServer("https://10.96.0.1"), "")
+	g.Expect(err).To(MatchError(ContainSubstring("--member-denied-cidrs")))
+	_, err = p.Load(withServer("https://10.200.0.1"), "")
+	g.Expect(err).NotTo(HaveOccurred(), "outside the denied networks")
+	// Checked at dial time too (a name that resolves into a denied network).
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err = Policy{DeniedCIDRs: mustCIDRs(t, "127.0.0.0/8"), AllowLoopback: true}.dialer().DialContext(ctx, "tcp", "localhost:1")
+	g.Expect(err).To(MatchError(ContainSubstring("denied network")))
+	_, err = ParseCIDRs("10.0.0.0/33")
+	g.Expect(err).To(HaveOccurred())
+}
+
+func mustCIDRs(t *testing.T, s string) []netip.Prefix {
+	p, err := ParseCIDRs(s)
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	return p
 }

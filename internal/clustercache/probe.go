@@ -21,32 +21,80 @@ import (
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 )
 
-// ProbeResult is what one health probe of a member found.
-type ProbeResult struct {
+// LivenessResult is what one liveness probe of a member found: whether its apiserver is ready,
+// and its identity (the kube-system namespace UID).
+type LivenessResult struct {
 	// Err is nil when the probe succeeded.
 	Err error
 	// Reason classifies Err as a MemberCluster condition reason (ClusterNotReachable,
-	// Unauthorized, TLSError, APIServerNotReady, ProbeFailed); empty on success.
-	Reason string
-
-	Version   string
-	Platform  string
+	// Unauthorized, Forbidden, TLSError, APIServerNotReady, ResponseTooLarge, ProbeFailed); empty
+	// on success.
+	Reason    string
 	ClusterID string
-	Nodes     clustersv1.NodeSummary
+	Latency   time.Duration
+}
+
+// InventoryResult is what one inventory probe found: version, nodes, capacity.
+type InventoryResult struct {
+	Err      error
+	Reason   string
+	Version  string
+	Platform string
+	Nodes    clustersv1.NodeSummary
 	// Capacity and Allocatable sum cpu, memory and pods over nodes.
 	Capacity    corev1.ResourceList
 	Allocatable corev1.ResourceList
 	Latency     time.Duration
 }
 
-// nodePageSize bounds one page of the node list.
-const nodePageSize = 500
+// Every probe request is sent once (MaxRetries(0)): client-go otherwise retries a GET that met
+// EOF or a reset up to ten times, a second apart, so a dead member behind anything that accepts
+// and closes connections (a load balancer, a proxy) would hold each probe for its whole timeout.
+// The health state machine does the retrying, by re-probing a suspect member quickly.
 
-// Probe checks the member's /readyz, reads its version, the kube-system namespace UID (its
-// identity) and sums its nodes, all within ctx (give it the health check timeout).
-func (a *Accessor) Probe(ctx context.Context) ProbeResult {
+// ProbeLiveness checks the member's /readyz and reads the kube-system namespace UID (its
+// identity) from the apiserver's watch cache, within ctx (give it the health check timeout). It
+// uses the probe client: its own rate limiter, 1 MiB per response.
+func (a *Accessor) ProbeLiveness(ctx context.Context) LivenessResult {
 	start := time.Now()
-	res := a.probe(ctx)
+	var res LivenessResult
+	res.ClusterID, res.Err = a.liveness1(ctx)
+	res.Latency = time.Since(start)
+	if res.Err != nil {
+		res.ClusterID = ""
+		res.Reason = Classify(res.Err)
+	}
+	return res
+}
+
+func (a *Accessor) liveness1(ctx context.Context) (string, error) {
+	body, err := a.liveness.Get().AbsPath("/readyz").MaxRetries(0).DoRaw(ctx)
+	if err != nil {
+		if statusErr := (apierrors.APIStatus)(nil); errors.As(err, &statusErr) && statusErr.Status().Code == 500 {
+			return "", &notReadyError{detail: firstLine(string(body))}
+		}
+		return "", fmt.Errorf("readyz: %w", err)
+	}
+	if strings.TrimSpace(string(body)) != "ok" {
+		return "", &notReadyError{detail: firstLine(string(body))}
+	}
+	ns := &corev1.Namespace{}
+	if err := a.liveness.Get().Resource("namespaces").Name(metav1.NamespaceSystem).
+		Param("resourceVersion", "0").MaxRetries(0).Do(ctx).Into(ns); err != nil {
+		return "", fmt.Errorf("reading namespace kube-system: %w", err)
+	}
+	if ns.UID == "" {
+		return "", errors.New("namespace kube-system has no UID")
+	}
+	return string(ns.UID), nil
+}
+
+// ProbeInventory reads the member's version and sums its nodes. The node list comes from the
+// apiserver's watch cache (resourceVersion=0: no etcd read, one request however many nodes) as
+// protobuf, capped at InventoryMaxResponseBytes.
+func (a *Accessor) ProbeInventory(ctx context.Context) InventoryResult {
+	start := time.Now()
+	res := a.inventory1(ctx)
 	res.Latency = time.Since(start)
 	if res.Err != nil {
 		res.Reason = Classify(res.Err)
@@ -54,28 +102,9 @@ func (a *Accessor) Probe(ctx context.Context) ProbeResult {
 	return res
 }
 
-// Every probe request is sent once (MaxRetries(0)): client-go otherwise retries a GET that met
-// EOF or a reset up to ten times, a second apart, so a dead member behind anything that accepts
-// and closes connections (a load balancer, a proxy) would hold each probe for its whole timeout.
-// The health state machine does the retrying, by re-probing a suspect member quickly.
-func (a *Accessor) probe(ctx context.Context) ProbeResult {
-	var res ProbeResult
-	disc := a.Kubernetes.Discovery().RESTClient()
-	core := a.Kubernetes.CoreV1().RESTClient()
-	body, err := disc.Get().AbsPath("/readyz").MaxRetries(0).DoRaw(ctx)
-	if err != nil {
-		if statusErr := (apierrors.APIStatus)(nil); errors.As(err, &statusErr) && statusErr.Status().Code == 500 {
-			res.Err = &notReadyError{detail: firstLine(string(body))}
-			return res
-		}
-		res.Err = fmt.Errorf("readyz: %w", err)
-		return res
-	}
-	if strings.TrimSpace(string(body)) != "ok" {
-		res.Err = &notReadyError{detail: firstLine(string(body))}
-		return res
-	}
-	body, err = disc.Get().AbsPath("/version").MaxRetries(0).DoRaw(ctx)
+func (a *Accessor) inventory1(ctx context.Context) InventoryResult {
+	var res InventoryResult
+	body, err := a.liveness.Get().AbsPath("/version").MaxRetries(0).DoRaw(ctx)
 	if err != nil {
 		res.Err = fmt.Errorf("version: %w", err)
 		return res
@@ -86,35 +115,23 @@ func (a *Accessor) probe(ctx context.Context) ProbeResult {
 		return res
 	}
 	res.Version, res.Platform = v.GitVersion, v.Platform
-	ns := &corev1.Namespace{}
-	if err := core.Get().Resource("namespaces").Name(metav1.NamespaceSystem).MaxRetries(0).Do(ctx).Into(ns); err != nil {
-		res.Err = fmt.Errorf("reading namespace kube-system: %w", err)
+
+	nodes := &corev1.NodeList{}
+	opts := metav1.ListOptions{ResourceVersion: "0"}
+	if err := a.inventory.Get().Resource("nodes").VersionedParams(&opts, clientgoscheme.ParameterCodec).
+		MaxRetries(0).Do(ctx).Into(nodes); err != nil {
+		res.Err = fmt.Errorf("listing nodes: %w", err)
 		return res
 	}
-	res.ClusterID = string(ns.UID)
-
 	capacity, allocatable := corev1.ResourceList{}, corev1.ResourceList{}
-	opts := metav1.ListOptions{Limit: nodePageSize}
-	for {
-		nodes := &corev1.NodeList{}
-		err := core.Get().Resource("nodes").VersionedParams(&opts, clientgoscheme.ParameterCodec).MaxRetries(0).Do(ctx).Into(nodes)
-		if err != nil {
-			res.Err = fmt.Errorf("listing nodes: %w", err)
-			return res
+	for i := range nodes.Items {
+		n := &nodes.Items[i]
+		res.Nodes.Total++
+		if nodeReady(n) {
+			res.Nodes.Ready++
 		}
-		for i := range nodes.Items {
-			n := &nodes.Items[i]
-			res.Nodes.Total++
-			if nodeReady(n) {
-				res.Nodes.Ready++
-			}
-			addResources(capacity, n.Status.Capacity)
-			addResources(allocatable, n.Status.Allocatable)
-		}
-		if nodes.Continue == "" {
-			break
-		}
-		opts.Continue = nodes.Continue
+		addResources(capacity, n.Status.Capacity)
+		addResources(allocatable, n.Status.Allocatable)
 	}
 	res.Capacity, res.Allocatable = capacity, allocatable
 	return res
@@ -175,8 +192,17 @@ func Classify(err error) string {
 	if errors.As(err, &nr) {
 		return clustersv1.ReasonAPIServerNotReady
 	}
-	if apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err) {
+	if errors.Is(err, ErrResponseTooLarge) {
+		return clustersv1.ReasonResponseTooLarge
+	}
+	if errors.Is(err, ErrRedirectRefused) {
+		return clustersv1.ReasonRedirectRefused
+	}
+	if apierrors.IsUnauthorized(err) {
 		return clustersv1.ReasonUnauthorized
+	}
+	if apierrors.IsForbidden(err) {
+		return clustersv1.ReasonForbidden
 	}
 	var (
 		unknownAuthority x509.UnknownAuthorityError

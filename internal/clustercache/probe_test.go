@@ -2,11 +2,21 @@ package clustercache
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
@@ -35,7 +45,7 @@ func TestProbeFailsFastWhenConnectionsAreClosed(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	res := acc.Probe(ctx)
+	res := acc.ProbeLiveness(ctx)
 	g.Expect(res.Err).To(HaveOccurred())
 	g.Expect(res.Reason).To(Equal(clustersv1.ReasonClusterNotReachable))
 	g.Expect(res.Latency).To(BeNumerically("<", time.Second), "no retries inside one probe")
@@ -52,7 +62,141 @@ func TestProbeFailsFastWhenRefused(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	res := acc.Probe(ctx)
+	res := acc.ProbeLiveness(ctx)
 	g.Expect(res.Reason).To(Equal(clustersv1.ReasonClusterNotReachable))
 	g.Expect(res.Latency).To(BeNumerically("<", time.Second))
+}
+
+// fakeMember serves handler over TLS and returns an accessor for it.
+func fakeMember(t *testing.T, handler http.HandlerFunc) *Accessor {
+	t.Helper()
+	srv := httptest.NewTLSServer(handler)
+	t.Cleanup(srv.Close)
+	acc, err := New(Options{Scheme: scheme.New()}).Connect("fake", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, BearerToken: "s3cr3t-token"})
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	return acc
+}
+
+func probeCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestLivenessReadsTheIdentityFromTheWatchCache(t *testing.T) {
+	g := NewWithT(t)
+	var rv string
+	acc := fakeMember(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/readyz":
+			_, _ = io.WriteString(w, "ok")
+		case "/api/v1/namespaces/kube-system":
+			rv = r.URL.Query().Get("resourceVersion")
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"kube-system","uid":"uid-1"}}`)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	res := acc.ProbeLiveness(probeCtx(t))
+	g.Expect(res.Err).NotTo(HaveOccurred())
+	g.Expect(res.ClusterID).To(Equal("uid-1"))
+	g.Expect(rv).To(Equal("0"), "served from the apiserver's watch cache")
+}
+
+// A hostile member cannot make the manager read an unbounded response.
+func TestOversizedResponsesAreProbeFailures(t *testing.T) {
+	g := NewWithT(t)
+	big := strings.Repeat("x", int(LivenessMaxResponseBytes)+10)
+	for _, declared := range []bool{true, false} {
+		acc := fakeMember(t, func(w http.ResponseWriter, r *http.Request) {
+			if declared {
+				w.Header().Set("Content-Length", strconv.Itoa(len(big)))
+			}
+			w.WriteHeader(http.StatusOK)
+			// Written in pieces and flushed, so the length is not known up front.
+			for i := 0; i < len(big); i += 64 << 10 {
+				_, _ = io.WriteString(w, big[i:min(i+64<<10, len(big))])
+				w.(http.Flusher).Flush()
+			}
+		})
+		res := acc.ProbeLiveness(probeCtx(t))
+		g.Expect(res.Reason).To(Equal(clustersv1.ReasonResponseTooLarge), "declared=%v: %v", declared, res.Err)
+	}
+	// Exactly at the cap is fine.
+	body := &cappedBody{rc: io.NopCloser(strings.NewReader("12345")), left: 5, limit: 5}
+	out, err := io.ReadAll(body)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(string(out)).To(Equal("12345"))
+	body = &cappedBody{rc: io.NopCloser(strings.NewReader("123456")), left: 5, limit: 5}
+	_, err = io.ReadAll(body)
+	g.Expect(errors.Is(err, ErrResponseTooLarge)).To(BeTrue())
+}
+
+// A redirect is never followed: the bearer token must not go to another host.
+func TestRedirectsAreNotFollowed(t *testing.T) {
+	g := NewWithT(t)
+	var leaked atomic.Bool
+	other := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			leaked.Store(true)
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	defer other.Close()
+	acc := fakeMember(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+r.URL.Path, http.StatusTemporaryRedirect)
+	})
+	res := acc.ProbeLiveness(probeCtx(t))
+	g.Expect(res.Reason).To(Equal(clustersv1.ReasonRedirectRefused), "%v", res.Err)
+	_, err := acc.Kubernetes.CoreV1().Namespaces().Get(probeCtx(t), "default", metav1.GetOptions{})
+	g.Expect(errors.Is(err, ErrRedirectRefused)).To(BeTrue(), "work clients refuse redirects too: %v", err)
+	g.Expect(leaked.Load()).To(BeFalse())
+}
+
+func TestForbiddenIsToldApartFromUnauthorized(t *testing.T) {
+	g := NewWithT(t)
+	for code, reason := range map[int]string{401: clustersv1.ReasonUnauthorized, 403: clustersv1.ReasonForbidden} {
+		acc := fakeMember(t, func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/readyz" {
+				_, _ = io.WriteString(w, "ok")
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(code)
+			_, _ = fmt.Fprintf(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","code":%d,"reason":"%s"}`, code, map[int]string{401: "Unauthorized", 403: "Forbidden"}[code])
+		})
+		res := acc.ProbeLiveness(probeCtx(t))
+		g.Expect(res.Reason).To(Equal(reason), "%d: %v", code, res.Err)
+	}
+}
+
+func TestInventorySumsNodesFromOneWatchCacheList(t *testing.T) {
+	g := NewWithT(t)
+	var lists atomic.Int32
+	var rv, accept string
+	acc := fakeMember(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/version":
+			_, _ = io.WriteString(w, `{"gitVersion":"v1.36.3","platform":"linux/amd64"}`)
+		case "/api/v1/nodes":
+			lists.Add(1)
+			rv, accept = r.URL.Query().Get("resourceVersion"), r.Header.Get("Accept")
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"kind":"NodeList","apiVersion":"v1","metadata":{},"items":[
+{"metadata":{"name":"a"},"status":{"capacity":{"cpu":"4","memory":"8Gi","pods":"110"},"allocatable":{"cpu":"3"},"conditions":[{"type":"Ready","status":"True"}]}},
+{"metadata":{"name":"b"},"status":{"capacity":{"cpu":"2"},"conditions":[{"type":"Ready","status":"False"}]}}]}`)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	res := acc.ProbeInventory(probeCtx(t))
+	g.Expect(res.Err).NotTo(HaveOccurred())
+	g.Expect(res.Version).To(Equal("v1.36.3"))
+	g.Expect(res.Nodes).To(Equal(clustersv1.NodeSummary{Total: 2, Ready: 1}))
+	cpu := res.Capacity[corev1.ResourceCPU]
+	g.Expect(cpu.String()).To(Equal("6"))
+	g.Expect(lists.Load()).To(Equal(int32(1)))
+	g.Expect(rv).To(Equal("0"))
+	g.Expect(accept).To(HavePrefix("application/vnd.kubernetes.protobuf"))
 }

@@ -55,8 +55,15 @@ const (
 	ReasonReachable = "Reachable"
 	// ReasonClusterNotReachable: connection refused, DNS failure, timeout.
 	ReasonClusterNotReachable = "ClusterNotReachable"
-	// ReasonUnauthorized: the member rejected the credentials (401/403).
+	// ReasonUnauthorized: the member rejected the credentials (401).
 	ReasonUnauthorized = "Unauthorized"
+	// ReasonForbidden: the member accepted the credentials but denied a request Paddock needs
+	// (403): the member-side RBAC is missing (see docs/membercluster.md).
+	ReasonForbidden = "Forbidden"
+	// ReasonResponseTooLarge: a response from the member exceeded Paddock's cap.
+	ReasonResponseTooLarge = "ResponseTooLarge"
+	// ReasonRedirectRefused: the member answered with an HTTP redirect, which is never followed.
+	ReasonRedirectRefused = "RedirectRefused"
 	// ReasonTLSError: the TLS handshake failed (unknown authority, bad certificate).
 	ReasonTLSError = "TLSError"
 	// ReasonAPIServerNotReady: the member answered but /readyz is not ok.
@@ -65,4 +72,11 @@ const (
 	ReasonProbeFailed = "ProbeFailed"
 	// ReasonClusterIdentityChanged: the kube-system UID differs from status.clusterID.
 	ReasonClusterIdentityChanged = "ClusterIdentityChanged"
+	// ReasonProbePending: the connection is new (the kubeconfig Secret changed, the member was
+	// unpaused, a refused kubeconfig was fixed) or spec.healthCheck changed, and no probe through
+	// it has come in yet; no controller acts on the member until one confirms its identity.
+	ReasonProbePending = "ProbePending"
+	// ReasonSecretNamespaceNotAllowed: the kubeconfig Secret is in a namespace the manager does
+	// not read kubeconfigs from (--kubeconfig-secret-namespaces).
+	ReasonSecretNamespaceNotAllowed = "SecretNamespaceNotAllowed"
 )

@@ -103,7 +103,7 @@ type HealthCheckSpec struct {
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('1h')",message="healthCheck.period must be between 1s and 1h"
 	Period *metav1.Duration `json:"period,omitempty"`
 
-	// Timeout bounds one whole probe (readiness, version, nodes, identity).
+	// Timeout bounds one liveness probe (/readyz and the kube-system UID).
 	// +optional
 	// +kubebuilder:default="5s"
 	// +kubebuilder:validation:Type=string
@@ -117,6 +117,14 @@ type HealthCheckSpec struct {
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('24h')",message="healthCheck.unhealthyAfter must be between 1s and 24h"
 	UnhealthyAfter *metav1.Duration `json:"unhealthyAfter,omitempty"`
 
+	// InventoryInterval is how often the member's version, nodes, capacity and allocatable are
+	// read (from its apiserver's watch cache, one request). Liveness (/readyz and identity) is
+	// probed every period; the inventory is heavier on big members and changes slowly.
+	// +optional
+	// +kubebuilder:default="1m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s') && duration(self) <= duration('24h')",message="healthCheck.inventoryInterval must be between 10s and 24h"
+	InventoryInterval *metav1.Duration `json:"inventoryInterval,omitempty"`
 	// SuccessThreshold is how many consecutive successful probes turn an unhealthy member Ready.
 	// +optional
 	// +kubebuilder:default=2
@@ -131,7 +139,13 @@ const (
 	DefaultHealthCheckTimeout        = 5 * time.Second
 	DefaultHealthCheckUnhealthyAfter = 25 * time.Second
 	DefaultHealthCheckSuccess        = 2
+	DefaultInventoryInterval         = time.Minute
 )
+
+// GetInventoryInterval returns the inventory interval, defaulted.
+func (h HealthCheckSpec) GetInventoryInterval() time.Duration {
+	return durationOr(h.InventoryInterval, DefaultInventoryInterval)
+}
 
 // GetPeriod returns the probe period, defaulted.
 func (h HealthCheckSpec) GetPeriod() time.Duration {
@@ -232,8 +246,9 @@ type MemberClusterStatus struct {
 	Allocatable *ResourceSummary `json:"allocatable,omitempty"`
 
 	// LastProbeTime is when the member was last probed. To bound write load on the management
-	// cluster it is refreshed at least every minute while nothing else changes, and whenever
-	// anything else in the status changes.
+	// cluster it is refreshed about every 10 minutes while nothing else changes, and whenever
+	// anything else in the status changes; the live figure is the metric
+	// paddock_membercluster_last_probe_timestamp_seconds.
 	// +optional
 	LastProbeTime *metav1.Time `json:"lastProbeTime,omitempty"`
 
