@@ -3,15 +3,22 @@ package main
 
 import (
 	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/go-logr/zapr"
 	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -47,6 +54,9 @@ func run() int {
 		gracefulShutdownTimeout   time.Duration
 		concurrency               = flags.Concurrency{}
 		enableHTTP2               bool
+		secretNamespaces          string
+		deniedCIDRs               string
+		memberMaxResponseBytes    int64
 	)
 	fs := flag.CommandLine
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; \"0\" disables it.")
@@ -68,6 +78,9 @@ func run() int {
 	fs.DurationVar(&memberDeletionGrace, "member-deletion-grace-period", 2*time.Minute, "How long deleting a MemberCluster waits for an unreachable member before giving up its cleanup.")
 	fs.IntVar(&maxConcurrentProbes, "max-concurrent-probes", 500, "Member health probes in flight at once, across all members (a hung member holds one until its timeout).")
 	fs.DurationVar(&gracefulShutdownTimeout, "graceful-shutdown-timeout", 30*time.Second, "How long the manager waits for running reconciles on shutdown.")
+	fs.StringVar(&secretNamespaces, "kubeconfig-secret-namespaces", "", "Comma-separated namespaces whose Secrets may hold member kubeconfigs; the manager reads and caches Secrets only there. Default: the manager's own namespace.")
+	fs.StringVar(&deniedCIDRs, "member-denied-cidrs", "", "Comma-separated networks no member server may be in (the management cluster's own pod, service and node CIDRs).")
+	fs.Int64Var(&memberMaxResponseBytes, "member-max-response-bytes", clustercache.DefaultMaxResponseBytes, "Largest response read from a member by work clients (probes have their own, smaller caps).")
 	fs.BoolVar(&enableHTTP2, "enable-http2", false, "Serve metrics over HTTP/2 (off by default: CVE-2023-44487, CVE-2023-39325).")
 	zapOpts := zap.Options{Development: false, TimeEncoder: zapcore.ISO8601TimeEncoder}
 	zapOpts.BindFlags(fs)
@@ -96,9 +109,29 @@ func run() int {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 
+	namespaces, err := kubeconfigSecretNamespaces(secretNamespaces)
+	if err != nil {
+		setupLog.Error(err, "Invalid --kubeconfig-secret-namespaces")
+		return 1
+	}
+	denied, err := clustercache.ParseCIDRs(deniedCIDRs)
+	if err != nil {
+		setupLog.Error(err, "Invalid --member-denied-cidrs")
+		return 1
+	}
+	secretCache := map[string]cache.Config{}
+	for _, ns := range namespaces {
+		secretCache[ns] = cache.Config{}
+	}
+
 	scheme := paddockscheme.New()
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
-		Scheme:                        scheme,
+		Scheme: scheme,
+		// Secrets are cached (as metadata) only in the kubeconfig namespaces: the manager neither
+		// holds nor may read the management cluster's other Secrets.
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}: {Namespaces: secretCache},
+		}},
 		Metrics:                       metricsOpts,
 		HealthProbeBindAddress:        probeAddr,
 		LeaderElection:                leaderElect,
@@ -113,16 +146,19 @@ func run() int {
 	}
 
 	ctx := ctrl.SetupSignalHandler()
-	cache := clustercache.New(clustercache.Options{
+	members := clustercache.New(clustercache.Options{
 		Scheme: scheme, QPS: float32(memberQPS), Burst: memberBurst, Timeout: memberTimeout,
+		MaxResponseBytes: memberMaxResponseBytes,
 	})
 	if err := controllers.Setup(ctx, mgr, controllers.Options{
 		Concurrency:        concurrency,
 		DefaultConcurrency: defaultConcurrency,
-		ClusterCache:       cache,
+		ClusterCache:       members,
 		KubeconfigPolicy: clustercache.Policy{
 			AllowLoopback: allowLoopback, AllowInsecureSkipTLSVerify: allowInsec, MaxBytes: maxKubeconfigBytes,
+			DeniedCIDRs: denied,
 		},
+		KubeconfigSecretNamespaces: namespaces,
 		MemberDeletionGracePeriod: memberDeletionGrace,
 		MaxConcurrentProbes:       maxConcurrentProbes,
 	}); err != nil {
@@ -140,11 +176,43 @@ func run() int {
 	if allowLoopback {
 		setupLog.Info("Accepting loopback member servers (--allow-loopback-members): for local development only")
 	}
-	setupLog.Info("Starting manager", "leaderElection", leaderElect, "metrics", metricsAddr, "probes", probeAddr)
+	setupLog.Info("Starting manager", "leaderElection", leaderElect, "metrics", metricsAddr, "probes", probeAddr,
+		"kubeconfigSecretNamespaces", namespaces)
 	if err := mgr.Start(ctx); err != nil {
 		setupLog.Error(err, "Manager stopped with an error")
 		return 1
 	}
 	setupLog.Info("Manager stopped")
 	return 0
+}
+
+// serviceAccountNamespaceFile is where a pod finds its own namespace.
+const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// kubeconfigSecretNamespaces parses --kubeconfig-secret-namespaces; empty means the manager's own
+// namespace (POD_NAMESPACE, else the service account's namespace file).
+func kubeconfigSecretNamespaces(flagValue string) ([]string, error) {
+	var out []string
+	for _, ns := range strings.Split(flagValue, ",") {
+		ns = strings.TrimSpace(ns)
+		if ns == "" {
+			continue
+		}
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			return nil, fmt.Errorf("%q is not a namespace name: %s", ns, strings.Join(errs, "; "))
+		}
+		if !slices.Contains(out, ns) {
+			out = append(out, ns)
+		}
+	}
+	if len(out) > 0 {
+		return out, nil
+	}
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return []string{ns}, nil
+	}
+	if b, err := os.ReadFile(serviceAccountNamespaceFile); err == nil && strings.TrimSpace(string(b)) != "" {
+		return []string{strings.TrimSpace(string(b))}, nil
+	}
+	return nil, errors.New("set --kubeconfig-secret-namespaces: the manager's own namespace is unknown outside a pod")
 }

@@ -29,6 +29,8 @@ type Options struct {
 	MemberDeletionGracePeriod time.Duration
 	// MaxConcurrentProbes bounds member health probes in flight.
 	MaxConcurrentProbes int
+	// KubeconfigSecretNamespaces are where member kubeconfig Secrets may live.
+	KubeconfigSecretNamespaces []string
 }
 
 // defaultConcurrency of controllers whose work is mostly waiting on member clusters.
@@ -52,6 +54,7 @@ var registry = []registration{
 			Recorder:            mgr.GetEventRecorder("membercluster-controller"),
 			DeletionGracePeriod: o.MemberDeletionGracePeriod,
 			MaxConcurrentProbes: o.MaxConcurrentProbes,
+			SecretNamespaces:    o.KubeconfigSecretNamespaces,
 		}).SetupWithManager(ctx, mgr, co)
 	}},
 }

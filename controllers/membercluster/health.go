@@ -74,19 +74,18 @@ func seedHealth(now time.Time, st *clustersv1.MemberClusterStatus) health {
 	return h
 }
 
-// minRetryInterval bounds how fast a suspect member is re-probed.
-const minRetryInterval = 200 * time.Millisecond
+// minRetryInterval and maxRetryInterval bound how fast a suspect member is re-probed.
+const (
+	minRetryInterval = 200 * time.Millisecond
+	maxRetryInterval = 5 * time.Second
+)
 
 // retryInterval is the re-probe delay while a member is suspect (healthy with recent failures) or
 // recovering (unhealthy with recent successes): period/5, at least 200ms. Re-probing a suspect
 // member fast puts about 20 probes instead of 5 into the unhealthyAfter window, so random loss
 // cannot fake an outage (20% loss: 0.2^20 instead of 0.2^5), and a real outage is confirmed sooner.
 func retryInterval(hc clustersv1.HealthCheckSpec) time.Duration {
-	d := hc.GetPeriod() / 5
-	if d < minRetryInterval {
-		d = minRetryInterval
-	}
-	return d
+	return min(max(hc.GetPeriod()/5, minRetryInterval), maxRetryInterval)
 }
 
 // maxDownBackoff bounds how far the probes of a member that stays down are spread out.

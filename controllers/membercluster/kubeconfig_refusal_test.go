@@ -151,7 +151,7 @@ func TestRefusedKubeconfigs(t *testing.T) {
 			for _, e := range memberEvents(g, mc.Name) {
 				assertNoSecrets(g, e.Note)
 			}
-			g.Expect(eventReasons(g, mc.Name)).To(ContainElement(c.Reason))
+			g.Eventually(func(g Gomega) []string { return eventReasons(g, mc.Name) }, 5*time.Second, poll).Should(ContainElement(c.Reason))
 		})
 	}
 	untouched()

@@ -100,6 +100,8 @@ type memberState struct {
 	replaced, everConnected bool
 
 	inFlight, invInFlight, probeNow bool
+	// maxSlotWait is the longest a probe of this member waited for a slot (tests read it).
+	maxSlotWait time.Duration
 	lastStart, invStart             time.Time
 	// epoch numbers schedules: a timer from an older epoch does nothing.
 	epoch  uint64
@@ -125,29 +127,15 @@ const seededMismatch = "?"
 // +kubebuilder:rbac:groups=clusters.paddock.dev,resources=memberclusters,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=clusters.paddock.dev,resources=memberclusters/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=clusters.paddock.dev,resources=memberclusters/finalizers,verbs=update
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// Kubeconfig Secrets are read only in the namespaces of --kubeconfig-secret-namespaces: the chart
+// grants get/list/watch on Secrets there with namespaced Roles (templates/kubeconfig-secrets-rbac.yaml),
+// never cluster-wide.
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // SetupWithManager registers the controller.
 func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts controller.Options) error {
-	if r.Clock == nil {
-		r.Clock = clock.RealClock{}
-	}
-	if r.DeletionGracePeriod == 0 {
-		r.DeletionGracePeriod = DefaultDeletionGracePeriod
-	}
-	if r.StatusHeartbeat == 0 {
-		r.StatusHeartbeat = DefaultStatusHeartbeat
-	}
-	if r.MaxConcurrentProbes <= 0 {
-		r.MaxConcurrentProbes = DefaultMaxConcurrentProbes
-	}
-	r.health = map[types.UID]*memberState{}
-	r.ctx, r.log = ctx, mgr.GetLogger().WithName("membercluster-prober")
-	r.slots = newProbeSlots(r.MaxConcurrentProbes)
-	r.inventorySlots = make(chan struct{}, max(1, r.MaxConcurrentProbes/10))
-	r.probeDone = make(chan event.GenericEvent, 1024)
+	r.init(ctx, mgr.GetLogger().WithName("membercluster-prober"))
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &clustersv1.MemberCluster{}, secretIndex, func(o client.Object) []string {
 		mc := o.(*clustersv1.MemberCluster)
 		if mc.Spec.Attach == nil {
@@ -182,6 +170,27 @@ func (r *Reconciler) membersForSecret(ctx context.Context, o client.Object) []re
 		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: mc.Name}})
 	}
 	return reqs
+}
+
+// init defaults the knobs and starts the prober's state; SetupWithManager calls it.
+func (r *Reconciler) init(ctx context.Context, log logr.Logger) {
+	if r.Clock == nil {
+		r.Clock = clock.RealClock{}
+	}
+	if r.DeletionGracePeriod == 0 {
+		r.DeletionGracePeriod = DefaultDeletionGracePeriod
+	}
+	if r.StatusHeartbeat == 0 {
+		r.StatusHeartbeat = DefaultStatusHeartbeat
+	}
+	if r.MaxConcurrentProbes <= 0 {
+		r.MaxConcurrentProbes = DefaultMaxConcurrentProbes
+	}
+	r.health = map[types.UID]*memberState{}
+	r.ctx, r.log = ctx, log
+	r.slots = newProbeSlots(r.MaxConcurrentProbes)
+	r.inventorySlots = make(chan struct{}, max(1, r.MaxConcurrentProbes/10))
+	r.probeDone = make(chan event.GenericEvent, 1024)
 }
 
 // Reconcile moves a MemberCluster towards its desired state.

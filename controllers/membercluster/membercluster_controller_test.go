@@ -94,7 +94,7 @@ func TestAttachTwoMembersReportsVersionNodesAndCapacity(t *testing.T) {
 	g.Expect(one.Status.ConsecutiveSuccesses).To(Equal(int32(testThreshold)), "capped at the threshold so a healthy member's status stays still")
 
 	// One event for the transition to Ready, none per probe.
-	g.Expect(eventReasons(g, "attach-one")).To(ContainElement(clustersv1.ReasonReady))
+	g.Eventually(func(g Gomega) []string { return eventReasons(g, "attach-one") }, 5*time.Second, poll).Should(ContainElement(clustersv1.ReasonReady))
 	g.Consistently(func(g Gomega) int { return len(memberEvents(g, "attach-one")) }, 3*time.Second, 500*time.Millisecond).Should(Equal(len(memberEvents(g, "attach-one"))))
 }
 
@@ -132,7 +132,7 @@ func TestIdentityChangeBlocksTheMemberUntilAccepted(t *testing.T) {
 	var nre *clustercache.NotReadyError
 	g.Expect(errors.As(err, &nre)).To(BeTrue())
 	g.Expect(nre.Reason).To(Equal(clustersv1.ReasonClusterIdentityChanged))
-	g.Expect(eventReasons(g, "rotating")).To(ContainElement(clustersv1.ReasonClusterIdentityChanged))
+	g.Eventually(func(g Gomega) []string { return eventReasons(g, "rotating") }, 5*time.Second, poll).Should(ContainElement(clustersv1.ReasonClusterIdentityChanged))
 
 	// Accepting some other identity does nothing.
 	orig := mc.DeepCopy()
@@ -150,7 +150,7 @@ func TestIdentityChangeBlocksTheMemberUntilAccepted(t *testing.T) {
 	mc = waitCondition(t, "rotating", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
 	g.Expect(mc.Status.ClusterID).To(Equal(uid2))
 	g.Expect(meta.FindStatusCondition(mc.Status.Conditions, clustersv1.StalledCondition)).To(BeNil())
-	g.Expect(eventReasons(g, "rotating")).To(ContainElement("ClusterIdentityAccepted"))
+	g.Eventually(func(g Gomega) []string { return eventReasons(g, "rotating") }, 5*time.Second, poll).Should(ContainElement("ClusterIdentityAccepted"))
 }
 
 // outage runs one outage scenario against member-3 and checks the detection window.
@@ -180,7 +180,7 @@ func outage(t *testing.T, name string, down, up func() error, wantReason string)
 	_, err := cache.Get(ctx, name)
 	g.Expect(err).To(HaveOccurred())
 	g.Expect(testutil.ToFloat64(readyGauge.WithLabelValues(name))).To(Equal(0.0))
-	g.Expect(eventReasons(g, name)).To(ContainElement(wantReason))
+	g.Eventually(func(g Gomega) []string { return eventReasons(g, name) }, 5*time.Second, poll).Should(ContainElement(wantReason))
 
 	g.Expect(up()).To(Succeed())
 	waitCondition(t, name, clustersv1.ReadyCondition, metav1.ConditionTrue, clustersv1.ReasonReady, eventuallyWait)
@@ -264,7 +264,7 @@ func TestDeletionCleansUpTheMember(t *testing.T) {
 		err := m2.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, ns)
 		g.Expect(apierrors.IsNotFound(err) || !ns.DeletionTimestamp.IsZero()).To(BeTrue())
 	}, eventuallyWait, poll).Should(Succeed())
-	g.Expect(eventReasons(g, "deleted")).To(ContainElement("CleanedUp"))
+	g.Eventually(func(g Gomega) []string { return eventReasons(g, "deleted") }, 5*time.Second, poll).Should(ContainElement("CleanedUp"))
 	_, err := cache.Get(ctx, "deleted")
 	g.Expect(errors.Is(err, clustercache.ErrNotConnected)).To(BeTrue())
 }
@@ -286,7 +286,7 @@ func TestDeletionWithTheMemberDownDoesNotWedge(t *testing.T) {
 	t.Logf("deletion with the member down took %s (grace %s)", took, deletionGrace)
 	// deletionTimestamp has whole seconds, so the grace period is counted from up to 1 s earlier.
 	g.Expect(took).To(BeNumerically(">=", deletionGrace-time.Second-100*time.Millisecond), "it tried for the grace period first")
-	g.Expect(eventReasons(g, "deleted-down")).To(ContainElement("CleanupAbandoned"))
+	g.Eventually(func(g Gomega) []string { return eventReasons(g, "deleted-down") }, 5*time.Second, poll).Should(ContainElement("CleanupAbandoned"))
 }
 
 func TestOrphanDeletionLeavesTheMemberAlone(t *testing.T) {

@@ -30,6 +30,11 @@ var (
 		Name: "paddock_membercluster_probes_discarded_total",
 		Help: "Probe results discarded because the member's connection was replaced while they ran.",
 	})
+	slotWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "paddock_membercluster_probe_slot_wait_seconds",
+		Help:    "How long liveness probes waited for a probe slot (--max-concurrent-probes).",
+		Buckets: []float64{0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10},
+	})
 	lastProbeGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "paddock_membercluster_last_probe_timestamp_seconds",
 		Help: "Unix time of the member's last completed liveness probe (status.lastProbeTime is written only about every 10 minutes).",
@@ -41,7 +46,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(readyGauge, probeLatency, nodesGauge, probesTotal, inventoryTotal, probesDiscarded, lastProbeGauge, lastSuccessGauge)
+	metrics.Registry.MustRegister(readyGauge, probeLatency, nodesGauge, probesTotal, inventoryTotal, probesDiscarded, slotWait, lastProbeGauge, lastSuccessGauge)
 }
 
 func forgetMetrics(member string) {

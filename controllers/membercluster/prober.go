@@ -134,7 +134,10 @@ func (r *Reconciler) runProbe(name string, st *memberState, epoch uint64) {
 	failing := st.health.ConsecutiveFailures > 0 && st.probedConn
 	st.mu.Unlock()
 
+	waitStart := r.Clock.Now()
 	release, ok := r.slots.acquire(r.ctx, failing)
+	wait := r.Clock.Since(waitStart)
+	slotWait.Observe(wait.Seconds())
 	if !ok {
 		st.mu.Lock()
 		st.inFlight = false
@@ -150,6 +153,7 @@ func (r *Reconciler) runProbe(name string, st *memberState, epoch uint64) {
 
 	st.mu.Lock()
 	st.inFlight = false
+	st.maxSlotWait = max(st.maxSlotWait, wait)
 	if st.acc != acc {
 		// The connection was replaced while this probe ran: its result says nothing about the new
 		// one. activate has asked for a probe of the new connection; start it now.
@@ -191,9 +195,10 @@ func (r *Reconciler) runProbe(name string, st *memberState, epoch uint64) {
 	}
 	if st.active {
 		// Under the lock, so a member forgotten meanwhile does not get its series back.
-		lastProbeGauge.WithLabelValues(name).Set(float64(r.Clock.Now().Unix()))
+		now := float64(r.Clock.Now().UnixMilli()) / 1000
+		lastProbeGauge.WithLabelValues(name).Set(now)
 		if res.Err == nil {
-			lastSuccessGauge.WithLabelValues(name).Set(float64(r.Clock.Now().Unix()))
+			lastSuccessGauge.WithLabelValues(name).Set(now)
 		}
 		probeLatency.WithLabelValues(name).Set(res.Latency.Seconds())
 	}

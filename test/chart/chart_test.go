@@ -117,13 +117,14 @@ func TestChartDefaultsApplyToARealAPIServer(t *testing.T) {
 	g.Expect(k).To(HaveKeyWithValue("ServiceAccount", 1))
 	g.Expect(k).To(HaveKeyWithValue("ClusterRole", 1))
 	g.Expect(k).To(HaveKeyWithValue("ClusterRoleBinding", 1))
-	g.Expect(k).To(HaveKeyWithValue("Role", 1), "leader election Role")
+	g.Expect(k).To(HaveKeyWithValue("Role", 2), "leader election, kubeconfig Secrets")
 	applyDryRun(t, objs)
 
 	d := deployment(t, objs)
 	c := d.Spec.Template.Spec.Containers[0]
 	g.Expect(c.Args).To(ContainElement("--leader-elect=true"), "leader election is on by default in the chart")
 	g.Expect(c.Args).To(ContainElement("--max-concurrent-probes=500"))
+	g.Expect(c.Args).To(ContainElement("--kubeconfig-secret-namespaces="+releaseNamespace(objs)), "the release namespace by default")
 	g.Expect(c.LivenessProbe).NotTo(BeNil())
 	g.Expect(c.ReadinessProbe).NotTo(BeNil())
 	g.Expect(c.Resources.Requests).NotTo(BeEmpty())
@@ -137,8 +138,36 @@ func TestChartDefaultsApplyToARealAPIServer(t *testing.T) {
 		if o.GetKind() == "ClusterRole" {
 			rules, _, _ := unstructured.NestedSlice(o.Object, "rules")
 			g.Expect(rules).To(ContainElement(HaveKeyWithValue("resources", ContainElement("memberclusters/status"))))
+			g.Expect(rules).NotTo(ContainElement(HaveKeyWithValue("resources", ContainElement("secrets"))), "no cluster-wide Secret read")
 		}
 	}
+	g.Expect(secretRoleNamespaces(objs)).To(ConsistOf(releaseNamespace(objs)))
+}
+
+// secretRoleNamespaces lists the namespaces of the Roles that grant reading Secrets.
+func secretRoleNamespaces(objs []*unstructured.Unstructured) []string {
+	var out []string
+	for _, o := range objs {
+		if o.GetKind() != "Role" {
+			continue
+		}
+		rules, _, _ := unstructured.NestedSlice(o.Object, "rules")
+		for _, r := range rules {
+			if res, ok := r.(map[string]any)["resources"].([]any); ok && len(res) == 1 && res[0] == "secrets" {
+				out = append(out, o.GetNamespace())
+			}
+		}
+	}
+	return out
+}
+
+func releaseNamespace(objs []*unstructured.Unstructured) string {
+	for _, o := range objs {
+		if o.GetKind() == "Deployment" {
+			return o.GetNamespace()
+		}
+	}
+	return ""
 }
 
 func TestChartVariantsApply(t *testing.T) {
@@ -146,14 +175,18 @@ func TestChartVariantsApply(t *testing.T) {
 	objs := render(t, map[string]any{
 		"leaderElection": map[string]any{"enabled": false},
 		"metrics":        map[string]any{"secure": true},
-		"manager":        map[string]any{"concurrency": []any{"membercluster=100"}},
+		"manager": map[string]any{"concurrency": []any{"membercluster=100"},
+			"kubeconfigSecretNamespaces": []any{releaseNamespace(render(t, nil)), "default"},
+			"memberDeniedCIDRs":          []any{"10.96.0.0/12", "10.244.0.0/16"}},
 	})
 	k := kinds(objs)
-	g.Expect(k).NotTo(HaveKey("Role"))
+	g.Expect(k).To(HaveKeyWithValue("Role", 2), "kubeconfig Secrets in two namespaces; no leader election Role")
+	g.Expect(secretRoleNamespaces(objs)).To(ConsistOf(releaseNamespace(objs), "default"))
 	g.Expect(k).To(HaveKeyWithValue("ClusterRole", 3), "manager, metrics-auth, metrics-reader")
 	applyDryRun(t, objs)
 	c := deployment(t, objs).Spec.Template.Spec.Containers[0]
-	g.Expect(c.Args).To(ContainElements("--leader-elect=false", "--metrics-secure=true", "--concurrency=membercluster=100"))
+	g.Expect(c.Args).To(ContainElements("--leader-elect=false", "--metrics-secure=true", "--concurrency=membercluster=100",
+		"--kubeconfig-secret-namespaces="+releaseNamespace(objs)+",default", "--member-denied-cidrs=10.96.0.0/12,10.244.0.0/16"))
 }
 
 // A chart that renders something the apiserver rejects must fail the dry-run: proves the check

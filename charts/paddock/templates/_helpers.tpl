@@ -34,3 +34,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/* Namespaces whose Secrets may hold member kubeconfigs, comma separated. */}}
+{{- define "paddock.kubeconfigSecretNamespaces" -}}
+{{- if .Values.manager.kubeconfigSecretNamespaces -}}
+{{- join "," .Values.manager.kubeconfigSecretNamespaces -}}
+{{- else -}}
+{{- .Release.Namespace -}}
+{{- end -}}
+{{- end }}

@@ -1,0 +1,310 @@
+package membercluster
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
+	"github.com/paddock-dev/paddock/internal/clustercache"
+	"github.com/paddock-dev/paddock/internal/scheme"
+	"github.com/paddock-dev/paddock/test/envs"
+)
+
+// handOuts watches what a Reader hands out for one member, both when a subscriber is told of a
+// change and by polling in between, and counts every accessor whose server is forbidden.
+type handOuts struct {
+	bad    atomic.Int32
+	checks atomic.Int32
+	stop   chan struct{}
+	done   sync.WaitGroup
+}
+
+func watchHandOuts(r clustercache.Reader, member, forbiddenHost string) *handOuts {
+	h := &handOuts{stop: make(chan struct{})}
+	check := func() {
+		h.checks.Add(1)
+		if acc, err := r.Get(context.Background(), member); err == nil && acc.Config.Host == forbiddenHost {
+			h.bad.Add(1)
+		}
+		if acc, err := r.GetForCleanup(context.Background(), member); err == nil && acc.Config.Host == forbiddenHost {
+			h.bad.Add(1)
+		}
+	}
+	sub := r.Subscribe()
+	h.done.Add(1)
+	go func() {
+		defer h.done.Done()
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-h.stop:
+				return
+			case e := <-sub:
+				if e.Object.GetName() == member {
+					check()
+				}
+			case <-tick.C:
+				check()
+			}
+		}
+	}()
+	return h
+}
+
+// finish stops watching and returns how many forbidden hand-outs were seen.
+func (h *handOuts) finish() (bad, checks int32) {
+	close(h.stop)
+	h.done.Wait()
+	return h.bad.Load(), h.checks.Load()
+}
+
+// The worst window: the kubeconfig Secret is re-pointed at another cluster. The new connection
+// must never be handed out, not even for the moment between connecting and its first probe.
+func TestRotatedSecretIsNeverHandedOutBeforeStalled(t *testing.T) {
+	g := NewWithT(t)
+	m1, m2 := env.Members[0], env.Members[1]
+	attach(t, "rot-window", m1.Kubeconfig())
+	waitCondition(t, "rot-window", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
+	acc, err := cache.Get(ctx, "rot-window")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(acc.Config.Host).To(Equal(m1.Server()))
+
+	w := watchHandOuts(cache, "rot-window", m2.Server())
+	_, err = writeSecret("rot-window", m2.Kubeconfig())
+	g.Expect(err).NotTo(HaveOccurred())
+	waitCondition(t, "rot-window", clustersv1.StalledCondition, metav1.ConditionTrue, clustersv1.ReasonClusterIdentityChanged, eventuallyWait)
+	g.Consistently(func() error { _, err := cache.Get(ctx, "rot-window"); return err }, time.Second, poll).Should(HaveOccurred())
+	bad, checks := w.finish()
+	g.Expect(checks).To(BeNumerically(">", 100))
+	g.Expect(bad).To(BeZero(), "the connection to the other cluster was handed out before its identity was checked")
+
+	// A manager restart on the Stalled member: a fresh Reconciler (its own cache, no memory) must
+	// keep it Stalled and never hand it out, not even before its first probe.
+	fresh, freshCache := freshReconciler(t)
+	w = watchHandOuts(freshCache, "rot-window", m2.Server())
+	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: "rot-window"}}
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		_, _ = fresh.Reconcile(ctx, req)
+		mc := get(g, "rot-window")
+		g.Expect(meta.IsStatusConditionTrue(mc.Status.Conditions, clustersv1.StalledCondition)).To(BeTrue(), "Stalled all along")
+		g.Expect(meta.FindStatusCondition(mc.Status.Conditions, clustersv1.ReadyCondition).Status).To(Equal(metav1.ConditionFalse))
+		select {
+		case <-fresh.probeDone:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	bad, _ = w.finish()
+	g.Expect(bad).To(BeZero(), "a restarted manager handed out a member whose identity had changed")
+	fresh.mu.Lock()
+	st := fresh.health[get(g, "rot-window").UID]
+	fresh.mu.Unlock()
+	g.Expect(st).NotTo(BeNil())
+	g.Expect(st.identityMismatch).To(Equal(kubeSystemUID(t, m2)), "the fresh Reconciler probed and found the other cluster")
+}
+
+// freshReconciler is a second Reconciler with its own cache and no memory, as after a manager
+// restart. The test drives it by calling Reconcile; it stops with the test.
+func freshReconciler(t *testing.T) (*Reconciler, *clustercache.ClusterCache) {
+	c := clustercache.New(clustercache.Options{Scheme: scheme.New(), Timeout: 5 * time.Second})
+	r := &Reconciler{
+		Client: mgmt, APIReader: mgmt, Cache: c,
+		Policy:              clustercache.Policy{AllowLoopback: true},
+		Recorder:            events.NewFakeRecorder(100),
+		DeletionGracePeriod: deletionGrace,
+		StatusHeartbeat:     2 * time.Second,
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	r.init(rctx, logr.Discard())
+	return r, c
+}
+
+func writeSecret(name string, kubeconfig []byte) (*corev1.Secret, error) {
+	return envs.WriteKubeconfigSecret(ctx, mgmt, secretNS, name, kubeconfig)
+}
+
+// Unpausing a member whose Secret was re-pointed while it was paused must not hand out the new
+// connection: pausing drops the connection, and unpausing proves the identity again.
+func TestUnpauseProvesTheIdentityAgain(t *testing.T) {
+	g := NewWithT(t)
+	m1, m2 := env.Members[0], env.Members[1]
+	mc := attach(t, "unpause-window", m1.Kubeconfig())
+	waitCondition(t, "unpause-window", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
+	setPaused(t, mc.Name, true)
+	waitCondition(t, "unpause-window", clustersv1.ReadyCondition, metav1.ConditionUnknown, clustersv1.ReasonPaused, eventuallyWait)
+	_, err := cache.Get(ctx, "unpause-window")
+	g.Expect(err).To(HaveOccurred())
+
+	_, err = writeSecret("unpause-window", m2.Kubeconfig())
+	g.Expect(err).NotTo(HaveOccurred())
+	w := watchHandOuts(cache, "unpause-window", m2.Server())
+	setPaused(t, mc.Name, false)
+	waitCondition(t, "unpause-window", clustersv1.StalledCondition, metav1.ConditionTrue, clustersv1.ReasonClusterIdentityChanged, eventuallyWait)
+	bad, _ := w.finish()
+	g.Expect(bad).To(BeZero())
+
+	// Pointing it back at the pinned cluster makes it usable again, through a new, proven connection.
+	_, err = writeSecret("unpause-window", m1.Kubeconfig())
+	g.Expect(err).NotTo(HaveOccurred())
+	waitCondition(t, "unpause-window", clustersv1.ReadyCondition, metav1.ConditionTrue, clustersv1.ReasonReady, eventuallyWait)
+	g.Eventually(func() error { _, err := cache.Get(ctx, "unpause-window"); return err }, eventuallyWait, poll).Should(Succeed())
+	g.Expect(meta.FindStatusCondition(get(g, "unpause-window").Status.Conditions, clustersv1.StalledCondition)).To(BeNil())
+}
+
+func setPaused(t *testing.T, name string, paused bool) {
+	g := NewWithT(t)
+	g.Eventually(func() error {
+		mc := &clustersv1.MemberCluster{}
+		if err := mgmt.Get(ctx, client.ObjectKey{Name: name}, mc); err != nil {
+			return err
+		}
+		orig := mc.DeepCopy()
+		mc.Spec.Paused = paused
+		return mgmt.Patch(ctx, mc, client.MergeFrom(orig))
+	}, eventuallyWait, poll).Should(Succeed())
+}
+
+// A changed spec.healthCheck is probed at once: a member on a 1h period switched to 1s must not
+// wait out the hour.
+func TestChangedHealthCheckIsProbedAtOnce(t *testing.T) {
+	g := NewWithT(t)
+	m1 := env.Members[0]
+	mc := attach(t, "slow-period", m1.Kubeconfig(), func(mc *clustersv1.MemberCluster) {
+		mc.Spec.HealthCheck.Period = &metav1.Duration{Duration: time.Hour}
+		mc.Spec.HealthCheck.UnhealthyAfter = &metav1.Duration{Duration: 2 * time.Hour}
+	})
+	waitCondition(t, mc.Name, clustersv1.ReadyCondition, metav1.ConditionTrue, clustersv1.ReasonReady, eventuallyWait)
+	last := func() float64 { return testutil.ToFloat64(lastProbeGauge.WithLabelValues(mc.Name)) }
+	before := last()
+	g.Consistently(last, time.Second, poll).Should(Equal(before), "on a 1h period nothing is probed for a while")
+
+	g.Eventually(func() error {
+		cur := get(g, mc.Name)
+		orig := cur.DeepCopy()
+		cur.Spec.HealthCheck.Period = &metav1.Duration{Duration: time.Second}
+		cur.Spec.HealthCheck.UnhealthyAfter = &metav1.Duration{Duration: testUnhealthy}
+		return mgmt.Patch(ctx, cur, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+	}, eventuallyWait, poll).Should(Succeed())
+	changed := time.Now()
+	g.Eventually(last, 2*time.Second, 10*time.Millisecond).Should(BeNumerically(">", before), "probed at once")
+	t.Logf("probed %s after the change", time.Since(changed))
+	second := last()
+	g.Eventually(last, 3*time.Second, poll).Should(BeNumerically(">", second), "and then every second")
+	g.Eventually(func(g Gomega) {
+		cur := get(g, mc.Name)
+		g.Expect(cur.Status.ObservedGeneration).To(Equal(cur.Generation))
+		g.Expect(meta.FindStatusCondition(cur.Status.Conditions, clustersv1.ReconcilingCondition)).To(BeNil())
+		g.Expect(meta.IsStatusConditionTrue(cur.Status.Conditions, clustersv1.ReadyCondition)).To(BeTrue())
+		g.Expect(kstatusOf(g, cur)).To(Equal(status.CurrentStatus))
+	}, eventuallyWait, poll).Should(Succeed())
+}
+
+// While a member is being attached, kstatus says InProgress (so `kubectl wait` and GitOps tools
+// wait), and the member is not usable.
+func TestAttachingIsInProgress(t *testing.T) {
+	g := NewWithT(t)
+	m3 := env.Members[2]
+	m3.Freeze()
+	defer m3.Thaw()
+	attach(t, "attaching", m3.Kubeconfig(), func(mc *clustersv1.MemberCluster) {
+		mc.Spec.HealthCheck.Timeout = &metav1.Duration{Duration: 4 * time.Second}
+	})
+	g.Eventually(func(g Gomega) {
+		mc := get(g, "attaching")
+		g.Expect(mc.Status.ObservedGeneration).To(Equal(mc.Generation))
+		g.Expect(kstatusOf(g, mc)).To(Equal(status.InProgressStatus))
+		g.Expect(meta.IsStatusConditionTrue(mc.Status.Conditions, clustersv1.ReconcilingCondition)).To(BeTrue())
+	}, 3*time.Second, 50*time.Millisecond).Should(Succeed())
+	_, err := cache.Get(ctx, "attaching")
+	g.Expect(err).To(HaveOccurred())
+	m3.Thaw()
+	mc := waitCondition(t, "attaching", clustersv1.ReadyCondition, metav1.ConditionTrue, clustersv1.ReasonReady, eventuallyWait)
+	g.Expect(kstatusOf(g, mc)).To(Equal(status.CurrentStatus))
+}
+
+// With 5 probe slots and 10 members hung behind a frozen apiserver, probes of healthy members
+// never wait behind the hung ones: failing members use their own pool, and a hung probe gives its
+// slot back after slotHold.
+func TestHungMembersDoNotHoldHealthyProbesWithFiveSlots(t *testing.T) {
+	g := NewWithT(t)
+	m1, m2, m3 := env.Members[0], env.Members[1], env.Members[2]
+	c := clustercache.New(clustercache.Options{Scheme: scheme.New(), Timeout: 5 * time.Second})
+	r := &Reconciler{Client: mgmt, APIReader: mgmt, Cache: c, Recorder: events.NewFakeRecorder(10), MaxConcurrentProbes: 5, StatusHeartbeat: time.Hour}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r.init(rctx, logr.Discard())
+	go func() {
+		for {
+			select {
+			case <-r.probeDone:
+			case <-rctx.Done():
+				return
+			}
+		}
+	}()
+	hc := clustersv1.HealthCheckSpec{
+		Period: &metav1.Duration{Duration: time.Second}, Timeout: &metav1.Duration{Duration: 3 * time.Second},
+		UnhealthyAfter: &metav1.Duration{Duration: 10 * time.Second}, SuccessThreshold: 1,
+		InventoryInterval: &metav1.Duration{Duration: time.Hour},
+	}
+	policy := clustercache.Policy{AllowLoopback: true}
+	start := func(name string, kubeconfig []byte) *memberState {
+		cfg, err := policy.Load(kubeconfig, "")
+		g.Expect(err).NotTo(HaveOccurred())
+		acc, err := c.Connect(name, "v1", cfg)
+		g.Expect(err).NotTo(HaveOccurred())
+		st := &memberState{name: name, uid: types.UID(name)}
+		r.activate(name, st, acc, hc)
+		t.Cleanup(func() { deactivate(st) })
+		return st
+	}
+	var hung, healthy []*memberState
+	m3.Freeze()
+	defer m3.Thaw()
+	for i := range 10 {
+		hung = append(hung, start(fmt.Sprintf("hung-slot-%d", i), m3.Kubeconfig()))
+	}
+	// Let every hung member's first probe (indistinguishable from a healthy one until it hangs)
+	// run into its timeout, so they are all known to be failing.
+	time.Sleep(4500 * time.Millisecond)
+	for i := range 6 {
+		kc := m1.Kubeconfig()
+		if i%2 == 1 {
+			kc = m2.Kubeconfig()
+		}
+		healthy = append(healthy, start(fmt.Sprintf("healthy-slot-%d", i), kc))
+	}
+	time.Sleep(6 * time.Second)
+	for _, st := range healthy {
+		st.mu.Lock()
+		h, wait := st.health, st.maxSlotWait
+		st.mu.Unlock()
+		g.Expect(h.Healthy).To(BeTrue(), st.name)
+		g.Expect(h.ConsecutiveFailures).To(BeZero(), st.name)
+		g.Expect(h.ConsecutiveSuccesses).To(BeNumerically(">=", 4), "%s was probed every period", st.name)
+		g.Expect(wait).To(BeNumerically("<", 500*time.Millisecond), "%s waited %s for a slot", st.name, wait)
+	}
+	for _, st := range hung {
+		st.mu.Lock()
+		g.Expect(st.health.ConsecutiveFailures).To(BeNumerically(">=", 1), st.name)
+		st.mu.Unlock()
+	}
+}
