@@ -159,8 +159,8 @@ func run() int {
 			DeniedCIDRs: denied,
 		},
 		KubeconfigSecretNamespaces: namespaces,
-		MemberDeletionGracePeriod: memberDeletionGrace,
-		MaxConcurrentProbes:       maxConcurrentProbes,
+		MemberDeletionGracePeriod:  memberDeletionGrace,
+		MaxConcurrentProbes:        maxConcurrentProbes,
 	}); err != nil {
 		setupLog.Error(err, "Failed to set up controllers")
 		return 1

@@ -101,8 +101,8 @@ type memberState struct {
 
 	inFlight, invInFlight, probeNow bool
 	// maxSlotWait is the longest a probe of this member waited for a slot (tests read it).
-	maxSlotWait time.Duration
-	lastStart, invStart             time.Time
+	maxSlotWait         time.Duration
+	lastStart, invStart time.Time
 	// epoch numbers schedules: a timer from an older epoch does nothing.
 	epoch  uint64
 	active bool
