@@ -308,3 +308,61 @@ func TestHungMembersDoNotHoldHealthyProbesWithFiveSlots(t *testing.T) {
 		st.mu.Unlock()
 	}
 }
+
+// A hand-deleted marker namespace comes back through the access layer's watch, well within 30 s,
+// and the watch is shared and stops with its connection.
+func TestDeletedMarkerNamespaceComesBack(t *testing.T) {
+	g := NewWithT(t)
+	m2 := env.Members[1]
+	attach(t, "marker-back", m2.Kubeconfig())
+	waitCondition(t, "marker-back", clustersv1.ReadyCondition, metav1.ConditionTrue, clustersv1.ReasonReady, eventuallyWait)
+	ns := &corev1.Namespace{}
+	g.Eventually(func() error { return m2.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, ns) }, eventuallyWait, poll).Should(Succeed())
+	oldUID := ns.UID
+
+	// Another controller joining the same watch shares it.
+	watchesBefore := cache.Watches()
+	var seen atomic.Int32
+	stop, err := cache.Watch(ctx, "marker-back", markerWatch, func(clustercache.WatchEvent) { seen.Add(1) })
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(cache.Watches()).To(Equal(watchesBefore), "shared, not a second watch")
+	g.Expect(cache.WaitForWatchSynced(ctx, "marker-back", markerWatch)).To(Succeed())
+
+	// Delete it the way a person would; envtest has no namespace controller, so finish the
+	// deletion by hand as the namespace controller would.
+	deleted := time.Now()
+	g.Expect(m2.Client.Delete(ctx, ns)).To(Succeed())
+	g.Eventually(func() error {
+		cur := &corev1.Namespace{}
+		if err := m2.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, cur); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		if cur.UID != oldUID {
+			return nil
+		}
+		cur.Spec.Finalizers = nil
+		return m2.Client.SubResource("finalize").Update(ctx, cur)
+	}, eventuallyWait, poll).Should(Succeed())
+	g.Eventually(func(g Gomega) {
+		cur := &corev1.Namespace{}
+		g.Expect(m2.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, cur)).To(Succeed())
+		g.Expect(cur.UID).NotTo(Equal(oldUID))
+		g.Expect(cur.Labels).To(HaveKeyWithValue(ManagedByLabel, ManagedByValue))
+	}, 30*time.Second, poll).Should(Succeed())
+	t.Logf("the marker namespace was back %s after it was deleted", time.Since(deleted))
+	g.Expect(seen.Load()).To(BeNumerically(">=", 2), "the second handler saw the namespace and its deletion")
+	stop()
+	g.Expect(cache.Watches()).To(Equal(watchesBefore), "the controller's own handler keeps the watch")
+
+	// Re-pointing the Secret (same cluster, new connection) stops the old connection's watch.
+	old, err := cache.Get(ctx, "marker-back")
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = writeSecret("marker-back", append(m2.Kubeconfig(), '\n'))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Eventually(func(g Gomega) {
+		acc, err := cache.Get(ctx, "marker-back")
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(acc.Generation).NotTo(Equal(old.Generation))
+	}, eventuallyWait, poll).Should(Succeed())
+	g.Eventually(cache.Watches, eventuallyWait, poll).Should(Equal(watchesBefore))
+}

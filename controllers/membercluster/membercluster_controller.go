@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -118,6 +119,11 @@ type memberState struct {
 	// verifiedGen is the connection (Accessor.Generation) through which a probe confirmed the
 	// pinned identity; markerGen the one the marker namespace was ensured through.
 	verifiedGen, markerGen uint64
+	// markerWatchGen is the connection the marker namespace is watched through; markerStop ends
+	// that watch; markerLost is set by the watch when the marker namespace goes.
+	markerWatchGen uint64
+	markerStop     func()
+	markerLost     atomic.Bool
 }
 
 // seededMismatch stands for "the identity had changed when the manager last ran" until a probe
@@ -272,6 +278,17 @@ func (r *Reconciler) forgetState(uid types.UID) {
 	r.mu.Unlock()
 	if st != nil {
 		deactivate(st)
+		st.stopMarkerWatch()
+	}
+}
+
+func (st *memberState) stopMarkerWatch() {
+	st.mu.Lock()
+	stop := st.markerStop
+	st.markerStop, st.markerWatchGen = nil, 0
+	st.mu.Unlock()
+	if stop != nil {
+		stop()
 	}
 }
 
@@ -288,6 +305,7 @@ func (r *Reconciler) forgetStateByName(name string, keep types.UID) {
 	r.mu.Unlock()
 	for _, st := range gone {
 		deactivate(st)
+		st.stopMarkerWatch()
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -114,12 +115,21 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	if err := r.patchStatus(ctx, s); err != nil {
 		return ctrl.Result{}, err
 	}
-	if usable && r.Cache.Admit(acc, mc.Status.ClusterID) && st.markerGen != acc.Generation {
-		if err := r.ensureMarker(ctx, acc, mc); err != nil {
-			log.Info("Could not create the marker namespace; retrying", "member", mc.Name, "reason", err.Error())
+	if usable && r.Cache.Admit(acc, mc.Status.ClusterID) {
+		if st.markerLost.Swap(false) {
+			st.markerGen = 0
+		}
+		if st.markerGen != acc.Generation {
+			if err := r.ensureMarker(ctx, acc, mc); err != nil {
+				log.Info("Could not create the marker namespace; retrying", "member", mc.Name, "reason", err.Error())
+				return ctrl.Result{RequeueAfter: retryInterval(hc) * 5}, nil
+			}
+			st.markerGen = acc.Generation
+		}
+		if err := r.watchMarker(ctx, mc.Name, st, acc); err != nil {
+			log.Info("Could not watch the marker namespace; retrying", "member", mc.Name, "reason", err.Error())
 			return ctrl.Result{RequeueAfter: retryInterval(hc) * 5}, nil
 		}
-		st.markerGen = acc.Generation
 	}
 	// The prober requeues this member when something visible changes; this is a safety net.
 	return ctrl.Result{RequeueAfter: r.StatusHeartbeat}, nil
@@ -197,6 +207,39 @@ func (r *Reconciler) connect(ctx context.Context, mc *clustersv1.MemberCluster) 
 	}
 	ctrl.LoggerFrom(ctx).Info("Connected member", "member", mc.Name, "server", cfg.Host)
 	return acc, nil
+}
+
+// markerWatch watches the marker namespace (metadata only, by name and label) in a member.
+var markerWatch = clustercache.WatchSpec{
+	Resource:      corev1.SchemeGroupVersion.WithResource("namespaces"),
+	LabelSelector: ManagedByLabel + "=" + ManagedByValue,
+	FieldSelector: "metadata.name=" + MarkerNamespace,
+}
+
+// watchMarker watches the marker namespace through the member's current connection, so a
+// hand-deleted paddock-system comes back at once (the watch is shared through the access layer,
+// and stops with the connection).
+func (r *Reconciler) watchMarker(ctx context.Context, name string, st *memberState, acc *clustercache.Accessor) error {
+	st.mu.Lock()
+	current := st.markerWatchGen == acc.Generation
+	st.mu.Unlock()
+	if current {
+		return nil
+	}
+	st.stopMarkerWatch()
+	stop, err := r.Cache.Watch(ctx, name, markerWatch, func(ev clustercache.WatchEvent) {
+		if ev.Type == watch.Deleted || !ev.Object.DeletionTimestamp.IsZero() {
+			st.markerLost.Store(true)
+			r.requeue(name)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	st.mu.Lock()
+	st.markerWatchGen, st.markerStop = acc.Generation, stop
+	st.mu.Unlock()
+	return nil
 }
 
 func (r *Reconciler) ensureMarker(ctx context.Context, acc *clustercache.Accessor, mc *clustersv1.MemberCluster) error {

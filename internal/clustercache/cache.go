@@ -181,6 +181,7 @@ type ClusterCache struct {
 	mu      sync.RWMutex
 	members map[string]*entry
 	subs    []*subscriber
+	watches map[watchKey]*sharedWatch
 }
 
 // New returns an empty ClusterCache.
@@ -226,6 +227,7 @@ func (c *ClusterCache) Connect(name, version string, cfg *rest.Config) (*Accesso
 		ne.deleting = old.deleting
 	}
 	c.members[name] = ne
+	c.stopWatches(name, acc.Generation)
 	c.mu.Unlock()
 	if old != nil {
 		old.acc.close()
@@ -340,6 +342,7 @@ func (c *ClusterCache) Revoke(name, reason string, forgetIdentity bool) {
 		e.ready, e.reason = false, reason
 		if forgetIdentity {
 			e.admittedID = ""
+			c.stopWatches(name, 0)
 		}
 		changed = before != e.usable()
 	}
@@ -370,6 +373,7 @@ func (c *ClusterCache) Disconnect(name string) {
 	c.mu.Lock()
 	e, ok := c.members[name]
 	delete(c.members, name)
+	c.stopWatches(name, 0)
 	c.mu.Unlock()
 	if ok {
 		e.acc.close()
