@@ -112,6 +112,7 @@ func runOne(n, members int, kubeQPS float64, full bool, lossFor time.Duration, l
 	}})
 	if err := controllers.Setup(ctx, mgr, controllers.Options{
 		DefaultConcurrency: 4, ClusterCache: cache, KubeconfigPolicy: clustercache.Policy{AllowLoopback: true},
+		KubeconfigSecretNamespaces: []string{"paddock-system"},
 	}); err != nil {
 		return err
 	}

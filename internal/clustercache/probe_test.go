@@ -17,6 +17,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
@@ -199,4 +200,41 @@ func TestInventorySumsNodesFromOneWatchCacheList(t *testing.T) {
 	g.Expect(lists.Load()).To(Equal(int32(1)))
 	g.Expect(rv).To(Equal("0"))
 	g.Expect(accept).To(HavePrefix("application/vnd.kubernetes.protobuf"))
+}
+
+// Clients that Helm builds from the accessor's RESTClientGetter reuse the member's connection.
+func TestRESTClientGetterSharesTheMembersTransport(t *testing.T) {
+	g := NewWithT(t)
+	var conns atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"default","uid":"u"}}`)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	acc, err := New(Options{Scheme: scheme.New()}).Connect("getter", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, BearerToken: "t"})
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = acc.Kubernetes.CoreV1().Namespaces().Get(probeCtx(t), "default", metav1.GetOptions{})
+	g.Expect(err).NotTo(HaveOccurred())
+
+	getter := acc.RESTClientGetter("apps")
+	cfg, err := getter.ToRESTConfig()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(cfg.Transport).To(BeIdenticalTo(acc.sharedTransport()))
+	for i := 0; i < 5; i++ {
+		kc, err := kubernetes.NewForConfig(cfg)
+		g.Expect(err).NotTo(HaveOccurred())
+		_, err = kc.CoreV1().Namespaces().Get(probeCtx(t), "default", metav1.GetOptions{})
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+	g.Expect(conns.Load()).To(Equal(int32(1)), "one connection for the accessor and every client built from its getter")
+	ns, explicit, err := getter.ToRawKubeConfigLoader().Namespace()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(ns).To(Equal("apps"))
+	g.Expect(explicit).To(BeTrue())
 }
