@@ -76,7 +76,7 @@ func run() int {
 	fs.IntVar(&defaultConcurrency, "default-concurrency", 4, "Parallel reconciles per controller unless --concurrency says otherwise.")
 	fs.Var(concurrency, "concurrency", fmt.Sprintf("Parallel reconciles of one controller, as name=N (repeatable, comma separated). Controllers: %v; membercluster defaults to 20.", controllers.Names()))
 	fs.DurationVar(&memberDeletionGrace, "member-deletion-grace-period", 2*time.Minute, "How long deleting a MemberCluster waits for an unreachable member before giving up its cleanup.")
-	fs.IntVar(&maxConcurrentProbes, "max-concurrent-probes", 500, "Member health probes in flight at once, across all members (a hung member holds one until its timeout).")
+	fs.IntVar(&maxConcurrentProbes, "max-concurrent-probes", 500, "Member liveness probes started at once, across all members; a fifth of them serve members whose last probe failed, and a probe gives its slot back after 1s (a hung member holds one probe, not a slot).")
 	fs.DurationVar(&gracefulShutdownTimeout, "graceful-shutdown-timeout", 30*time.Second, "How long the manager waits for running reconciles on shutdown.")
 	fs.StringVar(&secretNamespaces, "kubeconfig-secret-namespaces", "", "Comma-separated namespaces whose Secrets may hold member kubeconfigs; the manager reads and caches Secrets only there. Default: the manager's own namespace.")
 	fs.StringVar(&deniedCIDRs, "member-denied-cidrs", "", "Comma-separated networks no member server may be in (the management cluster's own pod, service and node CIDRs).")

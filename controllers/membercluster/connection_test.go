@@ -148,10 +148,24 @@ func TestUnpauseProvesTheIdentityAgain(t *testing.T) {
 	m1, m2 := env.Members[0], env.Members[1]
 	mc := attach(t, "unpause-window", m1.Kubeconfig())
 	waitCondition(t, "unpause-window", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
+	before, err := cache.Get(ctx, "unpause-window")
+	g.Expect(err).NotTo(HaveOccurred())
+	// Pause and unpause with the same Secret: the connection is rebuilt and proven again (the
+	// cluster behind an unchanged kubeconfig may have changed while nobody looked).
 	setPaused(t, mc.Name, true)
 	waitCondition(t, "unpause-window", clustersv1.ReadyCondition, metav1.ConditionUnknown, clustersv1.ReasonPaused, eventuallyWait)
-	_, err := cache.Get(ctx, "unpause-window")
+	_, err = cache.Get(ctx, "unpause-window")
 	g.Expect(err).To(HaveOccurred())
+	setPaused(t, mc.Name, false)
+	g.Eventually(func(g Gomega) {
+		acc, err := cache.Get(ctx, "unpause-window")
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(acc.Generation).NotTo(Equal(before.Generation), "a new connection")
+	}, eventuallyWait, poll).Should(Succeed())
+
+	// Pause again, and re-point the Secret at another cluster while paused.
+	setPaused(t, mc.Name, true)
+	waitCondition(t, "unpause-window", clustersv1.ReadyCondition, metav1.ConditionUnknown, clustersv1.ReasonPaused, eventuallyWait)
 
 	_, err = writeSecret("unpause-window", m2.Kubeconfig())
 	g.Expect(err).NotTo(HaveOccurred())
@@ -282,9 +296,19 @@ func TestHungMembersDoNotHoldHealthyProbesWithFiveSlots(t *testing.T) {
 	for i := range 10 {
 		hung = append(hung, start(fmt.Sprintf("hung-slot-%d", i), m3.Kubeconfig()))
 	}
-	// Let every hung member's first probe (indistinguishable from a healthy one until it hangs)
-	// run into its timeout, so they are all known to be failing.
-	time.Sleep(4500 * time.Millisecond)
+	// Wait until every hung member's first probe (indistinguishable from a healthy one until it
+	// hangs) has run into its timeout, so they are all known to be failing.
+	g.Eventually(func() bool {
+		for _, st := range hung {
+			st.mu.Lock()
+			f := st.health.ConsecutiveFailures
+			st.mu.Unlock()
+			if f == 0 {
+				return false
+			}
+		}
+		return true
+	}, 20*time.Second, poll).Should(BeTrue())
 	for i := range 6 {
 		kc := m1.Kubeconfig()
 		if i%2 == 1 {
@@ -292,7 +316,18 @@ func TestHungMembersDoNotHoldHealthyProbesWithFiveSlots(t *testing.T) {
 		}
 		healthy = append(healthy, start(fmt.Sprintf("healthy-slot-%d", i), kc))
 	}
-	time.Sleep(6 * time.Second)
+	// Probed every period: wait for several probes of each, then look at how long they waited.
+	g.Eventually(func() bool {
+		for _, st := range healthy {
+			st.mu.Lock()
+			n := st.health.ConsecutiveSuccesses
+			st.mu.Unlock()
+			if n < 4 {
+				return false
+			}
+		}
+		return true
+	}, 20*time.Second, poll).Should(BeTrue())
 	for _, st := range healthy {
 		st.mu.Lock()
 		h, wait := st.health, st.maxSlotWait

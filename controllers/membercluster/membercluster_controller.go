@@ -119,6 +119,8 @@ type memberState struct {
 	// verifiedGen is the connection (Accessor.Generation) through which a probe confirmed the
 	// pinned identity; markerGen the one the marker namespace was ensured through.
 	verifiedGen, markerGen uint64
+	// pinnedID is status.clusterID as the last reconcile saw it (the prober reads it).
+	pinnedID string
 	// markerWatchGen is the connection the marker namespace is watched through; markerStop ends
 	// that watch; markerLost is set by the watch when the marker namespace goes.
 	markerWatchGen uint64
@@ -195,7 +197,8 @@ func (r *Reconciler) init(ctx context.Context, log logr.Logger) {
 	r.health = map[types.UID]*memberState{}
 	r.ctx, r.log = ctx, log
 	r.slots = newProbeSlots(r.MaxConcurrentProbes)
-	r.inventorySlots = make(chan struct{}, max(1, r.MaxConcurrentProbes/10))
+	// Inventory reads are short on healthy members and can be large (a node list): few at once.
+	r.inventorySlots = make(chan struct{}, min(max(4, r.MaxConcurrentProbes/20), 32))
 	r.probeDone = make(chan event.GenericEvent, 1024)
 }
 
@@ -398,13 +401,12 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, mc *clustersv1.MemberC
 		r.Cache.Disconnect(mc.Name)
 		return ctrl.Result{}, nil
 	}
-	// From now on Get refuses the member; GetForCleanup serves dependants' cleanup.
-	r.Cache.BeginCleanup(mc.Name)
 	r.mu.Lock()
 	if st := r.health[mc.UID]; st != nil {
 		deactivate(st)
 	}
 	r.mu.Unlock()
+	r.prepareCleanup(ctx, mc)
 	waited := r.Clock.Since(mc.DeletionTimestamp.Time)
 
 	// Controllers that placed things in the member go first (their finalizers are *.paddock.dev/),
@@ -442,6 +444,29 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, mc *clustersv1.MemberC
 	forgetMetrics(mc.Name)
 	log.Info("Released member", "member", mc.Name)
 	return ctrl.Result{}, nil
+}
+
+// prepareCleanup puts the member in its "deleting, cleanup only" state: Get refuses it, and
+// GetForCleanup serves dependants through a connection whose identity is proven. After a manager
+// restart or a Secret change mid-deletion there is no such connection yet, so one is connected
+// and probed here, and admitted only if it reaches the pinned cluster.
+func (r *Reconciler) prepareCleanup(ctx context.Context, mc *clustersv1.MemberCluster) {
+	if _, err := r.Cache.GetForCleanup(ctx, mc.Name); err == nil || mc.Status.ClusterID == "" {
+		r.Cache.BeginCleanup(mc.Name)
+		return
+	}
+	acc, err := r.connect(ctx, mc)
+	// Marked before the probe, so the admission below never makes the member usable for Get.
+	r.Cache.BeginCleanup(mc.Name)
+	if err != nil {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, mc.Spec.HealthCheck.GetTimeout())
+	res := acc.ProbeLiveness(pctx)
+	cancel()
+	if res.Err == nil && res.ClusterID == mc.Status.ClusterID {
+		r.Cache.Admit(acc, res.ClusterID)
+	}
 }
 
 // dependantFinalizers lists the finalizers of other Paddock controllers on the MemberCluster.

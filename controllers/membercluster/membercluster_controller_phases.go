@@ -82,6 +82,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	s.live, s.inv, s.health = st.live, st.inv, st.health
 	s.probedConn, s.replaced, s.hcPending = st.probedConn, st.replaced, st.hcPending
 	st.lastPublished = r.Clock.Now()
+	st.pinnedID = mc.Status.ClusterID
 	st.mu.Unlock()
 	if st.verifiedGen != acc.Generation {
 		st.verifiedGen = 0
@@ -115,7 +116,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	if err := r.patchStatus(ctx, s); err != nil {
 		return ctrl.Result{}, err
 	}
-	if usable && r.Cache.Admit(acc, mc.Status.ClusterID) {
+	if usable && r.admit(st, acc, mc.Status.ClusterID) {
 		if st.markerLost.Swap(false) {
 			st.markerGen = 0
 		}
@@ -133,6 +134,18 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	}
 	// The prober requeues this member when something visible changes; this is a safety net.
 	return ctrl.Result{RequeueAfter: r.StatusHeartbeat}, nil
+}
+
+// admit makes the connection usable unless a probe that landed since the snapshot read another
+// cluster. It runs under st.mu, as does the prober's revocation, so neither can slip past the other.
+func (r *Reconciler) admit(st *memberState, acc *clustercache.Accessor, clusterID string) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.pinnedID = clusterID
+	if st.acc != acc || st.live == nil || (st.live.Err == nil && st.live.ClusterID != clusterID) {
+		return false
+	}
+	return r.Cache.Admit(acc, clusterID)
 }
 
 // checkIdentity pins the member's clusterID on first sight and refuses a different one until a

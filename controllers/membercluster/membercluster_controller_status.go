@@ -12,6 +12,9 @@ import (
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 )
 
+// maxConditionMessage stays well below the CRD's 32768 bound on condition messages.
+const maxConditionMessage = 4096
+
 // ModeAttach is status.mode for spec.attach.
 const ModeAttach = "Attach"
 
@@ -21,6 +24,9 @@ func computeStatus(s *scope) {
 	st := &mc.Status
 	gen := mc.Generation
 	set := func(t string, status metav1.ConditionStatus, reason, msg string) {
+		if len(msg) > maxConditionMessage {
+			msg = msg[:maxConditionMessage-3] + "..."
+		}
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{
 			Type: t, Status: status, Reason: reason, Message: msg, ObservedGeneration: gen,
 		})
@@ -61,7 +67,7 @@ func computeStatus(s *scope) {
 	st.ConsecutiveFailures = h.ConsecutiveFailures
 	st.ConsecutiveSuccesses = min(h.ConsecutiveSuccesses, mc.Spec.HealthCheck.GetSuccessThreshold())
 
-	if p := s.inv; p != nil {
+	if p := s.inv; p != nil && s.verified {
 		st.KubernetesVersion = p.Version
 		st.Platform = p.Platform
 		nodes := p.Nodes

@@ -2,8 +2,11 @@ package membercluster
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -138,12 +141,21 @@ func (r *Reconciler) runProbe(name string, st *memberState, epoch uint64) {
 	release, ok := r.slots.acquire(r.ctx, failing)
 	wait := r.Clock.Since(waitStart)
 	slotWait.Observe(wait.Seconds())
-	if !ok {
-		st.mu.Lock()
+	st.mu.Lock()
+	// Paused, deleted or re-pointed while waiting for the slot: do not contact it.
+	stale := !st.active || st.acc != acc
+	if !ok || stale {
 		st.inFlight = false
+		if ok && st.active {
+			r.schedule(name, st, 0)
+		}
 		st.mu.Unlock()
+		if ok {
+			release()
+		}
 		return
 	}
+	st.mu.Unlock()
 	hold := time.AfterFunc(slotHold, release)
 	ctx, cancel := context.WithTimeout(r.ctx, timeout)
 	res := acc.ProbeLiveness(ctx)
@@ -171,16 +183,30 @@ func (r *Reconciler) runProbe(name string, st *memberState, epoch uint64) {
 	}
 	msg := ""
 	if res.Err != nil {
-		msg = res.Err.Error()
+		// A member controls its error text: bound it before it reaches status, events or logs.
+		msg = sanitizeMessage(res.Err.Error())
 	}
 	prev, prevRes, firstOnConn, hcPending := st.health, st.live, !st.probedConn, st.hcPending
 	st.health = st.health.observe(r.Clock.Now(), res.Err == nil, res.Reason, msg, hc)
 	st.live = &res
-	st.probedConn, st.hcPending = true, false
+	st.probedConn = true
+	if sameHealthCheck(hc, st.hc) {
+		st.hcPending = false
+	}
+	if res.Err == nil {
+		// A different cluster behind an admitted connection (a DNS or load balancer flip): take
+		// it away now, not when a reconcile gets to it. Under st.mu, so a concurrent admission
+		// (which checks st.live under st.mu) cannot slip past.
+		if admitted := r.Cache.AdmittedID(name); admitted != "" && admitted != res.ClusterID {
+			r.Cache.Revoke(name, clustersv1.ReasonClusterIdentityChanged, true)
+		}
+	}
 	h := st.health
 	publish := firstOnConn || hcPending || visibleChange(prev, h) || livenessChanged(prevRes, &res) ||
 		r.Clock.Since(st.lastPublished) >= r.heartbeat(st.uid)
-	invDue := res.Err == nil && !st.invInFlight &&
+	// Inventory only from the pinned cluster: a member whose identity changed must not show the
+	// other cluster's version and nodes.
+	invDue := res.Err == nil && (st.pinnedID == "" || st.pinnedID == res.ClusterID) && !st.invInFlight &&
 		(st.inv == nil || r.Clock.Since(st.invStart) >= hc.GetInventoryInterval())
 	if invDue {
 		st.invInFlight = true
@@ -207,7 +233,7 @@ func (r *Reconciler) runProbe(name string, st *memberState, epoch uint64) {
 	if invDue {
 		go r.runInventory(name, st, acc, hc)
 	}
-	r.log.V(1).Info("Probed member", "member", name, "ok", res.Err == nil, "reason", res.Reason,
+	r.log.V(1).Info("Probed member", "member", name, "ok", res.Err == nil, "reason", res.Reason, "detail", msg,
 		"latency", res.Latency, "healthy", h.Healthy, "failures", h.ConsecutiveFailures, "publish", publish)
 	if publish {
 		r.requeue(name)
@@ -232,6 +258,14 @@ func (r *Reconciler) runInventory(name string, st *memberState, acc *clustercach
 		done()
 		return
 	}
+	st.mu.Lock()
+	stale := !st.active || st.acc != acc
+	st.mu.Unlock()
+	if stale {
+		<-r.inventorySlots
+		done()
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.ctx, inventoryTimeout(hc))
 	res := acc.ProbeInventory(ctx)
 	cancel()
@@ -245,10 +279,10 @@ func (r *Reconciler) runInventory(name string, st *memberState, acc *clustercach
 		return
 	}
 	if res.Err != nil {
-		st.invErr = res.Err.Error()
+		st.invErr = sanitizeMessage(res.Err.Error())
 		st.mu.Unlock()
 		inventoryTotal.WithLabelValues(res.Reason).Inc()
-		r.log.Info("Could not read the member's inventory; keeping the last one", "member", name, "reason", res.Reason, "detail", res.Err.Error())
+		r.log.Info("Could not read the member's inventory; keeping the last one", "member", name, "reason", res.Reason, "detail", st.invErr)
 		return
 	}
 	inventoryTotal.WithLabelValues("success").Inc()
@@ -291,7 +325,10 @@ func visibleChange(prev, cur health) bool {
 		(prev.ConsecutiveFailures > 0) != (cur.ConsecutiveFailures > 0),
 		prev.LastFailureReason != cur.LastFailureReason:
 		return true
-	case !cur.Healthy && (prev.ConsecutiveSuccesses != cur.ConsecutiveSuccesses || prev.LastFailureMsg != cur.LastFailureMsg):
+	case !cur.Healthy && prev.ConsecutiveSuccesses != cur.ConsecutiveSuccesses:
+		// Not the failure message: it may differ on every probe (a local port, a request ID),
+		// and would cost a status write per probe. It is published with the next change or
+		// heartbeat.
 		return true
 	}
 	return false
@@ -331,4 +368,24 @@ func sameHealthCheck(a, b clustersv1.HealthCheckSpec) bool {
 	return a.GetPeriod() == b.GetPeriod() && a.GetTimeout() == b.GetTimeout() &&
 		a.GetUnhealthyAfter() == b.GetUnhealthyAfter() && a.GetSuccessThreshold() == b.GetSuccessThreshold() &&
 		a.GetInventoryInterval() == b.GetInventoryInterval()
+}
+
+// maxMessage bounds any text a member controls (error messages) before it is kept.
+const maxMessage = 512
+
+// sanitizeMessage keeps the first maxMessage bytes of msg, with control characters replaced.
+func sanitizeMessage(msg string) string {
+	if len(msg) > maxMessage {
+		cut := maxMessage
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut--
+		}
+		msg = msg[:cut] + "..."
+	}
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || r == utf8.RuneError {
+			return ' '
+		}
+		return r
+	}, msg)
 }

@@ -91,7 +91,8 @@ type Options struct {
 	// QPS and Burst per member for work clients (client-go's 5/10 default throttles real work).
 	QPS   float32
 	Burst int
-	// Timeout bounds every request of the work clients (watches excepted).
+	// Timeout bounds every request of the work clients, watches through them included; Watch
+	// uses a client without it.
 	Timeout time.Duration
 	// ProbeQPS and ProbeBurst are the probes' own limiter, so that work on a member never delays
 	// its probes (default 5 and 10).
@@ -112,7 +113,7 @@ const (
 	LivenessMaxResponseBytes int64 = 1 << 20
 	// InventoryMaxResponseBytes caps the node list (protobuf from the watch cache: a 5,000-node
 	// member is in the tens of MiB).
-	InventoryMaxResponseBytes int64 = 256 << 20
+	InventoryMaxResponseBytes int64 = 64 << 20
 )
 
 var generations atomic.Uint64
@@ -231,7 +232,7 @@ func (c *ClusterCache) Connect(name, version string, cfg *rest.Config) (*Accesso
 	c.mu.Unlock()
 	if old != nil {
 		old.acc.close()
-		if old.usable() {
+		if old.admittedID != "" {
 			c.notify(name)
 		}
 	}
@@ -319,9 +320,10 @@ func (c *ClusterCache) Admit(acc *Accessor, clusterID string) bool {
 	e, ok := c.current(acc)
 	var changed bool
 	if ok {
-		before := e.usable()
+		before, wasAdmitted := e.usable(), e.admittedID
 		e.admittedID, e.ready, e.reason = clusterID, true, ""
-		changed = before != e.usable()
+		// Also when only GetForCleanup changed (a member being deleted).
+		changed = before != e.usable() || wasAdmitted != clusterID
 	}
 	c.mu.Unlock()
 	if changed {
@@ -359,11 +361,12 @@ func (c *ClusterCache) BeginCleanup(name string) {
 	e, ok := c.members[name]
 	var changed bool
 	if ok && !e.deleting {
-		changed = e.usable()
+		// Dependants hear of it whether the member was usable or only cleanup-usable.
+		changed = e.admittedID != ""
 		e.deleting = true
 	}
 	c.mu.Unlock()
-	if changed || ok {
+	if changed {
 		c.notify(name)
 	}
 }

@@ -81,7 +81,7 @@ func TestCacheLifecycleAndNotifications(t *testing.T) {
 	g.Expect(err).To(HaveOccurred(), "a changed identity is forgotten")
 
 	g.Expect(c.Admit(rebuilt, "uid-1")).To(BeTrue())
-	<-events
+	g.Expect(receive(events)).To(Equal("m"))
 	c.BeginCleanup("m")
 	g.Expect(receive(events)).To(Equal("m"))
 	_, err = c.Get(ctx, "m")
@@ -90,6 +90,8 @@ func TestCacheLifecycleAndNotifications(t *testing.T) {
 	cleanup, err := c.GetForCleanup(ctx, "m")
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(cleanup).To(BeIdenticalTo(rebuilt))
+	c.BeginCleanup("m")
+	g.Consistently(events, 100*time.Millisecond).ShouldNot(Receive(), "no event for a repeated BeginCleanup")
 
 	c.Disconnect("m")
 	g.Expect(receive(events)).To(Equal("m"))

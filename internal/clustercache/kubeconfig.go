@@ -239,7 +239,8 @@ func (p Policy) checkHost(host string) error {
 }
 
 func (p Policy) checkAddr(addr netip.Addr) error {
-	addr = addr.Unmap()
+	// A zone (fe80::1%eth0) must not make an address miss the checks below.
+	addr = addr.Unmap().WithZone("")
 	for _, pre := range p.DeniedCIDRs {
 		if pre.Contains(addr) {
 			return fmt.Errorf("address %s is in a denied network (--member-denied-cidrs %s)", addr, pre)

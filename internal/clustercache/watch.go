@@ -79,6 +79,12 @@ func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec,
 	}
 	key := watchKey{gen: acc.Generation, spec: spec}
 	c.mu.Lock()
+	// Re-checked under the write lock: a Connect, Revoke or Disconnect since Get stopped this
+	// connection's watches, and a watch started now would outlive it.
+	if e, ok := c.members[member]; !ok || e.acc != acc || !e.usable() {
+		c.mu.Unlock()
+		return nil, &NotReadyError{Member: member, Reason: ReasonProbePending}
+	}
 	if c.watches == nil {
 		c.watches = map[watchKey]*sharedWatch{}
 	}

@@ -251,10 +251,14 @@ func (m *Member) StopAPIServer() error {
 	if m.stopped {
 		return nil
 	}
+	// Cut the clients off first: a kube-apiserver shutting down waits for its open connections
+	// (watch streams among them) to finish, which clients that keep watching never do.
+	m.proxy.setDown(true)
+	m.proxy.dropConnections()
 	if err := m.Env.ControlPlane.APIServer.Stop(); err != nil {
+		m.proxy.setDown(false)
 		return err
 	}
-	m.proxy.dropConnections()
 	m.stopped = true
 	return nil
 }
@@ -270,6 +274,7 @@ func (m *Member) StartAPIServer() error {
 	if err := m.Env.ControlPlane.APIServer.Start(); err != nil {
 		return err
 	}
+	m.proxy.setDown(false)
 	m.stopped = false
 	return nil
 }

@@ -16,6 +16,8 @@ type gateProxy struct {
 
 	mu     sync.Mutex
 	frozen bool
+	// down closes every new connection at once (the apiserver is being stopped).
+	down   bool
 	thaw   chan struct{}
 	conns  map[net.Conn]struct{}
 	closed chan struct{}
@@ -60,8 +62,20 @@ func (p *gateProxy) track(c net.Conn, add bool) bool {
 	return true
 }
 
+func (p *gateProxy) setDown(d bool) {
+	p.mu.Lock()
+	p.down = d
+	p.mu.Unlock()
+}
+
+func (p *gateProxy) isDown() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.down
+}
+
 func (p *gateProxy) handle(c net.Conn) {
-	if !p.track(c, true) {
+	if p.isDown() || !p.track(c, true) {
 		_ = c.Close()
 		return
 	}
