@@ -173,6 +173,15 @@ type entry struct {
 	deleting   bool
 }
 
+// unadmitted is the error for a connection whose identity is not confirmed yet.
+func (e *entry) unadmitted(name string) error {
+	reason := e.reason
+	if reason == "" {
+		reason = ReasonProbePending
+	}
+	return &NotReadyError{Member: name, Reason: reason}
+}
+
 func (e *entry) usable() bool { return e.admittedID != "" && e.ready && !e.deleting }
 
 // ClusterCache caches one Accessor per MemberCluster name. It is safe for concurrent use.
@@ -418,11 +427,7 @@ func (c *ClusterCache) Get(_ context.Context, name string) (*Accessor, error) {
 	case e.deleting:
 		return nil, &NotReadyError{Member: name, Reason: ReasonDeleting}
 	case e.admittedID == "":
-		reason := e.reason
-		if reason == "" {
-			reason = ReasonProbePending
-		}
-		return nil, &NotReadyError{Member: name, Reason: reason}
+		return nil, e.unadmitted(name)
 	case !e.ready:
 		return nil, &NotReadyError{Member: name, Reason: e.reason}
 	}
@@ -438,11 +443,7 @@ func (c *ClusterCache) GetForCleanup(_ context.Context, name string) (*Accessor,
 		return nil, fmt.Errorf("%w: %s", ErrNotConnected, name)
 	}
 	if e.admittedID == "" {
-		reason := e.reason
-		if reason == "" {
-			reason = ReasonProbePending
-		}
-		return nil, &NotReadyError{Member: name, Reason: reason}
+		return nil, e.unadmitted(name)
 	}
 	return e.acc, nil
 }
