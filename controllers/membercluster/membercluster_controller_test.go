@@ -322,9 +322,20 @@ func TestFrozenMembersDoNotStarveOthers(t *testing.T) {
 	for _, name := range names {
 		waitCondition(t, name, clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
 	}
+	frozenAt := time.Now()
 	m3.Freeze()
 	defer m3.Thaw()
-	time.Sleep(4 * time.Second) // every hung member now has a probe stuck until its timeout
+	// Wait until every hung member has a probe started after the freeze still in flight (stuck
+	// until its timeout).
+	g.Eventually(func(g Gomega) {
+		for _, name := range names {
+			st := stateOf(g, suiteReconciler, name)
+			st.mu.Lock()
+			stuck := st.inFlight && st.lastStart.After(frozenAt)
+			st.mu.Unlock()
+			g.Expect(stuck).To(BeTrue(), "%s has a probe stuck on the frozen member", name)
+		}
+	}, eventuallyWait, poll).Should(Succeed())
 
 	start := time.Now()
 	attach(t, "beside-hung", m1.Kubeconfig())
@@ -351,4 +362,14 @@ func TestFrozenMemberDetectedWithinUnhealthyAfterDespiteALongTimeout(t *testing.
 	g.Expect(detected).To(BeNumerically("<", testUnhealthy+1500*time.Millisecond))
 	ready := meta.FindStatusCondition(mc.Status.Conditions, clustersv1.ReadyCondition)
 	g.Expect(ready.LastTransitionTime.Sub(mc.Status.LastSuccessfulProbeTime.Time)).To(BeNumerically(">=", testUnhealthy-time.Second))
+}
+
+// stateOf returns r's in-memory state of the named MemberCluster.
+func stateOf(g Gomega, r *Reconciler, name string) *memberState {
+	uid := get(g, name).UID
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.health[uid]
+	g.Expect(st).NotTo(BeNil(), "no state for %s", name)
+	return st
 }

@@ -1,9 +1,12 @@
 package membercluster
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +22,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	ctrl "sigs.k8s.io/controller-runtime"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -48,7 +52,29 @@ var (
 	mgmt  client.Client
 	cache *clustercache.ClusterCache
 	ctx   context.Context
+	// suiteReconciler is the Reconciler the suite's manager runs.
+	suiteReconciler *Reconciler
+	// suiteLogs holds everything the manager and the controller logged (debug level included).
+	suiteLogs syncBuffer
 )
+
+// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
 
 func TestMain(m *testing.M) {
 	os.Exit(runSuite(m))
@@ -64,10 +90,14 @@ func runSuite(m *testing.M) int {
 	defer func() { _ = env.Stop() }()
 	mgmt = env.Management.Client
 
-	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true)))
+	ctrl.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(os.Stderr, &suiteLogs)), zap.UseDevMode(true)))
 	sch := scheme.New()
 	mgr, err := ctrl.NewManager(env.Management.Config, ctrl.Options{
-		Scheme:                 sch,
+		Scheme: sch,
+		// As main.go: Secrets cached only in the namespace kubeconfig Secrets may live in.
+		Cache: crcache.Options{ByObject: map[client.Object]crcache.ByObject{
+			&corev1.Secret{}: {Namespaces: map[string]crcache.Config{secretNS: {}}},
+		}},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Controller:             config.Controller{SkipNameValidation: ptrTo(true)},
@@ -86,7 +116,9 @@ func runSuite(m *testing.M) int {
 		Recorder:            mgr.GetEventRecorder("membercluster-controller"),
 		DeletionGracePeriod: deletionGrace,
 		StatusHeartbeat:     2 * time.Second,
+		SecretNamespaces:    []string{secretNS},
 	}
+	suiteReconciler = r
 	if err := r.SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: 10}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

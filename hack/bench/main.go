@@ -1,9 +1,14 @@
 // Command bench measures MemberCluster at scale: N MemberClusters pointing at a few real member
 // apiservers, reconciled by the real controller (in this process). It prints the time until all are
 // Ready, the process's RSS and goroutines, probes per second, how long a dead member takes to be
-// detected, and how many Ready transitions happen while 20% of probes fail at random.
+// detected, and how many Ready transitions happen while 20% of probes fail at random. It also
+// counts status writes in steady state, and the requests and bytes each member apiserver serves.
 //
 //	make bench BENCH_ARGS="-n 100,500,1000"
+//	make bench BENCH_ARGS="-n 10000 -loss-duration 0"                      # scale
+//	make bench BENCH_ARGS="-n 1000 -unhealthy-after 15s -loss-duration 10m" # detection under loss
+//	make bench BENCH_ARGS="-n 1800 -max-concurrent-probes 500 -frozen-first -loss-duration 0"
+//	make bench BENCH_ARGS="-n 1 -members 1 -nodes 5000 -steady 1m -loss-duration 0"
 package main
 
 import (
@@ -11,6 +16,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -23,8 +29,12 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -38,6 +48,68 @@ import (
 	"github.com/paddock-dev/paddock/internal/scheme"
 	"github.com/paddock-dev/paddock/test/envs"
 )
+
+// options are the benchmark's knobs (flags).
+type options struct {
+	members, nodes, maxProbes  int
+	kubeQPS, loss              float64
+	lossFor, steady, unhealthy time.Duration
+	frozenFirst                bool
+}
+
+// traffic counts requests and response bytes per member apiserver (by host).
+type traffic struct {
+	mu    sync.Mutex
+	reqs  map[string]int64
+	bytes map[string]int64
+}
+
+func (t *traffic) add(host string, reqs, bytes int64) {
+	t.mu.Lock()
+	t.reqs[host] += reqs
+	t.bytes[host] += bytes
+	t.mu.Unlock()
+}
+
+func (t *traffic) snapshot() (map[string]int64, map[string]int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r, b := map[string]int64{}, map[string]int64{}
+	for k, v := range t.reqs {
+		r[k] = v
+	}
+	for k, v := range t.bytes {
+		b[k] = v
+	}
+	return r, b
+}
+
+type countingTransport struct {
+	next http.RoundTripper
+	t    *traffic
+}
+
+func (c countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := c.next.RoundTrip(req)
+	if err != nil {
+		return resp, err
+	}
+	c.t.add(req.URL.Host, 1, 0)
+	resp.Body = &countingBody{ReadCloser: resp.Body, host: req.URL.Host, t: c.t}
+	return resp, nil
+}
+
+type countingBody struct {
+	io.ReadCloser
+	host string
+	t    *traffic
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.t.add(b.host, 0, int64(n))
+	return n, err
+}
 
 // lossyTransport fails a share of probe requests (the /readyz request starts every probe).
 type lossyTransport struct {
@@ -62,7 +134,14 @@ func main() {
 	lossFor := flag.Duration("loss-duration", 2*time.Minute, "How long to run with random probe loss (largest N only).")
 	loss := flag.Float64("loss", 0.2, "Share of probes that fail during the loss run.")
 	kubeQPS := flag.Float64("kube-api-qps", 300, "Manager QPS towards the management apiserver.")
+	nodes := flag.Int("nodes", 0, "Node objects to create in the first member apiserver (inventory cost).")
+	steady := flag.Duration("steady", time.Minute, "How long to measure steady state (probes, status writes, member traffic).")
+	unhealthy := flag.Duration("unhealthy-after", 25*time.Second, "spec.healthCheck.unhealthyAfter of every MemberCluster.")
+	maxProbes := flag.Int("max-concurrent-probes", 0, "--max-concurrent-probes (0: the default).")
+	frozenFirst := flag.Bool("frozen-first", false, "Freeze the second member (its probes hang) before stopping the first, and measure the first's detection beside them.")
 	flag.Parse()
+	o := options{members: *members, nodes: *nodes, maxProbes: *maxProbes, kubeQPS: *kubeQPS, loss: *loss,
+		lossFor: *lossFor, steady: *steady, unhealthy: *unhealthy, frozenFirst: *frozenFirst}
 	ctrl.SetLogger(noopLogger())
 	counts := []int{}
 	for _, s := range strings.Split(*ns, ",") {
@@ -74,7 +153,7 @@ func main() {
 	}
 	for i, n := range counts {
 		// runOne stops its control planes before returning, also on error.
-		if err := runOne(n, *members, *kubeQPS, i == len(counts)-1, *lossFor, *loss); err != nil {
+		if err := runOne(n, o, i == len(counts)-1); err != nil {
 			fail(err)
 		}
 	}
@@ -85,8 +164,9 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-func runOne(n, members int, kubeQPS float64, full bool, lossFor time.Duration, loss float64) error {
-	fmt.Printf("\n== %d MemberClusters on %d member apiservers\n", n, members)
+func runOne(n int, o options, full bool) error {
+	members, kubeQPS, lossFor, loss := o.members, o.kubeQPS, o.lossFor, o.loss
+	fmt.Printf("\n== %d MemberClusters on %d member apiservers (unhealthyAfter %s, %d nodes in the first)\n", n, members, o.unhealthy, o.nodes)
 	env, err := envs.Start(envs.Options{Members: members, SkipCAPICRDs: true})
 	if err != nil {
 		return err
@@ -107,14 +187,20 @@ func runOne(n, members int, kubeQPS float64, full bool, lossFor time.Duration, l
 		return err
 	}
 	rate := &atomic.Uint64{}
+	tr := &traffic{reqs: map[string]int64{}, bytes: map[string]int64{}}
 	cache := clustercache.New(clustercache.Options{Scheme: sch, WrapTransport: func(_ string, rt http.RoundTripper) http.RoundTripper {
-		return lossyTransport{next: rt, rate: rate}
+		return lossyTransport{next: countingTransport{next: rt, t: tr}, rate: rate}
 	}})
 	if err := controllers.Setup(ctx, mgr, controllers.Options{
 		DefaultConcurrency: 4, ClusterCache: cache, KubeconfigPolicy: clustercache.Policy{AllowLoopback: true},
-		KubeconfigSecretNamespaces: []string{"paddock-system"},
+		KubeconfigSecretNamespaces: []string{"paddock-system"}, MaxConcurrentProbes: o.maxProbes,
 	}); err != nil {
 		return err
+	}
+	if o.nodes > 0 {
+		if err := createNodes(ctx, env.Members[0], o.nodes); err != nil {
+			return err
+		}
 	}
 	go func() { _ = mgr.Start(ctx) }()
 
@@ -124,7 +210,7 @@ func runOne(n, members int, kubeQPS float64, full bool, lossFor time.Duration, l
 	}
 	baseRSS := rssMiB()
 	start := time.Now()
-	if err := createAll(ctx, c, env, n); err != nil {
+	if err := createAll(ctx, c, env, n, o.unhealthy); err != nil {
 		return err
 	}
 	created := time.Since(start)
@@ -144,9 +230,27 @@ func runOne(n, members int, kubeQPS float64, full bool, lossFor time.Duration, l
 	allReady := time.Since(start)
 	fmt.Printf("created in %s; all Ready %s after the first create\n", created.Round(time.Millisecond), allReady.Round(time.Millisecond))
 
+	// Steady state starts once the first status writes (attach, Ready, inventory) are done.
+	time.Sleep(15 * time.Second)
 	p0, t0 := probes(), time.Now()
-	time.Sleep(20 * time.Second)
-	pps := (probes() - p0) / time.Since(t0).Seconds()
+	w0 := metricSum("rest_client_requests_total", "method", "PATCH")
+	r0, b0 := tr.snapshot()
+	time.Sleep(o.steady)
+	el := time.Since(t0)
+	pps := (probes() - p0) / el.Seconds()
+	writes := (metricSum("rest_client_requests_total", "method", "PATCH") - w0) / el.Seconds()
+	r1, b1 := tr.snapshot()
+	fmt.Printf("steady state over %s: %.1f status writes/s (%.4f per member per minute)\n", o.steady, writes, writes*60/float64(n))
+	for i, m := range env.Members {
+		host := strings.TrimPrefix(m.Server(), "https://")
+		perMin := time.Minute.Seconds() / el.Seconds()
+		fmt.Printf("  member %d: %.0f requests/min, %.1f KiB/min read by the manager\n", i, float64(r1[host]-r0[host])*perMin, float64(b1[host]-b0[host])*perMin/1024)
+	}
+	if o.nodes > 0 {
+		if err := fullListCost(ctx, env.Members[0]); err != nil {
+			return err
+		}
+	}
 	if dump := os.Getenv("BENCH_GOROUTINE_DUMP"); dump != "" {
 		if f, err := os.Create(dump); err == nil {
 			_ = pprof.Lookup("goroutine").WriteTo(f, 1)
@@ -160,13 +264,22 @@ func runOne(n, members int, kubeQPS float64, full bool, lossFor time.Duration, l
 		return nil
 	}
 
-	// Random loss: no Ready transitions allowed.
+	if lossFor > 0 {
+		if err := lossRun(ctx, c, rate, loss, lossFor); err != nil {
+			return err
+		}
+	}
+	return deadMembers(ctx, c, env, n, o)
+}
+
+// lossRun fails a share of probes at random for d: no Ready transitions allowed.
+func lossRun(ctx context.Context, c client.Client, rate *atomic.Uint64, loss float64, lossFor time.Duration) error {
 	before, err := readyTransitions(ctx, c)
 	if err != nil {
 		return err
 	}
 	rate.Store(uint64(loss * 1e6))
-	p0, t0 = probes(), time.Now()
+	p0 := probes()
 	failed0 := failedProbes()
 	flips, err := watchFlips(ctx, c, before, lossFor)
 	if err != nil {
@@ -175,6 +288,13 @@ func runOne(n, members int, kubeQPS float64, full bool, lossFor time.Duration, l
 	rate.Store(0)
 	fmt.Printf("%.0f%% probe loss for %s: %.0f probes, %.0f failed, %d spurious Ready transitions\n",
 		loss*100, lossFor, probes()-p0, failedProbes()-failed0, flips)
+	return nil
+}
+
+// deadMembers takes members down and measures how long until every MemberCluster on them is not
+// Ready.
+func deadMembers(ctx context.Context, c client.Client, env *envs.Env, n int, o options) error {
+	members := o.members
 
 	// Dead members: one apiserver stopped, then another frozen (accepts TCP, never answers). All
 	// MemberClusters on it must turn Ready=False; the target is within 30 s.
@@ -182,12 +302,26 @@ func runOne(n, members int, kubeQPS float64, full bool, lossFor time.Duration, l
 	if n%members > 0 {
 		onEach++
 	}
-	if err := detect(ctx, c, "stopped", onEach, env.Members[0].StopAPIServer); err != nil {
+	if o.frozenFirst && members > 1 {
+		// Hung probes first: every MemberCluster on the frozen member holds a probe until its
+		// timeout; the stopped member's MemberClusters must still be detected in their window.
+		frozen := env.Members[1]
+		if err := detect(ctx, c, "frozen", n/members, o.unhealthy, func() error { frozen.Freeze(); return nil }); err != nil {
+			return err
+		}
+		if err := detect(ctx, c, "stopped (beside the frozen one)", onEach, o.unhealthy, env.Members[0].StopAPIServer); err != nil {
+			return err
+		}
+		fmt.Printf("probe slot wait: p99 < %s\n", slotWaitP99())
+		frozen.Thaw()
+		return nil
+	}
+	if err := detect(ctx, c, "stopped", onEach, o.unhealthy, env.Members[0].StopAPIServer); err != nil {
 		return err
 	}
 	if members > 1 {
 		frozen := env.Members[1]
-		if err := detect(ctx, c, "frozen", n/members, func() error { frozen.Freeze(); return nil }); err != nil {
+		if err := detect(ctx, c, "frozen", n/members, o.unhealthy, func() error { frozen.Freeze(); return nil }); err != nil {
 			return err
 		}
 		frozen.Thaw()
@@ -196,7 +330,7 @@ func runOne(n, members int, kubeQPS float64, full bool, lossFor time.Duration, l
 }
 
 // detect takes a member down and waits until want MemberClusters in all are not Ready.
-func detect(ctx context.Context, c client.Client, how string, want int, down func() error) error {
+func detect(ctx context.Context, c client.Client, how string, want int, unhealthy time.Duration, down func() error) error {
 	_, before, err := countReady(ctx, c)
 	if err != nil {
 		return err
@@ -228,12 +362,12 @@ func detect(ctx context.Context, c client.Client, how string, want int, down fun
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	fmt.Printf("%s member (%d MemberClusters on it) detected by all of them %s after it went down (unhealthyAfter 25s)\n",
-		how, want-before, time.Since(stopAt).Round(100*time.Millisecond))
+	fmt.Printf("%s member (%d MemberClusters on it) detected by all of them %s after it went down (unhealthyAfter %s)\n",
+		how, want-before, time.Since(stopAt).Round(100*time.Millisecond), unhealthy)
 	return nil
 }
 
-func createAll(ctx context.Context, c client.Client, env *envs.Env, n int) error {
+func createAll(ctx context.Context, c client.Client, env *envs.Env, n int, unhealthy time.Duration) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	sem := make(chan struct{}, 32)
@@ -247,7 +381,8 @@ func createAll(ctx context.Context, c client.Client, env *envs.Env, n int) error
 			mc := &clustersv1.MemberCluster{
 				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bench-%04d", i)},
 				Spec: clustersv1.MemberClusterSpec{Attach: &clustersv1.AttachSpec{KubeconfigSecretRef: clustersv1.SecretKeyReference{
-					Namespace: "paddock-system", Name: envs.KubeconfigSecretName(m.Name)}}},
+					Namespace: "paddock-system", Name: envs.KubeconfigSecretName(m.Name)}},
+					HealthCheck: clustersv1.HealthCheckSpec{UnhealthyAfter: &metav1.Duration{Duration: unhealthy}}},
 			}
 			if err := c.Create(ctx, mc); err != nil {
 				errs <- err
@@ -375,4 +510,96 @@ func rssMiB() int {
 		}
 	}
 	return -1
+}
+
+// createNodes creates n Node objects with capacity, allocatable and a Ready condition, as a big
+// member would have.
+func createNodes(ctx context.Context, m *envs.Member, n int) error {
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 32)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("node-%05d", i), Labels: map[string]string{
+				"kubernetes.io/hostname": fmt.Sprintf("node-%05d", i), "node.kubernetes.io/instance-type": "m6i.4xlarge",
+				"topology.kubernetes.io/zone": fmt.Sprintf("zone-%d", i%3)}}}
+			if err := m.Client.Create(ctx, node); err != nil {
+				errs <- err
+				return
+			}
+			rl := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("16"), corev1.ResourceMemory: resource.MustParse("64Gi"),
+				corev1.ResourcePods: resource.MustParse("110"), corev1.ResourceEphemeralStorage: resource.MustParse("200Gi")}
+			now := metav1.Now()
+			node.Status = corev1.NodeStatus{Capacity: rl, Allocatable: rl,
+				Conditions: []corev1.NodeCondition{
+					{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: now, LastTransitionTime: now, Reason: "KubeletReady", Message: "kubelet is posting ready status"},
+					{Type: corev1.NodeMemoryPressure, Status: corev1.ConditionFalse, LastHeartbeatTime: now, LastTransitionTime: now, Reason: "KubeletHasSufficientMemory"},
+					{Type: corev1.NodeDiskPressure, Status: corev1.ConditionFalse, LastHeartbeatTime: now, LastTransitionTime: now, Reason: "KubeletHasNoDiskPressure"},
+				},
+				NodeInfo:  corev1.NodeSystemInfo{KubeletVersion: "v1.36.3", ContainerRuntimeVersion: "containerd://2.1.0", OSImage: "Ubuntu 24.04", KernelVersion: "6.8.0"},
+				Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("10.%d.%d.%d", i/65536, (i/256)%256, i%256)}},
+			}
+			if err := m.Client.Status().Update(ctx, node); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return err
+	}
+	fmt.Printf("created %d nodes in member 0 in %s\n", n, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// fullListCost measures what one full node list costs the way the probe read it before v2 (JSON,
+// a quorum read from etcd, every probe period): the "before" figure for a big member.
+func fullListCost(ctx context.Context, m *envs.Member) error {
+	cfg := rest.CopyConfig(m.Config)
+	tr := &traffic{reqs: map[string]int64{}, bytes: map[string]int64{}}
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingTransport{next: rt, t: tr} })
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if _, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err != nil {
+		return err
+	}
+	took := time.Since(start)
+	_, b := tr.snapshot()
+	var bytes int64
+	for _, v := range b {
+		bytes += v
+	}
+	perMin := time.Minute.Seconds() / clustersv1.DefaultHealthCheckPeriod.Seconds()
+	fmt.Printf("  before v2 (a full JSON node list from etcd every %s period): one list %.1f KiB in %s, %.0f lists/min, %.1f KiB/min\n",
+		clustersv1.DefaultHealthCheckPeriod, float64(bytes)/1024, took.Round(time.Millisecond), perMin, float64(bytes)*perMin/1024)
+	return nil
+}
+
+// slotWaitP99 reads the probe slot wait histogram: the bucket bound under which 99% fell.
+func slotWaitP99() string {
+	mfs, err := metrics.Registry.Gather()
+	if err != nil {
+		return "?"
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "paddock_membercluster_probe_slot_wait_seconds" || len(mf.GetMetric()) == 0 {
+			continue
+		}
+		h := mf.GetMetric()[0].GetHistogram()
+		for _, b := range h.GetBucket() {
+			if float64(b.GetCumulativeCount()) >= 0.99*float64(h.GetSampleCount()) {
+				return (time.Duration(b.GetUpperBound() * float64(time.Second))).String()
+			}
+		}
+	}
+	return "?"
 }

@@ -2,6 +2,8 @@ package clustercache
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -137,6 +139,9 @@ func (p Policy) Load(data []byte, contextName string) (*rest.Config, error) {
 	if err := checkUser(kctx.AuthInfo, user); err != nil {
 		return nil, err
 	}
+	if err := checkTLSMaterial(kctx.Cluster, kctx.AuthInfo, cluster, user); err != nil {
+		return nil, err
+	}
 
 	rc := &rest.Config{
 		Host: cluster.Server,
@@ -195,6 +200,10 @@ func (p Policy) checkCluster(name string, c *clientcmdapi.Cluster) error {
 	if u.User != nil {
 		return refuse(clustersv1.ReasonInvalidKubeconfig, "%s.server must not carry credentials in the URL", field)
 	}
+	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+		// A query would be sent with every request and shown in every error that quotes a URL.
+		return refuse(clustersv1.ReasonInvalidKubeconfig, "%s.server must not have a query or fragment", field)
+	}
 	if err := p.checkHost(u.Hostname()); err != nil {
 		return refuse(clustersv1.ReasonServerAddressNotAllowed, "%s.server: %s", field, err)
 	}
@@ -218,6 +227,22 @@ func checkUser(name string, u *clientcmdapi.AuthInfo) error {
 		return refuse(clustersv1.ReasonImpersonationNotAllowed, "%s impersonation (as, as-uid, as-groups, as-user-extra) is not allowed", field)
 	case (len(u.ClientCertificateData) > 0) != (len(u.ClientKeyData) > 0):
 		return refuse(clustersv1.ReasonInvalidKubeconfig, "%s needs both client-certificate-data and client-key-data, or neither", field)
+	}
+	return nil
+}
+
+// checkTLSMaterial refuses a CA or a client key pair that cannot be used, here rather than when
+// the transport is built, so that it is a refused kubeconfig with a condition, not a retried
+// error. The messages are fixed: parse errors may quote the input's PEM block types.
+func checkTLSMaterial(clusterName, userName string, c *clientcmdapi.Cluster, u *clientcmdapi.AuthInfo) error {
+	if len(c.CertificateAuthorityData) > 0 && !x509.NewCertPool().AppendCertsFromPEM(c.CertificateAuthorityData) {
+		return refuse(clustersv1.ReasonInvalidKubeconfig, "clusters[%q].certificate-authority-data holds no PEM certificate", clusterName)
+	}
+	if len(u.ClientCertificateData) > 0 {
+		if _, err := tls.X509KeyPair(u.ClientCertificateData, u.ClientKeyData); err != nil {
+			return refuse(clustersv1.ReasonInvalidKubeconfig,
+				"users[%q]: client-certificate-data and client-key-data are not a usable key pair (not PEM, or the key does not match the certificate)", userName)
+		}
 	}
 	return nil
 }

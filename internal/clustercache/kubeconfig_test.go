@@ -2,6 +2,14 @@ package clustercache
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
+	"math/big"
 	"net/http"
 	"net/netip"
 	"os"
@@ -17,7 +25,15 @@ import (
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 )
 
-const validKubeconfig = `apiVersion: v1
+// validKubeconfig has a real CA (generated once, see testCA); caLine is its CA line.
+var validKubeconfig = strings.Replace(kubeconfigTemplate, "certificate-authority-data: Y2E=", caLine, 1)
+
+var (
+	testCAPEM = testCA()
+	caLine    = "certificate-authority-data: " + base64.StdEncoding.EncodeToString(testCAPEM)
+)
+
+const kubeconfigTemplate = `apiVersion: v1
 kind: Config
 clusters:
 - name: c
@@ -50,7 +66,7 @@ func TestPolicyAcceptsAnInlineKubeconfig(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(cfg.Host).To(Equal("https://10.0.0.1:6443"))
 	g.Expect(cfg.BearerToken).To(Equal("secret-token"))
-	g.Expect(string(cfg.CAData)).To(Equal("ca"))
+	g.Expect(cfg.CAData).To(Equal(testCAPEM))
 	assertInert(g, cfg)
 	proxy, err := cfg.Proxy(&http.Request{})
 	g.Expect(err).NotTo(HaveOccurred())
@@ -70,13 +86,15 @@ func TestPolicyRefusals(t *testing.T) {
 		{"tokenFile", Policy{}, withUser("    tokenFile: /var/run/secrets/token\n"), "", clustersv1.ReasonTokenFileNotAllowed},
 		{"client-certificate", Policy{}, withUser("    client-certificate: /etc/cert\n    client-key-data: a2V5\n"), "", clustersv1.ReasonLocalFileNotAllowed},
 		{"client-key", Policy{}, withUser("    client-certificate-data: Y2VydA==\n    client-key: /etc/key\n"), "", clustersv1.ReasonLocalFileNotAllowed},
+		{"ca-not-pem", Policy{}, []byte(kubeconfigTemplate), "", clustersv1.ReasonInvalidKubeconfig},
+		{"not-a-key-pair", Policy{}, withUser("    client-certificate-data: Y2VydA==\n    client-key-data: a2V5\n"), "", clustersv1.ReasonInvalidKubeconfig},
 		{"cert-without-key", Policy{}, withUser("    client-certificate-data: Y2VydA==\n"), "", clustersv1.ReasonInvalidKubeconfig},
 		{"as", Policy{}, withUser("    token: t\n    as: admin\n"), "", clustersv1.ReasonImpersonationNotAllowed},
 		{"as-uid", Policy{}, withUser("    token: t\n    as-uid: \"1\"\n"), "", clustersv1.ReasonImpersonationNotAllowed},
 		{"as-user-extra", Policy{}, withUser("    token: t\n    as-user-extra:\n      k: [v]\n"), "", clustersv1.ReasonImpersonationNotAllowed},
-		{"ca-file", Policy{}, []byte(strings.Replace(validKubeconfig, "certificate-authority-data: Y2E=", "certificate-authority: /etc/ca", 1)), "", clustersv1.ReasonLocalFileNotAllowed},
-		{"proxy-url", Policy{}, []byte(strings.Replace(validKubeconfig, "certificate-authority-data: Y2E=", "certificate-authority-data: Y2E=\n    proxy-url: socks5://1.2.3.4:1080", 1)), "", clustersv1.ReasonProxyNotAllowed},
-		{"insecure", Policy{}, []byte(strings.Replace(validKubeconfig, "certificate-authority-data: Y2E=", "insecure-skip-tls-verify: true", 1)), "", clustersv1.ReasonInsecureSkipTLSVerifyNotAllowed},
+		{"ca-file", Policy{}, []byte(strings.Replace(validKubeconfig, caLine, "certificate-authority: /etc/ca", 1)), "", clustersv1.ReasonLocalFileNotAllowed},
+		{"proxy-url", Policy{}, []byte(strings.Replace(validKubeconfig, caLine, caLine+"\n    proxy-url: socks5://1.2.3.4:1080", 1)), "", clustersv1.ReasonProxyNotAllowed},
+		{"insecure", Policy{}, []byte(strings.Replace(validKubeconfig, caLine, "insecure-skip-tls-verify: true", 1)), "", clustersv1.ReasonInsecureSkipTLSVerifyNotAllowed},
 		{"http", Policy{}, withServer("http://10.0.0.1:6443"), "", clustersv1.ReasonInsecureServerNotAllowed},
 		{"no-scheme", Policy{}, withServer("10.0.0.1:6443"), "", clustersv1.ReasonInvalidKubeconfig},
 		{"metadata", Policy{}, withServer("https://169.254.169.254"), "", clustersv1.ReasonServerAddressNotAllowed},
@@ -87,6 +105,8 @@ func TestPolicyRefusals(t *testing.T) {
 		{"localhost", Policy{}, withServer("https://localhost:6443"), "", clustersv1.ReasonServerAddressNotAllowed},
 		{"unspecified", Policy{AllowLoopback: true}, withServer("https://0.0.0.0:6443"), "", clustersv1.ReasonServerAddressNotAllowed},
 		{"userinfo", Policy{}, withServer("https://user:pw@10.0.0.1"), "", clustersv1.ReasonInvalidKubeconfig},
+		{"query", Policy{}, withServer("https://10.0.0.1/?access_token=secret-token"), "", clustersv1.ReasonInvalidKubeconfig},
+		{"fragment", Policy{}, withServer("https://10.0.0.1/#secret-token"), "", clustersv1.ReasonInvalidKubeconfig},
 		{"missing-context", Policy{}, []byte(validKubeconfig), "nope", clustersv1.ReasonContextNotFound},
 		{"context-missing-cluster", Policy{}, []byte(validKubeconfig), "other", clustersv1.ReasonInvalidKubeconfig},
 		{"no-current-context", Policy{}, []byte(strings.Replace(validKubeconfig, "current-context: ctx", "", 1)), "", clustersv1.ReasonContextNotFound},
@@ -114,7 +134,7 @@ func TestPolicyFlagsAllowLoopbackAndInsecure(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	_, err = Policy{AllowLoopback: true}.Load(withServer("https://localhost:6443"), "")
 	g.Expect(err).NotTo(HaveOccurred())
-	cfg, err := Policy{AllowInsecureSkipTLSVerify: true}.Load([]byte(strings.Replace(validKubeconfig, "certificate-authority-data: Y2E=", "insecure-skip-tls-verify: true", 1)), "")
+	cfg, err := Policy{AllowInsecureSkipTLSVerify: true}.Load([]byte(strings.Replace(validKubeconfig, caLine, "insecure-skip-tls-verify: true", 1)), "")
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(cfg.Insecure).To(BeTrue())
 }
@@ -170,7 +190,7 @@ func FuzzPolicyLoad(f *testing.F) {
 	f.Add(withUser("    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: "+cmd+"\n"), "")
 	f.Add(withUser("    tokenFile: "+fifo+"\n"), "")
 	f.Add(withUser("    client-certificate: "+fifo+"\n    client-key: "+fifo+"\n"), "")
-	f.Add([]byte(strings.Replace(validKubeconfig, "certificate-authority-data: Y2E=", "certificate-authority: "+fifo, 1)), "")
+	f.Add([]byte(strings.Replace(validKubeconfig, caLine, "certificate-authority: "+fifo, 1)), "")
 	f.Add(withUser("    auth-provider:\n      name: oidc\n      config:\n        cmd-path: "+cmd+"\n"), "")
 	f.Add([]byte(`{"apiVersion":"v1","kind":"Config","clusters":[{"name":"c","cluster":{"server":"https://a"}}]}`), "ctx")
 	f.Add([]byte("a: &a [1,2]\nb: &b [*a,*a]\nc: [*b,*b]\n"), "")
@@ -190,6 +210,18 @@ func FuzzPolicyLoad(f *testing.F) {
 			}
 			if !strings.HasPrefix(cfg.Host, "https://") {
 				t.Fatalf("Load returned a non-https server %q", cfg.Host)
+			}
+			// The proxy stays disabled: an explicit "no proxy" (a nil Proxy would mean
+			// HTTPS_PROXY from the manager's environment) and no transport of the input's own.
+			if cfg.Proxy == nil || cfg.Transport != nil || cfg.WrapTransport != nil {
+				t.Fatalf("Load returned a config that may use a proxy: %+v", cfg)
+			}
+			req, rerr := http.NewRequest(http.MethodGet, cfg.Host, nil)
+			if rerr != nil {
+				t.Fatalf("server %q is not a URL: %v", cfg.Host, rerr)
+			}
+			if u, perr := cfg.Proxy(req); u != nil || perr != nil {
+				t.Fatalf("Load returned a config whose proxy is %v (%v)", u, perr)
 			}
 		}
 		if _, err := os.Stat(ran); err == nil {
@@ -234,4 +266,22 @@ func mustCIDRs(t *testing.T, s string) []netip.Prefix {
 	p, err := ParseCIDRs(s)
 	NewWithT(t).Expect(err).NotTo(HaveOccurred())
 	return p
+}
+
+// testCA returns a self-signed CA certificate in PEM.
+func testCA() []byte {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test-ca"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
