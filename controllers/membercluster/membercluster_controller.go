@@ -121,6 +121,10 @@ type memberState struct {
 	verifiedGen, markerGen uint64
 	// pinnedID is status.clusterID as the last reconcile saw it (the prober reads it).
 	pinnedID string
+	// flippedID is set by the prober when a successful probe through acc read a clusterID other
+	// than pinnedID, and cleared by one that reads pinnedID again or by a new connection: a later
+	// failed probe must not make the reconcile forget that this connection reached another cluster.
+	flippedID string
 	// markerWatchGen is the connection the marker namespace is watched through; markerStop ends
 	// that watch; markerLost is set by the watch when the marker namespace goes.
 	markerWatchGen uint64
@@ -416,21 +420,29 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, mc *clustersv1.MemberC
 		return ctrl.Result{RequeueAfter: min(time.Second, r.DeletionGracePeriod-waited)}, nil
 	}
 
+	// The event is emitted once the finalizer patch has landed: a failed patch retries the
+	// cleanup and must not repeat it.
+	var ev *pendingEvent
 	if mc.Spec.DeletionPolicy != clustersv1.DeletionPolicyOrphan {
 		outcome, err := r.cleanupMember(ctx, mc)
+		reason := ""
+		if err != nil {
+			// A member controls its error text: bound it before it reaches events or logs.
+			reason = sanitizeMessage(err.Error())
+		}
 		switch {
 		case err != nil && outcome == cleanupRetry && waited < r.DeletionGracePeriod:
-			log.Info("Could not clean up member yet; retrying", "member", mc.Name, "reason", err.Error())
+			log.Info("Could not clean up member yet; retrying", "member", mc.Name, "reason", reason)
 			return ctrl.Result{RequeueAfter: min(retryInterval(mc.Spec.HealthCheck)*5, r.DeletionGracePeriod-waited)}, nil
 		case err != nil && outcome == cleanupRetry:
-			r.event(mc, corev1.EventTypeWarning, "CleanupAbandoned", "Delete", fmt.Sprintf(
-				"Gave up cleaning up the member after %s: %s; what Paddock placed there is left in place", r.DeletionGracePeriod, err))
-			log.Info("Abandoned member cleanup", "member", mc.Name, "reason", err.Error())
+			ev = &pendingEvent{corev1.EventTypeWarning, "CleanupAbandoned", "Delete", fmt.Sprintf(
+				"Gave up cleaning up the member after %s: %s; what Paddock placed there is left in place", r.DeletionGracePeriod, reason)}
+			log.Info("Abandoned member cleanup", "member", mc.Name, "reason", reason)
 		case err != nil:
-			r.event(mc, corev1.EventTypeWarning, "CleanupSkipped", "Delete", err.Error())
-			log.Info("Skipped member cleanup", "member", mc.Name, "reason", err.Error())
+			ev = &pendingEvent{corev1.EventTypeWarning, "CleanupSkipped", "Delete", reason}
+			log.Info("Skipped member cleanup", "member", mc.Name, "reason", reason)
 		case outcome == cleanupDone:
-			r.event(mc, corev1.EventTypeNormal, "CleanedUp", "Delete", "Removed what Paddock placed in the member")
+			ev = &pendingEvent{corev1.EventTypeNormal, "CleanedUp", "Delete", "Removed what Paddock placed in the member"}
 		}
 	}
 
@@ -438,6 +450,9 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, mc *clustersv1.MemberC
 	controllerutil.RemoveFinalizer(mc, clustersv1.MemberClusterFinalizer)
 	if err := r.Client.Patch(ctx, mc, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, fmt.Errorf("removing finalizer: %w", err)
+	}
+	if ev != nil {
+		r.event(mc, ev.eventType, ev.reason, ev.action, ev.msg)
 	}
 	r.Cache.Disconnect(mc.Name)
 	r.forgetState(mc.UID)

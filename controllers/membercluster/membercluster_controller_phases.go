@@ -83,6 +83,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	s.probedConn, s.replaced, s.hcPending = st.probedConn, st.replaced, st.hcPending
 	st.lastPublished = r.Clock.Now()
 	st.pinnedID = mc.Status.ClusterID
+	flipped := st.flippedID
 	st.mu.Unlock()
 	if st.verifiedGen != acc.Generation {
 		st.verifiedGen = 0
@@ -92,6 +93,13 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 		r.checkIdentity(s, s.live.ClusterID)
 		if st.identityMismatch == "" {
 			st.verifiedGen = acc.Generation
+		}
+	} else if flipped != "" {
+		// The latest probe failed, but an earlier one through this connection read another
+		// cluster: that still holds.
+		r.checkIdentity(s, flipped)
+		if st.identityMismatch != "" {
+			st.verifiedGen = 0
 		}
 	}
 	s.verified = st.verifiedGen == acc.Generation && st.identityMismatch == ""
@@ -109,6 +117,12 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 			reason = clustersv1.ReasonProgressing
 		}
 		r.Cache.Revoke(mc.Name, reason, st.identityMismatch != "")
+		if st.identityMismatch != "" {
+			// Revoke stopped the member's watches; when the identity is proven again, the marker
+			// is checked and watched anew, also on this same connection.
+			st.stopMarkerWatch()
+			st.markerGen = 0
+		}
 	}
 
 	// Status first (it pins the identity), then admission: no controller acts on the member
@@ -122,13 +136,13 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 		}
 		if st.markerGen != acc.Generation {
 			if err := r.ensureMarker(ctx, acc, mc); err != nil {
-				log.Info("Could not create the marker namespace; retrying", "member", mc.Name, "reason", err.Error())
+				log.Info("Could not create the marker namespace; retrying", "member", mc.Name, "reason", sanitizeMessage(err.Error()))
 				return ctrl.Result{RequeueAfter: retryInterval(hc) * 5}, nil
 			}
 			st.markerGen = acc.Generation
 		}
 		if err := r.watchMarker(ctx, mc.Name, st, acc); err != nil {
-			log.Info("Could not watch the marker namespace; retrying", "member", mc.Name, "reason", err.Error())
+			log.Info("Could not watch the marker namespace; retrying", "member", mc.Name, "reason", sanitizeMessage(err.Error()))
 			return ctrl.Result{RequeueAfter: retryInterval(hc) * 5}, nil
 		}
 	}
@@ -142,7 +156,7 @@ func (r *Reconciler) admit(st *memberState, acc *clustercache.Accessor, clusterI
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.pinnedID = clusterID
-	if st.acc != acc || st.live == nil || (st.live.Err == nil && st.live.ClusterID != clusterID) {
+	if st.acc != acc || st.live == nil || st.flippedID != "" || (st.live.Err == nil && st.live.ClusterID != clusterID) {
 		return false
 	}
 	return r.Cache.Admit(acc, clusterID)

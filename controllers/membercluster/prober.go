@@ -77,6 +77,7 @@ func (r *Reconciler) activate(name string, st *memberState, acc *clustercache.Ac
 		st.everConnected = true
 		st.live, st.inv = nil, nil
 		st.probedConn = false
+		st.flippedID = ""
 	}
 	if hcChanged {
 		st.hcPending = true
@@ -199,6 +200,13 @@ func (r *Reconciler) runProbe(name string, st *memberState, epoch uint64) {
 		// (which checks st.live under st.mu) cannot slip past.
 		if admitted := r.Cache.AdmittedID(name); admitted != "" && admitted != res.ClusterID {
 			r.Cache.Revoke(name, clustersv1.ReasonClusterIdentityChanged, true)
+		}
+		switch {
+		case st.pinnedID == "":
+		case res.ClusterID != st.pinnedID:
+			st.flippedID = res.ClusterID
+		default:
+			st.flippedID = ""
 		}
 	}
 	h := st.health

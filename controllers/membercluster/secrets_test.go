@@ -94,9 +94,12 @@ func TestSecretsNeverReachConditionsEventsOrLogs(t *testing.T) {
 			}
 		}
 	}
+	// Events are recorded asynchronously: wait for these members' own.
+	for name := range cases {
+		g.Eventually(func(g Gomega) []eventsv1.Event { return memberEvents(g, name) }, eventuallyWait, poll).ShouldNot(BeEmpty(), name)
+	}
 	var evs eventsv1.EventList
 	g.Expect(mgmt.List(ctx, &evs)).To(Succeed())
-	g.Expect(evs.Items).NotTo(BeEmpty())
 	for _, e := range evs.Items {
 		for _, s := range secrets {
 			g.Expect(e.Note).NotTo(ContainSubstring(s), "event %s/%s", e.Regarding.Name, e.Reason)
@@ -142,9 +145,8 @@ func TestDeletionWaitsForDependantsAndServesCleanupAfterARestart(t *testing.T) {
 	g := NewWithT(t)
 	m3 := env.Members[2]
 	const dependant = "test.paddock.dev/placed-things"
-	// The grace period of the suite (3 s) is too short to watch the window; the main manager
-	// would release the member under the test. A long grace period through a fresh Reconciler
-	// cannot be had without stopping the suite's, so this test checks what happens inside 3 s.
+	// Everything below up to the dependant's removal happens well inside the suite's grace
+	// period (6 s), so the suite's Reconciler must not have released anything yet.
 	attach(t, "with-dependant", m3.Kubeconfig(), func(mc *clustersv1.MemberCluster) {
 		mc.Finalizers = []string{dependant}
 	})
@@ -170,11 +172,15 @@ func TestDeletionWaitsForDependantsAndServesCleanupAfterARestart(t *testing.T) {
 	g.Expect(err).To(HaveOccurred(), "a member being deleted is for cleanup only")
 
 	cur := get(g, "with-dependant")
-	if time.Since(cur.DeletionTimestamp.Time) < deletionGrace-time.Second {
-		// Still inside the grace period: our finalizer and the marker namespace wait.
-		g.Expect(cur.Finalizers).To(ContainElement(clustersv1.MemberClusterFinalizer))
-		g.Expect(m3.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, &corev1.Namespace{})).To(Succeed())
-	}
+	g.Expect(time.Since(cur.DeletionTimestamp.Time)).To(BeNumerically("<", deletionGrace-time.Second), "the test ran too slowly to see the window")
+	// Inside the grace period: our finalizer and the marker namespace wait for the dependant.
+	g.Consistently(func(g Gomega) {
+		g.Expect(get(g, "with-dependant").Finalizers).To(ContainElement(clustersv1.MemberClusterFinalizer))
+		ns := &corev1.Namespace{}
+		g.Expect(m3.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, ns)).To(Succeed())
+		g.Expect(ns.DeletionTimestamp.IsZero()).To(BeTrue())
+	}, time.Second, poll).Should(Succeed())
+	cur = get(g, "with-dependant")
 	// The dependant is done.
 	orig := cur.DeepCopy()
 	controllerutil.RemoveFinalizer(cur, dependant)

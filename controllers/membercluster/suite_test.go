@@ -37,7 +37,7 @@ import (
 
 const (
 	secretNS       = "paddock-system"
-	deletionGrace  = 3 * time.Second
+	deletionGrace  = 6 * time.Second
 	testPeriod     = time.Second
 	testTimeout    = time.Second
 	testUnhealthy  = 4 * time.Second

@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -116,41 +118,98 @@ func (a *Accessor) inventory1(ctx context.Context) InventoryResult {
 	}
 	res.Version, res.Platform = v.GitVersion, v.Platform
 
-	nodes := &corev1.NodeList{}
+	// Read from the watch cache (resourceVersion=0) and decoded one node at a time into the few
+	// fields summed, so a big member costs one node's memory, not the whole list's.
 	opts := metav1.ListOptions{ResourceVersion: "0"}
-	if err := a.inventory.Get().Resource("nodes").VersionedParams(&opts, clientgoscheme.ParameterCodec).
-		MaxRetries(0).Do(ctx).Into(nodes); err != nil {
+	list, err := a.inventory.Get().Resource("nodes").VersionedParams(&opts, clientgoscheme.ParameterCodec).
+		SetHeader("Accept", "application/json").MaxRetries(0).Stream(ctx)
+	if err != nil {
 		res.Err = fmt.Errorf("listing nodes: %w", err)
 		return res
 	}
+	defer func() { _ = list.Close() }()
 	capacity, allocatable := corev1.ResourceList{}, corev1.ResourceList{}
-	for i := range nodes.Items {
-		n := &nodes.Items[i]
+	err = eachNode(list, func(n *nodeFields) {
 		res.Nodes.Total++
-		if nodeReady(n) {
-			res.Nodes.Ready++
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				if c.Status == corev1.ConditionTrue {
+					res.Nodes.Ready++
+				}
+				break
+			}
 		}
 		addResources(capacity, n.Status.Capacity)
 		addResources(allocatable, n.Status.Allocatable)
+	})
+	if err != nil {
+		res.Err = fmt.Errorf("listing nodes: %w", err)
+		return res
 	}
 	res.Capacity, res.Allocatable = capacity, allocatable
 	return res
 }
 
-func nodeReady(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
+// nodeFields are the parts of a Node the inventory reads. Quantities stay strings until they are
+// checked (see parseSane).
+type nodeFields struct {
+	Status struct {
+		Capacity    map[corev1.ResourceName]string `json:"capacity"`
+		Allocatable map[corev1.ResourceName]string `json:"allocatable"`
+		Conditions  []struct {
+			Type   corev1.NodeConditionType `json:"type"`
+			Status corev1.ConditionStatus   `json:"status"`
+		} `json:"conditions"`
+	} `json:"status"`
+}
+
+// eachNode decodes a NodeList's items one at a time and calls f for each.
+func eachNode(r io.Reader, f func(*nodeFields)) error {
+	dec := json.NewDecoder(r)
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return fmt.Errorf("not a NodeList (%v)", err)
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		if key, _ := tok.(string); key != "items" {
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return err
+			}
+			continue
+		}
+		if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+			if err == nil && tok == nil {
+				continue // "items": null
+			}
+			return fmt.Errorf("items is not a list (%v)", err)
+		}
+		for dec.More() {
+			var n nodeFields
+			if err := dec.Decode(&n); err != nil {
+				return err
+			}
+			f(&n)
+		}
+		if _, err := dec.Token(); err != nil {
+			return err
 		}
 	}
-	return false
+	return nil
 }
 
 var summedResources = []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory, corev1.ResourcePods}
 
-func addResources(sum, add corev1.ResourceList) {
+func addResources(sum corev1.ResourceList, add map[corev1.ResourceName]string) {
 	for _, name := range summedResources {
-		q, ok := add[name]
+		v, ok := add[name]
+		if !ok {
+			continue
+		}
+		q, ok := parseSane(v)
 		if !ok {
 			continue
 		}
@@ -161,6 +220,38 @@ func addResources(sum, add corev1.ResourceList) {
 		cur.Add(q)
 		sum[name] = cur
 	}
+}
+
+// parseSane parses a quantity a member reported, refusing before parsing what could be costly:
+// resource.ParseQuantity rounds "1e999999999" by rescaling it, a number of hundreds of megabytes.
+func parseSane(v string) (resource.Quantity, bool) {
+	if len(v) > 32 {
+		return resource.Quantity{}, false
+	}
+	if i := strings.IndexAny(v, "eE"); i >= 0 {
+		if rest := v[i+1:]; rest != "" && rest != "i" { // "E" and "Ei" are suffixes
+			exp, err := strconv.Atoi(rest)
+			if err != nil || exp > 18 || exp < -18 {
+				return resource.Quantity{}, false
+			}
+		}
+	}
+	q, err := resource.ParseQuantity(v)
+	if err != nil || !sane(q) {
+		return resource.Quantity{}, false
+	}
+	return q, true
+}
+
+// sane reports whether q is a quantity a node could have: at most 10^18 and no finer than 10^-18.
+// It is checked without computing with q: a hostile member can report "1e999999999", which adding
+// to "1" would expand into a number of hundreds of megabytes.
+func sane(q resource.Quantity) bool {
+	d := q.AsDec()
+	scale := int64(d.Scale())
+	// Decimal digits of the unscaled value, from its bit length (never printing it).
+	digits := int64(float64(d.UnscaledBig().BitLen())*0.30103) + 1
+	return scale <= 18 && scale >= -18 && digits-scale <= 19
 }
 
 func firstLine(s string) string {

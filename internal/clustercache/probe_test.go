@@ -152,6 +152,14 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 	g.Expect(res.Reason).To(Equal(clustersv1.ReasonRedirectRefused), "%v", res.Err)
 	_, err := acc.Kubernetes.CoreV1().Namespaces().Get(probeCtx(t), "default", metav1.GetOptions{})
 	g.Expect(errors.Is(err, ErrRedirectRefused)).To(BeTrue(), "work clients refuse redirects too: %v", err)
+	// Clients that others (Helm) build from the getter's config follow redirects by default; the
+	// shared transport refuses them itself.
+	cfg, err := acc.RESTClientGetter("").ToRESTConfig()
+	g.Expect(err).NotTo(HaveOccurred())
+	kc, err := kubernetes.NewForConfig(cfg)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = kc.CoreV1().Namespaces().Get(probeCtx(t), "default", metav1.GetOptions{})
+	g.Expect(errors.Is(err, ErrRedirectRefused)).To(BeTrue(), "clients built from the getter refuse redirects: %v", err)
 	g.Expect(leaked.Load()).To(BeFalse())
 }
 
@@ -199,7 +207,7 @@ func TestInventorySumsNodesFromOneWatchCacheList(t *testing.T) {
 	g.Expect(cpu.String()).To(Equal("6"))
 	g.Expect(lists.Load()).To(Equal(int32(1)))
 	g.Expect(rv).To(Equal("0"))
-	g.Expect(accept).To(HavePrefix("application/vnd.kubernetes.protobuf"))
+	g.Expect(accept).To(Equal("application/json"))
 }
 
 // Clients that Helm builds from the accessor's RESTClientGetter reuse the member's connection.
@@ -237,4 +245,30 @@ func TestRESTClientGetterSharesTheMembersTransport(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(ns).To(Equal("apps"))
 	g.Expect(explicit).To(BeTrue())
+}
+
+// A hostile member's absurd quantities are left out of the sums instead of being expanded (adding
+// 1e999999999 to 1 exactly would need a number of about 400 MB).
+func TestInventoryIgnoresAbsurdQuantities(t *testing.T) {
+	g := NewWithT(t)
+	acc := fakeMember(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/version":
+			_, _ = io.WriteString(w, `{"gitVersion":"v1.36.3"}`)
+		case "/api/v1/nodes":
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"kind":"NodeList","apiVersion":"v1","metadata":{},"items":[
+{"metadata":{"name":"a"},"status":{"capacity":{"cpu":"1e999999999","memory":"1e-999999999","pods":"110"}}},
+{"metadata":{"name":"b"},"status":{"capacity":{"cpu":"2","memory":"8Gi","pods":"1e18"}}}]}`)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	res := acc.ProbeInventory(probeCtx(t))
+	g.Expect(res.Err).NotTo(HaveOccurred())
+	g.Expect(res.Nodes.Total).To(Equal(int32(2)))
+	cpu, mem, pods := res.Capacity[corev1.ResourceCPU], res.Capacity[corev1.ResourceMemory], res.Capacity[corev1.ResourcePods]
+	g.Expect(cpu.String()).To(Equal("2"))
+	g.Expect(mem.String()).To(Equal("8Gi"))
+	g.Expect(pods.Value()).To(Equal(int64(1e18 + 110)))
 }
