@@ -106,4 +106,8 @@ func TestIdentityFlipBehindAnAdmittedConnectionIsRevokedAtOnce(t *testing.T) {
 	st.mu.Unlock()
 	g.Expect(len(msg)).To(BeNumerically("<=", maxMessage+3))
 	g.Expect(msg).NotTo(ContainSubstring("\x1b"))
+	// The latest probe failed, but this connection reached another cluster: it stays refused.
+	g.Expect(r.admit(st, acc, "uid-1")).To(BeFalse(), "a failed probe after a flip does not re-admit the connection")
+	_, err = c.Get(context.Background(), "flip")
+	g.Expect(err).To(HaveOccurred())
 }
