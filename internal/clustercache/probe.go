@@ -132,8 +132,8 @@ func (a *Accessor) inventory1(ctx context.Context) InventoryResult {
 	err = eachNode(list, func(n *nodeFields) {
 		res.Nodes.Total++
 		for _, c := range n.Status.Conditions {
-			if c.Type == corev1.NodeReady {
-				if c.Status == corev1.ConditionTrue {
+			if c.Type == string(corev1.NodeReady) {
+				if c.Status == string(corev1.ConditionTrue) {
 					res.Nodes.Ready++
 				}
 				break
@@ -154,11 +154,11 @@ func (a *Accessor) inventory1(ctx context.Context) InventoryResult {
 // checked (see parseSane).
 type nodeFields struct {
 	Status struct {
-		Capacity    map[corev1.ResourceName]string `json:"capacity"`
-		Allocatable map[corev1.ResourceName]string `json:"allocatable"`
+		Capacity    map[string]string `json:"capacity"`
+		Allocatable map[string]string `json:"allocatable"`
 		Conditions  []struct {
-			Type   corev1.NodeConditionType `json:"type"`
-			Status corev1.ConditionStatus   `json:"status"`
+			Type   string `json:"type"`
+			Status string `json:"status"`
 		} `json:"conditions"`
 	} `json:"status"`
 }
@@ -203,9 +203,9 @@ func eachNode(r io.Reader, f func(*nodeFields)) error {
 
 var summedResources = []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory, corev1.ResourcePods}
 
-func addResources(sum corev1.ResourceList, add map[corev1.ResourceName]string) {
+func addResources(sum corev1.ResourceList, add map[string]string) {
 	for _, name := range summedResources {
-		v, ok := add[name]
+		v, ok := add[string(name)]
 		if !ok {
 			continue
 		}
