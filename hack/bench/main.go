@@ -368,30 +368,16 @@ func detect(ctx context.Context, c client.Client, how string, want int, unhealth
 }
 
 func createAll(ctx context.Context, c client.Client, env *envs.Env, n int, unhealthy time.Duration) error {
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	sem := make(chan struct{}, 32)
-	for i := range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			m := env.Members[i%len(env.Members)]
-			mc := &clustersv1.MemberCluster{
-				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bench-%04d", i)},
-				Spec: clustersv1.MemberClusterSpec{Attach: &clustersv1.AttachSpec{KubeconfigSecretRef: clustersv1.SecretKeyReference{
-					Namespace: "paddock-system", Name: envs.KubeconfigSecretName(m.Name)}},
-					HealthCheck: clustersv1.HealthCheckSpec{UnhealthyAfter: &metav1.Duration{Duration: unhealthy}}},
-			}
-			if err := c.Create(ctx, mc); err != nil {
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	return <-errs
+	return parallel(n, func(i int) error {
+		m := env.Members[i%len(env.Members)]
+		mc := &clustersv1.MemberCluster{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bench-%04d", i)},
+			Spec: clustersv1.MemberClusterSpec{Attach: &clustersv1.AttachSpec{KubeconfigSecretRef: clustersv1.SecretKeyReference{
+				Namespace: "paddock-system", Name: envs.KubeconfigSecretName(m.Name)}},
+				HealthCheck: clustersv1.HealthCheckSpec{UnhealthyAfter: &metav1.Duration{Duration: unhealthy}}},
+		}
+		return c.Create(ctx, mc)
+	})
 }
 
 func countReady(ctx context.Context, c client.Client) (ready, notReady int, err error) {
@@ -516,42 +502,28 @@ func rssMiB() int {
 // member would have.
 func createNodes(ctx context.Context, m *envs.Member, n int) error {
 	start := time.Now()
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	sem := make(chan struct{}, 32)
-	for i := range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("node-%05d", i), Labels: map[string]string{
-				"kubernetes.io/hostname": fmt.Sprintf("node-%05d", i), "node.kubernetes.io/instance-type": "m6i.4xlarge",
-				"topology.kubernetes.io/zone": fmt.Sprintf("zone-%d", i%3)}}}
-			if err := m.Client.Create(ctx, node); err != nil {
-				errs <- err
-				return
-			}
-			rl := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("16"), corev1.ResourceMemory: resource.MustParse("64Gi"),
-				corev1.ResourcePods: resource.MustParse("110"), corev1.ResourceEphemeralStorage: resource.MustParse("200Gi")}
-			now := metav1.Now()
-			node.Status = corev1.NodeStatus{Capacity: rl, Allocatable: rl,
-				Conditions: []corev1.NodeCondition{
-					{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: now, LastTransitionTime: now, Reason: "KubeletReady", Message: "kubelet is posting ready status"},
-					{Type: corev1.NodeMemoryPressure, Status: corev1.ConditionFalse, LastHeartbeatTime: now, LastTransitionTime: now, Reason: "KubeletHasSufficientMemory"},
-					{Type: corev1.NodeDiskPressure, Status: corev1.ConditionFalse, LastHeartbeatTime: now, LastTransitionTime: now, Reason: "KubeletHasNoDiskPressure"},
-				},
-				NodeInfo:  corev1.NodeSystemInfo{KubeletVersion: "v1.36.3", ContainerRuntimeVersion: "containerd://2.1.0", OSImage: "Ubuntu 24.04", KernelVersion: "6.8.0"},
-				Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("10.%d.%d.%d", i/65536, (i/256)%256, i%256)}},
-			}
-			if err := m.Client.Status().Update(ctx, node); err != nil {
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	err := parallel(n, func(i int) error {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("node-%05d", i), Labels: map[string]string{
+			"kubernetes.io/hostname": fmt.Sprintf("node-%05d", i), "node.kubernetes.io/instance-type": "m6i.4xlarge",
+			"topology.kubernetes.io/zone": fmt.Sprintf("zone-%d", i%3)}}}
+		if err := m.Client.Create(ctx, node); err != nil {
+			return err
+		}
+		rl := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("16"), corev1.ResourceMemory: resource.MustParse("64Gi"),
+			corev1.ResourcePods: resource.MustParse("110"), corev1.ResourceEphemeralStorage: resource.MustParse("200Gi")}
+		now := metav1.Now()
+		node.Status = corev1.NodeStatus{Capacity: rl, Allocatable: rl,
+			Conditions: []corev1.NodeCondition{
+				{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: now, LastTransitionTime: now, Reason: "KubeletReady", Message: "kubelet is posting ready status"},
+				{Type: corev1.NodeMemoryPressure, Status: corev1.ConditionFalse, LastHeartbeatTime: now, LastTransitionTime: now, Reason: "KubeletHasSufficientMemory"},
+				{Type: corev1.NodeDiskPressure, Status: corev1.ConditionFalse, LastHeartbeatTime: now, LastTransitionTime: now, Reason: "KubeletHasNoDiskPressure"},
+			},
+			NodeInfo:  corev1.NodeSystemInfo{KubeletVersion: "v1.36.3", ContainerRuntimeVersion: "containerd://2.1.0", OSImage: "Ubuntu 24.04", KernelVersion: "6.8.0"},
+			Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("10.%d.%d.%d", i/65536, (i/256)%256, i%256)}},
+		}
+		return m.Client.Status().Update(ctx, node)
+	})
+	if err != nil {
 		return err
 	}
 	fmt.Printf("created %d nodes in member 0 in %s\n", n, time.Since(start).Round(time.Millisecond))
@@ -602,4 +574,25 @@ func slotWaitP99() string {
 		}
 	}
 	return "?"
+}
+
+// parallel runs f(0..n-1), 32 at a time, and returns the first error.
+func parallel(n int, f func(i int) error) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 32)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := f(i); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
