@@ -129,6 +129,9 @@ func (l lossyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 func main() {
+	// The members' gate proxies run as children of this binary, so that RSS and goroutines
+	// below are the manager's own.
+	envs.RunGateProxyIfChild()
 	ns := flag.String("n", "100,500,1000", "Comma-separated MemberCluster counts.")
 	members := flag.Int("members", 3, "Member apiservers the MemberClusters point at.")
 	lossFor := flag.Duration("loss-duration", 2*time.Minute, "How long to run with random probe loss (largest N only).")
@@ -167,7 +170,7 @@ func fail(err error) {
 func runOne(n int, o options, full bool) error {
 	members, kubeQPS, lossFor, loss := o.members, o.kubeQPS, o.lossFor, o.loss
 	fmt.Printf("\n== %d MemberClusters on %d member apiservers (unhealthyAfter %s, %d nodes in the first)\n", n, members, o.unhealthy, o.nodes)
-	env, err := envs.Start(envs.Options{Members: members, SkipCAPICRDs: true})
+	env, err := envs.Start(envs.Options{Members: members, SkipCAPICRDs: true, ProxyInChildProcess: true})
 	if err != nil {
 		return err
 	}
@@ -209,6 +212,11 @@ func runOne(n int, o options, full bool) error {
 		return err
 	}
 	baseRSS := rssMiB()
+	if prof := os.Getenv("BENCH_CPU_PROFILE"); prof != "" {
+		if f, err := os.Create(prof); err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+		}
+	}
 	start := time.Now()
 	if err := createAll(ctx, c, env, n, o.unhealthy); err != nil {
 		return err
@@ -254,6 +262,13 @@ func runOne(n int, o options, full bool) error {
 	if dump := os.Getenv("BENCH_GOROUTINE_DUMP"); dump != "" {
 		if f, err := os.Create(dump); err == nil {
 			_ = pprof.Lookup("goroutine").WriteTo(f, 1)
+			_ = f.Close()
+		}
+	}
+	if dump := os.Getenv("BENCH_HEAP_PROFILE"); dump != "" {
+		runtime.GC()
+		if f, err := os.Create(dump); err == nil {
+			_ = pprof.Lookup("heap").WriteTo(f, 0)
 			_ = f.Close()
 		}
 	}

@@ -37,6 +37,10 @@ type Options struct {
 	ExtraCRDPaths []string
 	// SkipCAPICRDs leaves Cluster API's CRDs out (faster start when a test does not need them).
 	SkipCAPICRDs bool
+	// ProxyInChildProcess runs each member's gate proxy in a child process (this binary
+	// re-executed; its main must call RunGateProxyIfChild first), so that its connections,
+	// buffers and goroutines do not count in this process's figures. For benchmarks.
+	ProxyInChildProcess bool
 }
 
 // ControlPlane is one running kube-apiserver + etcd.
@@ -53,7 +57,7 @@ type ControlPlane struct {
 // Member is a member control plane behind a gate proxy.
 type Member struct {
 	ControlPlane
-	proxy   *gateProxy
+	proxy   gate
 	certDir string
 	mu      sync.Mutex
 	stopped bool
@@ -142,7 +146,7 @@ func Start(opts Options) (_ *Env, retErr error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			m, err := startMember(fmt.Sprintf("member-%d", i+1), assets)
+			m, err := startMember(fmt.Sprintf("member-%d", i+1), assets, opts.ProxyInChildProcess)
 			e.Members[i], errs[i+1] = m, err
 		}()
 	}
@@ -167,7 +171,7 @@ func startControlPlane(name string, env *envtest.Environment) (*ControlPlane, er
 	return &ControlPlane{Name: name, Env: env, Config: cfg, Client: c}, nil
 }
 
-func startMember(name, assets string) (*Member, error) {
+func startMember(name, assets string, childProxy bool) (*Member, error) {
 	certDir, err := os.MkdirTemp("", "paddock-"+name+"-")
 	if err != nil {
 		return nil, err
@@ -181,7 +185,13 @@ func startMember(name, assets string) (*Member, error) {
 		_ = os.RemoveAll(certDir)
 		return nil, err
 	}
-	p, err := newGateProxy(cp.Env.ControlPlane.APIServer.SecureServing.ListenAddr.HostPort())
+	target := cp.Env.ControlPlane.APIServer.SecureServing.ListenAddr.HostPort()
+	var p gate
+	if childProxy {
+		p, err = newRemoteGate(target)
+	} else {
+		p, err = newGateProxy(target)
+	}
 	if err != nil {
 		_ = env.Stop()
 		_ = os.RemoveAll(certDir)
