@@ -274,7 +274,11 @@ func (r *Reconciler) ensureMarker(ctx context.Context, acc *clustercache.Accesso
 	defer cancel()
 	// The typed clientset needs no discovery (a controller-runtime client would build a REST
 	// mapper and cache discovery for every member).
-	namespaces := acc.Kubernetes.CoreV1().Namespaces()
+	core, err := acc.CoreV1()
+	if err != nil {
+		return err
+	}
+	namespaces := core.Namespaces()
 	ns, err := namespaces.Get(ctx, MarkerNamespace, metav1.GetOptions{})
 	if err == nil && !ns.DeletionTimestamp.IsZero() {
 		return fmt.Errorf("namespace %s is being deleted", MarkerNamespace)
@@ -342,7 +346,11 @@ func (r *Reconciler) cleanupMember(ctx context.Context, mc *clustersv1.MemberClu
 		return cleanupSkipped, fmt.Errorf("skipped cleaning up the member: the kubeconfig now reaches a different cluster (kube-system UID %s, expected %s), so nothing was deleted there",
 			res.ClusterID, mc.Status.ClusterID)
 	}
-	namespaces := acc.Kubernetes.CoreV1().Namespaces()
+	core, err := acc.CoreV1()
+	if err != nil {
+		return cleanupRetry, err
+	}
+	namespaces := core.Namespaces()
 	ns, err := namespaces.Get(ctx, MarkerNamespace, metav1.GetOptions{})
 	if err != nil {
 		if apierrors.IsNotFound(err) {

@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/flowcontrol"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -131,12 +132,7 @@ type Accessor struct {
 	Generation uint64
 	// Config is the member's rest.Config for work (do not mutate). Its transport is shared by every
 	// client of this Accessor: build clients with HTTPClient(), never from Config alone.
-	Config *rest.Config
-	// Kubernetes is a typed clientset for work on the member.
-	Kubernetes kubernetes.Interface
-	// Discovery for the member.
-	Discovery discovery.DiscoveryInterface
-
+	Config     *rest.Config
 	httpClient *http.Client
 	scheme     *runtime.Scheme
 	// liveness and inventory are the probes' REST clients (own limiter, response caps).
@@ -146,6 +142,46 @@ type Accessor struct {
 	clientOnce sync.Once
 	client     client.Client
 	clientErr  error
+
+	// The typed clientsets are built on first use: a full clientset is some fifty REST clients,
+	// about 30 KiB a member that members which are only probed never need.
+	kubeOnce sync.Once
+	kube     kubernetes.Interface
+	kubeErr  error
+	coreOnce sync.Once
+	core     corev1client.CoreV1Interface
+	coreErr  error
+
+	watchOnce sync.Once
+	watchREST rest.Interface
+	watchErr  error
+}
+
+// Kubernetes returns a typed clientset for work on the member, built on first use.
+func (a *Accessor) Kubernetes() (kubernetes.Interface, error) {
+	a.kubeOnce.Do(func() {
+		a.kube, a.kubeErr = kubernetes.NewForConfigAndClient(a.Config, a.httpClient)
+		if a.kubeErr != nil {
+			a.kubeErr = fmt.Errorf("building clientset for member %q: %w", a.Name, a.kubeErr)
+		}
+	})
+	return a.kube, a.kubeErr
+}
+
+// CoreV1 returns a typed client of the core API group only (one REST client), built on first use.
+func (a *Accessor) CoreV1() (corev1client.CoreV1Interface, error) {
+	a.coreOnce.Do(func() {
+		a.core, a.coreErr = corev1client.NewForConfigAndClient(a.Config, a.httpClient)
+		if a.coreErr != nil {
+			a.coreErr = fmt.Errorf("building core client for member %q: %w", a.Name, a.coreErr)
+		}
+	})
+	return a.core, a.coreErr
+}
+
+// Discovery returns a discovery client for the member (uncached), built on each call.
+func (a *Accessor) Discovery() (discovery.DiscoveryInterface, error) {
+	return discovery.NewDiscoveryClientForConfigAndClient(a.Config, a.httpClient)
 }
 
 // HTTPClient is the member's shared HTTP client (one connection pool per member): build further
@@ -192,7 +228,11 @@ type ClusterCache struct {
 	mu      sync.RWMutex
 	members map[string]*entry
 	subs    []*subscriber
-	watches map[watchKey]*sharedWatch
+	// watches by member name.
+	watches    map[string]map[watchKey]*sharedWatch
+	watchCount int
+	// timing overrides the watches' pacing (tests).
+	timing *watchTiming
 }
 
 // New returns an empty ClusterCache.
@@ -271,10 +311,6 @@ func (c *ClusterCache) build(name, version string, in *rest.Config) (*Accessor, 
 		return &http.Client{Transport: &capTransport{next: noRedirects{next: rt}, limit: limit}, Timeout: timeout, CheckRedirect: refuseRedirect}
 	}
 	httpClient := shared(c.opts.MaxResponseBytes, c.opts.Timeout)
-	kc, err := kubernetes.NewForConfigAndClient(cfg, httpClient)
-	if err != nil {
-		return nil, fmt.Errorf("building clientset for member %q: %w", name, err)
-	}
 	// Probe clients: their own limiter, no client timeout (each probe's context bounds it).
 	probeCfg := rest.CopyConfig(cfg)
 	probeCfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(c.opts.ProbeQPS, c.opts.ProbeBurst)
@@ -296,7 +332,6 @@ func (c *ClusterCache) build(name, version string, in *rest.Config) (*Accessor, 
 	}
 	return &Accessor{
 		Name: name, Version: version, Generation: generations.Add(1), Config: cfg,
-		Kubernetes: kc, Discovery: kc.Discovery(),
 		httpClient: httpClient, scheme: c.opts.Scheme,
 		liveness: liveness, inventory: inventory,
 	}, nil

@@ -150,13 +150,15 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 	})
 	res := acc.ProbeLiveness(probeCtx(t))
 	g.Expect(res.Reason).To(Equal(clustersv1.ReasonRedirectRefused), "%v", res.Err)
-	_, err := acc.Kubernetes.CoreV1().Namespaces().Get(probeCtx(t), "default", metav1.GetOptions{})
+	kc, err := acc.Kubernetes()
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = kc.CoreV1().Namespaces().Get(probeCtx(t), "default", metav1.GetOptions{})
 	g.Expect(errors.Is(err, ErrRedirectRefused)).To(BeTrue(), "work clients refuse redirects too: %v", err)
 	// Clients that others (Helm) build from the getter's config follow redirects by default; the
 	// shared transport refuses them itself.
 	cfg, err := acc.RESTClientGetter("").ToRESTConfig()
 	g.Expect(err).NotTo(HaveOccurred())
-	kc, err := kubernetes.NewForConfig(cfg)
+	kc, err = kubernetes.NewForConfig(cfg)
 	g.Expect(err).NotTo(HaveOccurred())
 	_, err = kc.CoreV1().Namespaces().Get(probeCtx(t), "default", metav1.GetOptions{})
 	g.Expect(errors.Is(err, ErrRedirectRefused)).To(BeTrue(), "clients built from the getter refuse redirects: %v", err)
@@ -227,7 +229,9 @@ func TestRESTClientGetterSharesTheMembersTransport(t *testing.T) {
 	defer srv.Close()
 	acc, err := New(Options{Scheme: scheme.New()}).Connect("getter", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, BearerToken: "t"})
 	g.Expect(err).NotTo(HaveOccurred())
-	_, err = acc.Kubernetes.CoreV1().Namespaces().Get(probeCtx(t), "default", metav1.GetOptions{})
+	kc, err := acc.Kubernetes()
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = kc.CoreV1().Namespaces().Get(probeCtx(t), "default", metav1.GetOptions{})
 	g.Expect(err).NotTo(HaveOccurred())
 
 	getter := acc.RESTClientGetter("apps")

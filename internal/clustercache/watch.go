@@ -2,18 +2,23 @@ package clustercache
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"net/http"
+	"path"
+	"strconv"
 	"sync"
+	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/metadata"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	toolscache "k8s.io/client-go/tools/cache"
 )
 
 // WatchSpec says what to watch in a member: metadata only (names, labels, annotations, owner
@@ -31,15 +36,29 @@ func (s WatchSpec) String() string {
 	return fmt.Sprintf("%s ns=%q labels=%q fields=%q", s.Resource, s.Namespace, s.LabelSelector, s.FieldSelector)
 }
 
+// path is the collection's URL path in the member.
+func (s WatchSpec) path() string {
+	p := []string{"/api", s.Resource.Version}
+	if s.Resource.Group != "" {
+		p = []string{"/apis", s.Resource.Group, s.Resource.Version}
+	}
+	if s.Namespace != "" {
+		p = append(p, "namespaces", s.Namespace)
+	}
+	return path.Join(append(p, s.Resource.Resource)...)
+}
+
 // WatchEvent is one change seen by a watch.
 type WatchEvent struct {
-	Member  string
-	Type    watch.EventType // Added, Modified or Deleted
+	Member string
+	Type   watch.EventType // Added, Modified or Deleted
+	// Object is shared between handlers: do not modify it. Its managedFields are dropped.
 	Object  *metav1.PartialObjectMetadata
 	Watched WatchSpec
 }
 
-// WatchHandler is called for every event; it must not block (enqueue and return).
+// WatchHandler is called for every event, one at a time per watch; it must not block (enqueue and
+// return) and must not call back into the watch (Watch or stop).
 type WatchHandler func(WatchEvent)
 
 // MaxWatchedObjects bounds one watch: a watch whose selector matches more objects than this is
@@ -49,16 +68,31 @@ const MaxWatchedObjects = 50_000
 // ErrWatchTooLarge is returned by Watch for a spec whose watch was stopped for MaxWatchedObjects.
 var ErrWatchTooLarge = errors.New("the watch matched too many objects; narrow its selector")
 
+// Accept headers asking the member for metadata only.
+const (
+	metaAccept     = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+	metaListAccept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+)
+
+// sharedWatch is one list-and-watch loop in one goroutine: it lists (from the watch cache),
+// watches from the list's resourceVersion, re-watches when the server ends the stream, and lists
+// again (telling handlers what was added, changed or deleted meanwhile) when the resourceVersion
+// has expired or the stream failed. It keeps only the objects' metadata, without managedFields.
+// It costs one goroutine and one HTTP/2 stream on the member's shared connection, where an
+// informer costs seven goroutines and a few ring buffers.
 type sharedWatch struct {
-	spec     WatchSpec
-	acc      *Accessor
-	cancel   context.CancelFunc
+	spec   WatchSpec
+	acc    *Accessor
+	cancel context.CancelFunc
+	synced chan struct{}
+
+	// mu is held while handlers run, so that they see events one at a time and in order, and a
+	// joining handler's replay of the current objects is not interleaved with live events.
 	mu       sync.Mutex
 	handlers map[int]WatchHandler
 	next     int
 	tooLarge bool
-	count    int
-	synced   chan struct{}
+	objs     map[string]*metav1.PartialObjectMetadata
 }
 
 type watchKey struct {
@@ -67,11 +101,11 @@ type watchKey struct {
 }
 
 // Watch starts (or joins) a metadata watch of spec in the member and calls h for every event,
-// starting with an Added event per existing object. It works only while the member is usable
-// (Get succeeds): the watch is stopped when the member's connection is replaced, revoked for a
-// changed identity, or dropped, and the caller hears of that through Subscribe and calls Watch
-// again once Get succeeds. Watches of the same spec on the same connection are shared. The
-// returned stop removes h (the watch stops with its last handler).
+// starting with an Added event per existing object (also when joining a running watch). It works
+// only while the member is usable (Get succeeds): the watch is stopped when the member's
+// connection is replaced, revoked for a changed identity, or dropped, and the caller hears of that
+// through Subscribe and calls Watch again once Get succeeds. Watches of the same spec on the same
+// connection are shared. The returned stop removes h (the watch stops with its last handler).
 func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec, h WatchHandler) (stop func(), err error) {
 	acc, err := c.Get(ctx, member)
 	if err != nil {
@@ -86,16 +120,22 @@ func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec,
 		return nil, &NotReadyError{Member: member, Reason: ReasonProbePending}
 	}
 	if c.watches == nil {
-		c.watches = map[watchKey]*sharedWatch{}
+		c.watches = map[string]map[watchKey]*sharedWatch{}
 	}
-	w, ok := c.watches[key]
+	byMember := c.watches[member]
+	if byMember == nil {
+		byMember = map[watchKey]*sharedWatch{}
+		c.watches[member] = byMember
+	}
+	w, ok := byMember[key]
 	if !ok {
 		w, err = c.startWatch(acc, spec)
 		if err != nil {
 			c.mu.Unlock()
 			return nil, err
 		}
-		c.watches[key] = w
+		byMember[key] = w
+		c.watchCount++
 	}
 	c.mu.Unlock()
 
@@ -107,6 +147,9 @@ func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec,
 	id := w.next
 	w.next++
 	w.handlers[id] = h
+	for _, obj := range w.objs {
+		h(WatchEvent{Member: member, Type: watch.Added, Object: obj, Watched: spec})
+	}
 	w.mu.Unlock()
 	return func() {
 		w.mu.Lock()
@@ -115,13 +158,24 @@ func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec,
 		w.mu.Unlock()
 		if empty {
 			c.mu.Lock()
-			if c.watches[key] == w {
-				delete(c.watches, key)
-			}
+			c.removeWatch(member, key, w)
 			c.mu.Unlock()
-			w.cancel()
 		}
 	}, nil
+}
+
+// removeWatch (c.mu held) stops w and forgets it, if it is still the watch of key.
+func (c *ClusterCache) removeWatch(member string, key watchKey, w *sharedWatch) {
+	byMember := c.watches[member]
+	if byMember[key] != w {
+		return
+	}
+	delete(byMember, key)
+	if len(byMember) == 0 {
+		delete(c.watches, member)
+	}
+	c.watchCount--
+	w.cancel()
 }
 
 // WaitForWatchSynced waits until the watch of spec in the member has listed once.
@@ -131,7 +185,7 @@ func (c *ClusterCache) WaitForWatchSynced(ctx context.Context, member string, sp
 		return err
 	}
 	c.mu.RLock()
-	w, ok := c.watches[watchKey{gen: acc.Generation, spec: spec}]
+	w, ok := c.watches[member][watchKey{gen: acc.Generation, spec: spec}]
 	c.mu.RUnlock()
 	if !ok {
 		return fmt.Errorf("no watch of %s in member %s", spec, member)
@@ -144,90 +198,258 @@ func (c *ClusterCache) WaitForWatchSynced(ctx context.Context, member string, sp
 	}
 }
 
-// startWatch (c.mu held) starts the informer of a new shared watch.
-func (c *ClusterCache) startWatch(acc *Accessor, spec WatchSpec) (*sharedWatch, error) {
-	// Watches stream for minutes: the work client's request timeout must not cut them. The
-	// transport (and its connections) is the member's shared one.
-	cfg := rest.CopyConfig(acc.Config)
-	cfg.Timeout = 0
-	hc := &http.Client{Transport: acc.httpClient.Transport, CheckRedirect: refuseRedirect}
-	mc, err := metadata.NewForConfigAndClient(cfg, hc)
-	if err != nil {
-		return nil, fmt.Errorf("building metadata client for member %q: %w", acc.Name, err)
-	}
-	ri := mc.Resource(spec.Resource).Namespace(spec.Namespace)
-	opts := func(o *metav1.ListOptions) {
-		o.LabelSelector, o.FieldSelector = spec.LabelSelector, spec.FieldSelector
-	}
-	lw := &toolscache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			opts(&o)
-			return ri.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			opts(&o)
-			return ri.Watch(ctx, o)
-		},
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	w := &sharedWatch{spec: spec, acc: acc, cancel: cancel, handlers: map[int]WatchHandler{}, synced: make(chan struct{})}
-	inf := toolscache.NewSharedIndexInformerWithOptions(lw, &metav1.PartialObjectMetadata{}, toolscache.SharedIndexInformerOptions{
-		ResyncPeriod: 0,
+// watchClient returns the accessor's REST client for watches: the shared transport, the work
+// clients' limiter, no client timeout (a watch streams for minutes; each list has its own).
+func (a *Accessor) watchClient() (rest.Interface, error) {
+	a.watchOnce.Do(func() {
+		cfg := rest.CopyConfig(a.Config)
+		cfg.Timeout = 0
+		cfg.GroupVersion = &schema.GroupVersion{Version: "v1"}
+		cfg.APIPath = "/api"
+		cfg.NegotiatedSerializer = clientgoscheme.Codecs.WithoutConversion()
+		hc := &http.Client{Transport: a.httpClient.Transport, CheckRedirect: refuseRedirect}
+		a.watchREST, a.watchErr = rest.RESTClientForConfigAndClient(cfg, hc)
+		if a.watchErr != nil {
+			a.watchErr = fmt.Errorf("building watch client for member %q: %w", a.Name, a.watchErr)
+		}
 	})
-	dispatch := func(t watch.EventType, obj any) {
-		if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
-			obj = d.Obj
-		}
-		m, ok := obj.(*metav1.PartialObjectMetadata)
-		if !ok {
-			return
-		}
-		w.mu.Lock()
-		switch t {
-		case watch.Added:
-			w.count++
-		case watch.Deleted:
-			w.count--
-		}
-		if w.count > MaxWatchedObjects || w.tooLarge {
-			w.tooLarge = true
-			w.handlers = map[int]WatchHandler{}
-			w.mu.Unlock()
-			cancel()
-			return
-		}
-		hs := make([]WatchHandler, 0, len(w.handlers))
-		for _, h := range w.handlers {
-			hs = append(hs, h)
-		}
-		w.mu.Unlock()
-		for _, h := range hs {
-			h(WatchEvent{Member: acc.Name, Type: t, Object: m, Watched: spec})
-		}
-	}
-	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { dispatch(watch.Added, obj) },
-		UpdateFunc: func(_, obj any) { dispatch(watch.Modified, obj) },
-		DeleteFunc: func(obj any) { dispatch(watch.Deleted, obj) },
-	}); err != nil {
-		cancel()
+	return a.watchREST, a.watchErr
+}
+
+// startWatch (c.mu held) starts the loop of a new shared watch.
+func (c *ClusterCache) startWatch(acc *Accessor, spec WatchSpec) (*sharedWatch, error) {
+	rc, err := acc.watchClient()
+	if err != nil {
 		return nil, err
 	}
-	go inf.RunWithContext(ctx)
-	go func() {
-		if toolscache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-			close(w.synced)
-		}
-	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &sharedWatch{spec: spec, acc: acc, cancel: cancel, handlers: map[int]WatchHandler{},
+		synced: make(chan struct{}), objs: map[string]*metav1.PartialObjectMetadata{}}
+	go w.run(ctx, rc, c.watchTiming())
 	return w, nil
 }
 
-// stopWatches (c.mu held) stops every watch on connections of member other than keep (0: all).
+// watchTiming is how a watch paces itself (tests shorten it).
+type watchTiming struct {
+	listTimeout            time.Duration
+	minBackoff, maxBackoff time.Duration
+	// streamSeconds is how long the server keeps one watch stream open (randomised up to twice).
+	streamSeconds int
+}
+
+func (c *ClusterCache) watchTiming() watchTiming {
+	if c.timing != nil {
+		return *c.timing
+	}
+	return watchTiming{listTimeout: time.Minute, minBackoff: 500 * time.Millisecond, maxBackoff: 30 * time.Second, streamSeconds: 300}
+}
+
+// errRelist says the watch must list again (its resourceVersion expired, or the stream failed).
+var errRelist = errors.New("relist")
+
+func (w *sharedWatch) run(ctx context.Context, rc rest.Interface, t watchTiming) {
+	backoff := t.minBackoff
+	wait := func() bool {
+		d := backoff/2 + rand.N(backoff/2+1)
+		backoff = min(2*backoff, t.maxBackoff)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(d):
+			return true
+		}
+	}
+	for ctx.Err() == nil {
+		rv, err := w.list(ctx, rc, t.listTimeout)
+		if err != nil {
+			if errors.Is(err, ErrWatchTooLarge) || !wait() {
+				return
+			}
+			continue
+		}
+		for ctx.Err() == nil {
+			var delivered bool
+			rv, delivered, err = w.stream(ctx, rc, rv, t.streamSeconds)
+			if delivered {
+				backoff = t.minBackoff
+			}
+			if err == nil {
+				continue // the server ended the stream: watch again from where it stopped
+			}
+			if errors.Is(err, ErrWatchTooLarge) {
+				return
+			}
+			break
+		}
+		if ctx.Err() != nil || !wait() {
+			return
+		}
+	}
+}
+
+// list reads the current objects (from the member's watch cache) and tells handlers what changed
+// since the last list. It returns the list's resourceVersion.
+func (w *sharedWatch) list(ctx context.Context, rc rest.Interface, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	raw, err := rc.Get().AbsPath(w.spec.path()).
+		Param("labelSelector", w.spec.LabelSelector).Param("fieldSelector", w.spec.FieldSelector).
+		Param("resourceVersion", "0").SetHeader("Accept", metaListAccept).Do(ctx).Raw()
+	if err != nil {
+		return "", err
+	}
+	var list metav1.PartialObjectMetadataList
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return "", fmt.Errorf("decoding the list of %s: %w", w.spec, err)
+	}
+	if len(list.Items) > MaxWatchedObjects {
+		w.stopTooLarge()
+		return "", ErrWatchTooLarge
+	}
+	seen := make(map[string]*metav1.PartialObjectMetadata, len(list.Items))
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if ctx.Err() != nil {
+		return "", ctx.Err()
+	}
+	for i := range list.Items {
+		obj := &list.Items[i]
+		obj.ManagedFields = nil
+		k := objKey(obj)
+		seen[k] = obj
+		switch old, ok := w.objs[k]; {
+		case !ok:
+			w.dispatchLocked(watch.Added, obj)
+		case old.ResourceVersion != obj.ResourceVersion:
+			w.dispatchLocked(watch.Modified, obj)
+		}
+	}
+	for k, old := range w.objs {
+		if _, ok := seen[k]; !ok {
+			w.dispatchLocked(watch.Deleted, old)
+		}
+	}
+	w.objs = seen
+	select {
+	case <-w.synced:
+	default:
+		close(w.synced)
+	}
+	return list.ResourceVersion, nil
+}
+
+// watchEvent is one event of a JSON watch stream.
+type watchEvent struct {
+	Type   watch.EventType `json:"type"`
+	Object json.RawMessage `json:"object"`
+}
+
+// stream watches from rv until the server ends the stream (nil error), the resourceVersion
+// expires or the stream fails (errRelist or another error: list again). It returns the last
+// resourceVersion seen and whether any event arrived.
+func (w *sharedWatch) stream(ctx context.Context, rc rest.Interface, rv string, seconds int) (string, bool, error) {
+	timeout := seconds + rand.N(seconds+1)
+	body, err := rc.Get().AbsPath(w.spec.path()).
+		Param("labelSelector", w.spec.LabelSelector).Param("fieldSelector", w.spec.FieldSelector).
+		Param("watch", "true").Param("allowWatchBookmarks", "true").
+		Param("resourceVersion", rv).Param("timeoutSeconds", strconv.Itoa(timeout)).
+		SetHeader("Accept", metaAccept).Stream(ctx)
+	if err != nil {
+		if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
+			return rv, false, errRelist
+		}
+		return rv, false, err
+	}
+	defer func() { _ = body.Close() }()
+	dec := json.NewDecoder(body)
+	delivered := false
+	for {
+		var ev watchEvent
+		if err := dec.Decode(&ev); err != nil {
+			if errors.Is(err, io.EOF) && ctx.Err() == nil {
+				return rv, delivered, nil
+			}
+			return rv, delivered, fmt.Errorf("reading the watch of %s: %w", w.spec, err)
+		}
+		delivered = true
+		switch ev.Type {
+		case watch.Error:
+			var st metav1.Status
+			_ = json.Unmarshal(ev.Object, &st)
+			return rv, delivered, fmt.Errorf("%w: the member ended the watch of %s: %s (%d)", errRelist, w.spec, st.Reason, st.Code)
+		case watch.Bookmark, watch.Added, watch.Modified, watch.Deleted:
+		default:
+			return rv, delivered, fmt.Errorf("%w: unknown watch event type %q", errRelist, ev.Type)
+		}
+		obj := &metav1.PartialObjectMetadata{}
+		if err := json.Unmarshal(ev.Object, obj); err != nil {
+			return rv, delivered, fmt.Errorf("decoding a watch event of %s: %w", w.spec, err)
+		}
+		if obj.ResourceVersion != "" {
+			rv = obj.ResourceVersion
+		}
+		if ev.Type == watch.Bookmark {
+			continue
+		}
+		obj.ManagedFields = nil
+		if err := w.apply(ctx, ev.Type, obj); err != nil {
+			return rv, delivered, err
+		}
+	}
+}
+
+// apply records one watch event and hands it to the handlers.
+func (w *sharedWatch) apply(ctx context.Context, t watch.EventType, obj *metav1.PartialObjectMetadata) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	k := objKey(obj)
+	if t == watch.Deleted {
+		delete(w.objs, k)
+	} else {
+		if _, ok := w.objs[k]; !ok && len(w.objs) >= MaxWatchedObjects {
+			w.stopTooLargeLocked()
+			return ErrWatchTooLarge
+		}
+		w.objs[k] = obj
+	}
+	w.dispatchLocked(t, obj)
+	return nil
+}
+
+func (w *sharedWatch) dispatchLocked(t watch.EventType, obj *metav1.PartialObjectMetadata) {
+	for _, h := range w.handlers {
+		h(WatchEvent{Member: w.acc.Name, Type: t, Object: obj, Watched: w.spec})
+	}
+}
+
+func (w *sharedWatch) stopTooLarge() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stopTooLargeLocked()
+}
+
+func (w *sharedWatch) stopTooLargeLocked() {
+	w.tooLarge = true
+	w.handlers = map[int]WatchHandler{}
+	w.objs = map[string]*metav1.PartialObjectMetadata{}
+	w.cancel()
+}
+
+func objKey(obj *metav1.PartialObjectMetadata) string {
+	if obj.Namespace == "" {
+		return obj.Name
+	}
+	return obj.Namespace + "/" + obj.Name
+}
+
+// stopWatches (c.mu held) stops every watch of member on connections other than keep (0: all).
 func (c *ClusterCache) stopWatches(member string, keep uint64) {
-	for key, w := range c.watches {
-		if w.acc.Name == member && key.gen != keep {
-			delete(c.watches, key)
-			w.cancel()
+	for key, w := range c.watches[member] {
+		if key.gen != keep {
+			c.removeWatch(member, key, w)
 		}
 	}
 }
@@ -236,5 +458,5 @@ func (c *ClusterCache) stopWatches(member string, keep uint64) {
 func (c *ClusterCache) Watches() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return len(c.watches)
+	return c.watchCount
 }

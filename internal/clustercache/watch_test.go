@@ -1,0 +1,219 @@
+package clustercache
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
+
+	"github.com/paddock-dev/paddock/internal/scheme"
+)
+
+// fakeWatchMember serves a collection of namespaces (metadata only) and watch streams whose
+// events the test sends.
+type fakeWatchMember struct {
+	mu      sync.Mutex
+	objs    map[string]string // name -> resourceVersion
+	listRV  string
+	lists   int
+	watches []string // resourceVersion of each watch request
+	accepts []string
+	events  chan string // raw JSON lines for the open watch stream; "" ends the stream
+}
+
+func (f *fakeWatchMember) handler(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/api/v1/namespaces" {
+		http.NotFound(w, r)
+		return
+	}
+	q := r.URL.Query()
+	f.mu.Lock()
+	f.accepts = append(f.accepts, r.Header.Get("Accept"))
+	if q.Get("watch") != "true" {
+		f.lists++
+		names := make([]string, 0, len(f.objs))
+		for n := range f.objs {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		items := make([]string, 0, len(names))
+		for _, n := range names {
+			items = append(items, objJSON(n, f.objs[n]))
+		}
+		rv := f.listRV
+		f.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = fmt.Fprintf(w, `{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1","metadata":{"resourceVersion":%q},"items":[%s]}`, rv, strings.Join(items, ","))
+		return
+	}
+	f.watches = append(f.watches, q.Get("resourceVersion"))
+	f.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.(http.Flusher).Flush()
+	for {
+		select {
+		case line := <-f.events:
+			if line == "" {
+				return
+			}
+			_, _ = fmt.Fprintln(w, line)
+			w.(http.Flusher).Flush()
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+func objJSON(name, rv string) string {
+	return fmt.Sprintf(`{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"name":%q,"resourceVersion":%q,"managedFields":[{"manager":"kubectl","operation":"Apply"}]}}`, name, rv)
+}
+
+func watchLine(t watch.EventType, name, rv string) string {
+	return fmt.Sprintf(`{"type":%q,"object":%s}`, t, objJSON(name, rv))
+}
+
+func watchedCache(t *testing.T, f *fakeWatchMember) *ClusterCache {
+	t.Helper()
+	srv := httptest.NewTLSServer(http.HandlerFunc(f.handler))
+	t.Cleanup(srv.Close)
+	c := New(Options{Scheme: scheme.New()})
+	c.timing = &watchTiming{listTimeout: 5 * time.Second, minBackoff: 10 * time.Millisecond, maxBackoff: 50 * time.Millisecond, streamSeconds: 60}
+	acc, err := c.Connect("m", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, BearerToken: "t"})
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	NewWithT(t).Expect(c.Admit(acc, "uid-1")).To(BeTrue())
+	t.Cleanup(func() { c.Disconnect("m") })
+	return c
+}
+
+type recorder struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (r *recorder) handle(ev WatchEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ev.Object.ManagedFields != nil {
+		r.got = append(r.got, "managedFields kept")
+	}
+	r.got = append(r.got, fmt.Sprintf("%s %s@%s", ev.Type, ev.Object.Name, ev.Object.ResourceVersion))
+}
+
+func (r *recorder) events() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.got...)
+}
+
+var nsSpec = WatchSpec{Resource: corev1.SchemeGroupVersion.WithResource("namespaces"), LabelSelector: "a=b"}
+
+// The watch lists, follows the stream (bookmarks move its resourceVersion), re-watches from where a
+// stream the server ended stopped, and on an expired resourceVersion lists again and reports what
+// changed meanwhile, deletions included.
+func TestWatchListsFollowsAndRelists(t *testing.T) {
+	g := NewWithT(t)
+	f := &fakeWatchMember{objs: map[string]string{"a": "1", "b": "2"}, listRV: "2", events: make(chan string)}
+	c := watchedCache(t, f)
+	rec := &recorder{}
+	stop, err := c.Watch(context.Background(), "m", nsSpec, rec.handle)
+	g.Expect(err).NotTo(HaveOccurred())
+	defer stop()
+	g.Expect(c.WaitForWatchSynced(context.Background(), "m", nsSpec)).To(Succeed())
+	g.Eventually(rec.events).Should(ConsistOf("ADDED a@1", "ADDED b@2"))
+
+	f.events <- watchLine(watch.Modified, "a", "3")
+	f.events <- `{"type":"BOOKMARK","object":{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"resourceVersion":"7"}}}`
+	f.events <- "" // the server ends the stream (its timeout)
+	g.Eventually(func() []string { f.mu.Lock(); defer f.mu.Unlock(); return f.watches }).Should(Equal([]string{"2", "7"}),
+		"re-watched from the bookmark, without listing again")
+	g.Expect(f.lists).To(Equal(1))
+
+	// Meanwhile b is deleted and c created; the member says the resourceVersion expired.
+	f.mu.Lock()
+	f.objs = map[string]string{"a": "3", "c": "9"}
+	f.listRV = "9"
+	f.mu.Unlock()
+	f.events <- `{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Expired","code":410}}`
+	want := []string{"ADDED a@1", "ADDED b@2", "MODIFIED a@3", "ADDED c@9", "DELETED b@2"}
+	g.Eventually(rec.events).Should(Equal(want))
+	g.Eventually(func() []string { f.mu.Lock(); defer f.mu.Unlock(); return f.watches }).Should(Equal([]string{"2", "7", "9"}))
+	f.mu.Lock()
+	g.Expect(f.lists).To(Equal(2))
+	for _, a := range f.accepts {
+		g.Expect(a).To(ContainSubstring("as=PartialObjectMetadata"), "metadata only")
+	}
+	f.mu.Unlock()
+
+	// A second handler joining the running watch first hears of every current object.
+	late := &recorder{}
+	stop2, err := c.Watch(context.Background(), "m", nsSpec, late.handle)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(late.events()).To(ConsistOf("ADDED a@3", "ADDED c@9"))
+	g.Expect(c.Watches()).To(Equal(1), "shared")
+	f.events <- watchLine(watch.Deleted, "c", "10")
+	g.Eventually(late.events).Should(ContainElement("DELETED c@10"))
+	g.Eventually(rec.events).Should(ContainElement("DELETED c@10"))
+	stop2()
+	g.Expect(c.Watches()).To(Equal(1), "the first handler keeps it")
+	stop()
+	g.Expect(c.Watches()).To(BeZero())
+}
+
+// A watch matching more than MaxWatchedObjects is stopped, and joining it is refused.
+func TestWatchTooLargeIsStopped(t *testing.T) {
+	g := NewWithT(t)
+	objs := make(map[string]string, MaxWatchedObjects+1)
+	for i := range MaxWatchedObjects + 1 {
+		objs[fmt.Sprintf("ns-%06d", i)] = "1"
+	}
+	f := &fakeWatchMember{objs: objs, listRV: "1", events: make(chan string)}
+	c := watchedCache(t, f)
+	rec := &recorder{}
+	_, err := c.Watch(context.Background(), "m", nsSpec, rec.handle)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Eventually(func() error {
+		_, err := c.Watch(context.Background(), "m", nsSpec, rec.handle)
+		return err
+	}, 10*time.Second).Should(MatchError(ErrWatchTooLarge))
+	g.Expect(rec.events()).To(BeEmpty(), "no handler is told of a part of the objects")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	g.Expect(f.watches).To(BeEmpty(), "no watch stream after a too large list")
+}
+
+// Revoking the member's identity or dropping its connection stops its watches (and their
+// streams in the member).
+func TestWatchStopsWithTheConnection(t *testing.T) {
+	g := NewWithT(t)
+	f := &fakeWatchMember{objs: map[string]string{"a": "1"}, listRV: "1", events: make(chan string)}
+	c := watchedCache(t, f)
+	_, err := c.Watch(context.Background(), "m", nsSpec, (&recorder{}).handle)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Eventually(func() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.watches) }).Should(Equal(1))
+	c.Revoke("m", "ClusterIdentityChanged", true)
+	g.Expect(c.Watches()).To(BeZero())
+	// The stream's request is cancelled: the server's handler returns, so the next event has no
+	// reader.
+	g.Eventually(func() bool {
+		select {
+		case f.events <- watchLine(watch.Modified, "a", "2"):
+			return false
+		case <-time.After(20 * time.Millisecond):
+			return true
+		}
+	}, 5*time.Second).Should(BeTrue())
+	_, err = c.Watch(context.Background(), "m", nsSpec, (&recorder{}).handle)
+	_, notReady := IsNotReady(err)
+	g.Expect(notReady).To(BeTrue(), "no watch through a connection whose identity is not confirmed: %v", err)
+}
