@@ -110,6 +110,19 @@ func (h health) nextProbeIn(hc clustersv1.HealthCheckSpec) time.Duration {
 	return period
 }
 
+// nextProbeAt is when the probe after one that started at lastStart is due: lastStart plus
+// nextProbeIn, but for a suspect member no later than the end of its unhealthyAfter window, so
+// that an outage is confirmed at the window's end and not up to a retry interval later.
+func (h health) nextProbeAt(hc clustersv1.HealthCheckSpec, lastStart time.Time) time.Time {
+	next := lastStart.Add(h.nextProbeIn(hc))
+	if h.Healthy && h.ConsecutiveFailures > 0 && !h.LastSuccess.IsZero() {
+		if end := h.LastSuccess.Add(hc.GetUnhealthyAfter()); end.After(lastStart) && end.Before(next) {
+			next = end
+		}
+	}
+	return next
+}
+
 func timePtr(t time.Time) *metav1.Time {
 	if t.IsZero() {
 		return nil

@@ -82,18 +82,23 @@ func TestHealthWouldFlapAtAFixedPeriod(t *testing.T) {
 	g.Expect(transitions).To(BeNumerically(">", 0))
 }
 
-// A dead member is detected within unhealthyAfter plus one retry interval of its last success.
+// A dead member is detected at the end of its unhealthyAfter window: the last retry is scheduled
+// at the window's end, not up to a retry interval after it. Also with windows that are not a
+// multiple of the retry interval.
 func TestHealthDetectsADeadMemberPromptly(t *testing.T) {
-	g := NewWithT(t)
-	now := time.Unix(1000, 0)
-	h := health{Healthy: true, LastSuccess: now}
-	dead := now
-	for h.Healthy {
-		now = now.Add(h.nextProbeIn(hc))
-		h = h.observe(now, false, "ClusterNotReachable", "", hc)
+	for _, window := range []time.Duration{hc.GetUnhealthyAfter(), 15 * time.Second, 15*time.Second + 300*time.Millisecond, 7 * time.Second} {
+		g := NewWithT(t)
+		spec := hc
+		spec.UnhealthyAfter = &metav1.Duration{Duration: window}
+		now := time.Unix(1000, 0)
+		h := health{Healthy: true, LastSuccess: now}
+		dead := now
+		for h.Healthy {
+			now = h.nextProbeAt(spec, now)
+			h = h.observe(now, false, "ClusterNotReachable", "", spec)
+		}
+		g.Expect(now.Sub(dead)).To(Equal(window))
 	}
-	g.Expect(now.Sub(dead)).To(BeNumerically(">=", hc.GetUnhealthyAfter()))
-	g.Expect(now.Sub(dead)).To(BeNumerically("<=", hc.GetUnhealthyAfter()+retryInterval(hc)))
 }
 
 func TestSeedHealthGivesAHealthyMemberAFullWindow(t *testing.T) {

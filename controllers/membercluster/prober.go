@@ -91,7 +91,7 @@ func (r *Reconciler) activate(name string, st *memberState, acc *clustercache.Ac
 	if st.inFlight || st.timer != nil {
 		return
 	}
-	r.schedule(name, st, st.health.nextProbeIn(hc)-r.Clock.Since(st.lastStart))
+	r.schedule(name, st, st.health.nextProbeAt(hc, st.lastStart).Sub(r.Clock.Now()))
 }
 
 // schedule (st.mu held) replaces any scheduled probe with one after delay. While a probe is in
@@ -221,7 +221,7 @@ func (r *Reconciler) runProbe(name string, st *memberState, epoch uint64) {
 		st.invStart = r.Clock.Now()
 	}
 	if st.active {
-		next := h.nextProbeIn(hc) - r.Clock.Since(st.lastStart)
+		next := h.nextProbeAt(hc, st.lastStart).Sub(r.Clock.Now())
 		if st.probeNow {
 			next = 0
 		}
