@@ -58,8 +58,8 @@ type Reconciler struct {
 	Policy clustercache.Policy
 	// Recorder emits events.
 	Recorder events.EventRecorder
-	// Clock is injectable for tests.
-	Clock clock.PassiveClock
+	// Clock is injectable for tests: the prober reads the time and schedules its probes with it.
+	Clock clock.WithDelayedExecution
 	// DeletionGracePeriod bounds how long deletion waits for an unreachable member.
 	DeletionGracePeriod time.Duration
 	// StatusHeartbeat is how stale lastProbeTime may get before status is written anyway.
@@ -109,7 +109,7 @@ type memberState struct {
 	active bool
 	acc    *clustercache.Accessor
 	hc     clustersv1.HealthCheckSpec
-	timer  *time.Timer
+	timer  clock.Timer
 	// lastPublished is when a reconcile last took the state into status.
 	lastPublished time.Time
 

@@ -346,6 +346,9 @@ func (r *Reconciler) cleanupMember(ctx context.Context, mc *clustersv1.MemberClu
 		return cleanupSkipped, fmt.Errorf("skipped cleaning up the member: the kubeconfig now reaches a different cluster (kube-system UID %s, expected %s), so nothing was deleted there",
 			res.ClusterID, mc.Status.ClusterID)
 	}
+	// Proven just now: open the connection's gate for cleanup (the member is marked deleting,
+	// so Get still refuses it).
+	r.Cache.Admit(acc, res.ClusterID)
 	core, err := acc.CoreV1()
 	if err != nil {
 		return cleanupRetry, err

@@ -107,7 +107,7 @@ func (r *Reconciler) schedule(name string, st *memberState, delay time.Duration)
 		return
 	}
 	epoch := st.epoch
-	st.timer = time.AfterFunc(max(delay, 0), func() { r.runProbe(name, st, epoch) })
+	st.timer = r.Clock.AfterFunc(max(delay, 0), func() { r.runProbe(name, st, epoch) })
 }
 
 // deactivate stops probing the member.
@@ -157,7 +157,7 @@ func (r *Reconciler) runProbe(name string, st *memberState, epoch uint64) {
 		return
 	}
 	st.mu.Unlock()
-	hold := time.AfterFunc(slotHold, release)
+	hold := r.Clock.AfterFunc(slotHold, release)
 	ctx, cancel := context.WithTimeout(r.ctx, timeout)
 	res := acc.ProbeLiveness(ctx)
 	cancel()

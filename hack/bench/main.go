@@ -54,6 +54,7 @@ type options struct {
 	members, nodes, maxProbes  int
 	kubeQPS, loss              float64
 	lossFor, steady, unhealthy time.Duration
+	period                     time.Duration
 	frozenFirst                bool
 }
 
@@ -140,11 +141,12 @@ func main() {
 	nodes := flag.Int("nodes", 0, "Node objects to create in the first member apiserver (inventory cost).")
 	steady := flag.Duration("steady", time.Minute, "How long to measure steady state (probes, status writes, member traffic).")
 	unhealthy := flag.Duration("unhealthy-after", 25*time.Second, "spec.healthCheck.unhealthyAfter of every MemberCluster.")
+	period := flag.Duration("period", 0, "spec.healthCheck.period of every MemberCluster (0: the default, 5s).")
 	maxProbes := flag.Int("max-concurrent-probes", 0, "--max-concurrent-probes (0: the default).")
 	frozenFirst := flag.Bool("frozen-first", false, "Freeze the second member (its probes hang) before stopping the first, and measure the first's detection beside them.")
 	flag.Parse()
 	o := options{members: *members, nodes: *nodes, maxProbes: *maxProbes, kubeQPS: *kubeQPS, loss: *loss,
-		lossFor: *lossFor, steady: *steady, unhealthy: *unhealthy, frozenFirst: *frozenFirst}
+		lossFor: *lossFor, steady: *steady, unhealthy: *unhealthy, frozenFirst: *frozenFirst, period: *period}
 	ctrl.SetLogger(noopLogger())
 	counts := []int{}
 	for _, s := range strings.Split(*ns, ",") {
@@ -163,6 +165,7 @@ func main() {
 }
 
 func fail(err error) {
+	pprof.StopCPUProfile()
 	fmt.Fprintln(os.Stderr, "bench:", err)
 	os.Exit(1)
 }
@@ -218,10 +221,11 @@ func runOne(n int, o options, full bool) error {
 		}
 	}
 	start := time.Now()
-	if err := createAll(ctx, c, env, n, o.unhealthy); err != nil {
+	if err := createAll(ctx, c, env, n, o); err != nil {
 		return err
 	}
 	created := time.Since(start)
+	lastProgress, lastProbes, lastCPU := time.Now(), probes(), cpuNow()
 	for {
 		ready, _, err := countReady(ctx, c)
 		if err != nil {
@@ -229,6 +233,12 @@ func runOne(n int, o options, full bool) error {
 		}
 		if ready == n {
 			break
+		}
+		if time.Since(lastProgress) >= 30*time.Second {
+			cpu := cpuNow()
+			fmt.Printf("  +%3.0fs: %d Ready, %.0f probes/s, %s\n", time.Since(start).Seconds(), ready,
+				(probes()-lastProbes)/time.Since(lastProgress).Seconds(), cpu.sub(lastCPU).cores(time.Since(lastProgress)))
+			lastProgress, lastProbes, lastCPU = time.Now(), probes(), cpu
 		}
 		if time.Since(start) > 10*time.Minute {
 			return fmt.Errorf("only %d of %d Ready after 10 minutes", ready, n)
@@ -240,7 +250,7 @@ func runOne(n int, o options, full bool) error {
 
 	// Steady state starts once the first status writes (attach, Ready, inventory) are done.
 	time.Sleep(15 * time.Second)
-	p0, t0 := probes(), time.Now()
+	p0, t0, cpu0 := probes(), time.Now(), cpuNow()
 	w0 := metricSum("rest_client_requests_total", "method", "PATCH")
 	r0, b0 := tr.snapshot()
 	time.Sleep(o.steady)
@@ -249,6 +259,8 @@ func runOne(n int, o options, full bool) error {
 	writes := (metricSum("rest_client_requests_total", "method", "PATCH") - w0) / el.Seconds()
 	r1, b1 := tr.snapshot()
 	fmt.Printf("steady state over %s: %.1f status writes/s (%.4f per member per minute)\n", o.steady, writes, writes*60/float64(n))
+	cpuUsed := cpuNow().sub(cpu0)
+	fmt.Printf("  CPU: %s; manager %.0f µs per probe\n", cpuUsed.cores(el), cpuUsed.self.Seconds()*1e6/(probes()-p0))
 	for i, m := range env.Members {
 		host := strings.TrimPrefix(m.Server(), "https://")
 		perMin := time.Minute.Seconds() / el.Seconds()
@@ -382,14 +394,18 @@ func detect(ctx context.Context, c client.Client, how string, want int, unhealth
 	return nil
 }
 
-func createAll(ctx context.Context, c client.Client, env *envs.Env, n int, unhealthy time.Duration) error {
+func createAll(ctx context.Context, c client.Client, env *envs.Env, n int, o options) error {
+	var period *metav1.Duration
+	if o.period > 0 {
+		period = &metav1.Duration{Duration: o.period}
+	}
 	return parallel(n, func(i int) error {
 		m := env.Members[i%len(env.Members)]
 		mc := &clustersv1.MemberCluster{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bench-%04d", i)},
 			Spec: clustersv1.MemberClusterSpec{Attach: &clustersv1.AttachSpec{KubeconfigSecretRef: clustersv1.SecretKeyReference{
 				Namespace: "paddock-system", Name: envs.KubeconfigSecretName(m.Name)}},
-				HealthCheck: clustersv1.HealthCheckSpec{UnhealthyAfter: &metav1.Duration{Duration: unhealthy}}},
+				HealthCheck: clustersv1.HealthCheckSpec{Period: period, UnhealthyAfter: &metav1.Duration{Duration: o.unhealthy}}},
 		}
 		return c.Create(ctx, mc)
 	})
@@ -610,4 +626,77 @@ func parallel(n int, f func(i int) error) error {
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// cpuTimes is CPU time used by this process (the manager, and the harness's clients) and by its
+// child processes by kind: member apiservers, the management apiserver, etcd, gate proxies.
+type cpuTimes struct {
+	self, members, management, etcd, proxies time.Duration
+}
+
+func (c cpuTimes) sub(o cpuTimes) cpuTimes {
+	return cpuTimes{c.self - o.self, c.members - o.members, c.management - o.management, c.etcd - o.etcd, c.proxies - o.proxies}
+}
+
+func (c cpuTimes) cores(d time.Duration) string {
+	f := func(x time.Duration) float64 { return x.Seconds() / d.Seconds() }
+	return fmt.Sprintf("cores used: manager %.2f, member apiservers %.2f, management apiserver %.2f, etcd %.2f, gate proxies %.2f",
+		f(c.self), f(c.members), f(c.management), f(c.etcd), f(c.proxies))
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times (100 on Linux).
+const clockTicks = 100
+
+// cpuNow reads utime+stime of this process and its children from /proc.
+func cpuNow() cpuTimes {
+	var out cpuTimes
+	self := os.Getpid()
+	out.self = procCPU(strconv.Itoa(self))
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return out
+	}
+	for _, e := range entries {
+		pid := e.Name()
+		if pid[0] < '0' || pid[0] > '9' {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + pid + "/stat")
+		if err != nil {
+			continue
+		}
+		// Fields after the command (which is in parentheses and may hold spaces).
+		rest := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(rest) < 3 || rest[1] != strconv.Itoa(self) {
+			continue
+		}
+		cmdline, _ := os.ReadFile("/proc/" + pid + "/cmdline")
+		t := procCPU(pid)
+		switch cmd := string(cmdline); {
+		case strings.Contains(cmd, "etcd"):
+			out.etcd += t
+		case strings.Contains(cmd, "kube-apiserver") && strings.Contains(cmd, "paddock-member"):
+			out.members += t
+		case strings.Contains(cmd, "kube-apiserver"):
+			out.management += t
+		default:
+			out.proxies += t
+		}
+	}
+	return out
+}
+
+func procCPU(pid string) time.Duration {
+	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	rest := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	// rest[0] is the state (field 3); utime and stime are fields 14 and 15.
+	if len(rest) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(rest[11], 10, 64)
+	s, _ := strconv.ParseInt(rest[12], 10, 64)
+	return time.Duration(u+s) * time.Second / clockTicks
 }

@@ -135,6 +135,8 @@ type Accessor struct {
 	Config     *rest.Config
 	httpClient *http.Client
 	scheme     *runtime.Scheme
+	// open is the gate of the work clients: set while the connection is admitted.
+	open atomic.Bool
 	// liveness and inventory are the probes' REST clients (own limiter, response caps).
 	liveness  rest.Interface
 	inventory rest.Interface
@@ -276,6 +278,7 @@ func (c *ClusterCache) Connect(name, version string, cfg *rest.Config) (*Accesso
 	ne := &entry{acc: acc, reason: ReasonProbePending}
 	if old != nil {
 		ne.deleting = old.deleting
+		old.acc.open.Store(false)
 	}
 	c.members[name] = ne
 	c.stopWatches(name, acc.Generation)
@@ -305,12 +308,18 @@ func (c *ClusterCache) build(name, version string, in *rest.Config) (*Accessor, 
 	if err != nil {
 		return nil, fmt.Errorf("building transport for member %q: %w", name, err)
 	}
+	acc := &Accessor{Name: name, Version: version, Generation: generations.Add(1), Config: cfg, scheme: c.opts.Scheme}
 	// One transport (one connection pool) per member. Redirects are never followed: a member
 	// must not be able to send our credentials to another host.
 	shared := func(limit int64, timeout time.Duration) *http.Client {
 		return &http.Client{Transport: &capTransport{next: noRedirects{next: rt}, limit: limit}, Timeout: timeout, CheckRedirect: refuseRedirect}
 	}
+	// Work clients (and watches, and everything built from the RESTClientGetter) go through the
+	// accessor's gate: closed until the connection is admitted and again once it is revoked for
+	// a changed identity, replaced or dropped, so a client someone kept from an earlier Get can
+	// never act on a cluster whose identity is not the admitted one. Probes bypass it.
 	httpClient := shared(c.opts.MaxResponseBytes, c.opts.Timeout)
+	httpClient.Transport = &gateTransport{next: httpClient.Transport, acc: acc}
 	// Probe clients: their own limiter, no client timeout (each probe's context bounds it).
 	probeCfg := rest.CopyConfig(cfg)
 	probeCfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(c.opts.ProbeQPS, c.opts.ProbeBurst)
@@ -330,11 +339,35 @@ func (c *ClusterCache) build(name, version string, in *rest.Config) (*Accessor, 
 	if err != nil {
 		return nil, fmt.Errorf("building inventory client for member %q: %w", name, err)
 	}
-	return &Accessor{
-		Name: name, Version: version, Generation: generations.Add(1), Config: cfg,
-		httpClient: httpClient, scheme: c.opts.Scheme,
-		liveness: liveness, inventory: inventory,
-	}, nil
+	acc.httpClient, acc.liveness, acc.inventory = httpClient, liveness, inventory
+	return acc, nil
+}
+
+// ErrConnectionNotAdmitted is returned by a work client whose connection is not (or no longer)
+// admitted: not yet probed, revoked because the member's identity changed, replaced by a new
+// kubeconfig version, or disconnected.
+var ErrConnectionNotAdmitted = errors.New("the member's connection is not admitted (identity unconfirmed or changed, or the connection was replaced); get a fresh accessor")
+
+// gateTransport refuses every request while its accessor's gate is closed.
+type gateTransport struct {
+	next http.RoundTripper
+	acc  *Accessor
+}
+
+func (g *gateTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !g.acc.open.Load() {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, fmt.Errorf("%w: member %s", ErrConnectionNotAdmitted, g.acc.Name)
+	}
+	return g.next.RoundTrip(req)
+}
+
+func (g *gateTransport) CloseIdleConnections() {
+	if c, ok := g.next.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 }
 
 // ErrRedirectRefused is returned when a member answers with a redirect.
@@ -385,6 +418,7 @@ func (c *ClusterCache) Admit(acc *Accessor, clusterID string) bool {
 	if ok {
 		before, wasAdmitted := e.usable(), e.admittedID
 		e.admittedID, e.ready, e.reason = clusterID, true, ""
+		acc.open.Store(true)
 		// Also when only GetForCleanup changed (a member being deleted).
 		changed = before != e.usable() || wasAdmitted != clusterID
 	}
@@ -407,6 +441,7 @@ func (c *ClusterCache) Revoke(name, reason string, forgetIdentity bool) {
 		e.ready, e.reason = false, reason
 		if forgetIdentity {
 			e.admittedID = ""
+			e.acc.open.Store(false)
 			c.stopWatches(name, 0)
 		}
 		changed = before != e.usable()
@@ -442,6 +477,7 @@ func (c *ClusterCache) Disconnect(name string) {
 	c.stopWatches(name, 0)
 	c.mu.Unlock()
 	if ok {
+		e.acc.open.Store(false)
 		e.acc.close()
 		c.notify(name)
 	}

@@ -4,10 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
@@ -147,4 +153,66 @@ func receive(ch <-chan event.GenericEvent) string {
 	case <-time.After(time.Second):
 		return "<nothing>"
 	}
+}
+
+// Work clients, watches and clients built from the RESTClientGetter pass the accessor's gate only
+// while its connection is admitted: a client kept from an earlier Get cannot act on a member whose
+// identity changed, through a replaced connection, or after a disconnect. Probes bypass the gate.
+func TestWorkClientsPassOnlyWhileAdmitted(t *testing.T) {
+	g := NewWithT(t)
+	var work atomic.Int32
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/readyz":
+			_, _ = io.WriteString(w, "ok")
+		case "/api/v1/namespaces/kube-system":
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"kube-system","uid":"uid-1"}}`)
+		default:
+			work.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"default"}}`)
+		}
+	}))
+	defer srv.Close()
+	cfg := &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, BearerToken: "t"}
+	c := New(Options{Scheme: scheme.New()})
+	acc, err := c.Connect("m", "v1", cfg)
+	g.Expect(err).NotTo(HaveOccurred())
+	kc, err := acc.Kubernetes()
+	g.Expect(err).NotTo(HaveOccurred())
+	getterCfg, err := acc.RESTClientGetter("").ToRESTConfig()
+	g.Expect(err).NotTo(HaveOccurred())
+	fromGetter, err := kubernetes.NewForConfig(getterCfg)
+	g.Expect(err).NotTo(HaveOccurred())
+	ctx := context.Background()
+	try := func() []error {
+		_, err1 := kc.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
+		_, err2 := fromGetter.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
+		return []error{err1, err2}
+	}
+	refused := func(errs []error) {
+		t.Helper()
+		for _, err := range errs {
+			g.Expect(errors.Is(err, ErrConnectionNotAdmitted)).To(BeTrue(), "%v", err)
+		}
+	}
+
+	refused(try()) // not admitted yet
+	g.Expect(acc.ProbeLiveness(ctx).Err).NotTo(HaveOccurred(), "probes do not need the gate")
+	g.Expect(c.Admit(acc, "uid-1")).To(BeTrue())
+	g.Expect(try()).To(HaveEach(BeNil()))
+	c.Revoke("m", "ClusterNotReachable", false)
+	g.Expect(try()).To(HaveEach(BeNil()), "an unreachable member is still the admitted cluster")
+	c.Revoke("m", "ClusterIdentityChanged", true)
+	refused(try())
+
+	g.Expect(c.Admit(acc, "uid-1")).To(BeTrue())
+	_, err = c.Connect("m", "v2", cfg) // the Secret changed
+	g.Expect(err).NotTo(HaveOccurred())
+	refused(try())
+	before := work.Load()
+	c.Disconnect("m")
+	refused(try())
+	g.Expect(work.Load()).To(Equal(before), "refused requests never reach the member")
 }

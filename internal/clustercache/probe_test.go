@@ -73,8 +73,11 @@ func fakeMember(t *testing.T, handler http.HandlerFunc) *Accessor {
 	t.Helper()
 	srv := httptest.NewTLSServer(handler)
 	t.Cleanup(srv.Close)
-	acc, err := New(Options{Scheme: scheme.New()}).Connect("fake", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, BearerToken: "s3cr3t-token"})
+	c := New(Options{Scheme: scheme.New()})
+	acc, err := c.Connect("fake", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, BearerToken: "s3cr3t-token"})
 	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	// Admitted, so that work clients pass the gate too (probes never need it).
+	c.Admit(acc, "uid-fake")
 	return acc
 }
 
@@ -227,8 +230,10 @@ func TestRESTClientGetterSharesTheMembersTransport(t *testing.T) {
 	}
 	srv.StartTLS()
 	defer srv.Close()
-	acc, err := New(Options{Scheme: scheme.New()}).Connect("getter", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, BearerToken: "t"})
+	c := New(Options{Scheme: scheme.New()})
+	acc, err := c.Connect("getter", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, BearerToken: "t"})
 	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(c.Admit(acc, "uid-getter")).To(BeTrue())
 	kc, err := acc.Kubernetes()
 	g.Expect(err).NotTo(HaveOccurred())
 	_, err = kc.CoreV1().Namespaces().Get(probeCtx(t), "default", metav1.GetOptions{})

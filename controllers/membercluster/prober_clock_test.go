@@ -1,0 +1,87 @@
+package membercluster
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
+	testingclock "k8s.io/utils/clock/testing"
+
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
+	"github.com/paddock-dev/paddock/internal/clustercache"
+	"github.com/paddock-dev/paddock/internal/scheme"
+)
+
+// asyncClock runs AfterFunc callbacks in their own goroutine, as time.AfterFunc does (the fake
+// clock calls them under its lock, where a callback reading the clock would deadlock).
+type asyncClock struct{ *testingclock.FakeClock }
+
+func (c asyncClock) AfterFunc(d time.Duration, f func()) clock.Timer {
+	return c.FakeClock.AfterFunc(d, func() { go f() })
+}
+
+// The prober keeps its schedule by the injected clock: a member that stops answering is probed at
+// once on activation, re-probed every retry interval (period/5) while suspect, probed once more at
+// the exact end of its unhealthyAfter window (6.5 s, not a multiple of the retry interval), turns
+// unhealthy then, not a step earlier, and is then probed only every maxDownBackoff. No probe
+// starts before the clock says it is due.
+func TestProberFollowsTheInjectedClock(t *testing.T) {
+	g := NewWithT(t)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	cache := clustercache.New(clustercache.Options{Scheme: scheme.New()})
+	acc, err := cache.Connect("clocked", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}})
+	g.Expect(err).NotTo(HaveOccurred())
+
+	start := time.Unix(1_000_000, 0)
+	fc := testingclock.NewFakeClock(start)
+	r := &Reconciler{Cache: cache, Clock: asyncClock{fc}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.init(ctx, logr.Discard())
+	spec := clustersv1.HealthCheckSpec{
+		Period:         &metav1.Duration{Duration: 5 * time.Second},
+		Timeout:        &metav1.Duration{Duration: 2 * time.Second},
+		UnhealthyAfter: &metav1.Duration{Duration: 6500 * time.Millisecond},
+	}
+	st := &memberState{name: "clocked", uid: "uid-clocked", health: health{Healthy: true, LastSuccess: start}}
+	r.activate("clocked", st, acc, spec)
+
+	// idle: no probe running and the next one scheduled (read together under st.mu, where the
+	// prober clears inFlight and schedules the next probe in one step).
+	idle := func() bool {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return !st.inFlight && fc.HasWaiters()
+	}
+	var probedAt []time.Duration
+	var unhealthyAt time.Duration
+	lastStart := time.Time{}
+	for step := time.Duration(0); step <= 40*time.Second; step += 100 * time.Millisecond {
+		fc.SetTime(start.Add(step))
+		g.Eventually(idle, 5*time.Second, time.Millisecond).Should(BeTrue(), "at +%s", step)
+		st.mu.Lock()
+		if st.lastStart != lastStart {
+			lastStart = st.lastStart
+			probedAt = append(probedAt, lastStart.Sub(start))
+		}
+		if !st.health.Healthy && unhealthyAt == 0 {
+			unhealthyAt = step
+		}
+		st.mu.Unlock()
+	}
+	g.Expect(probedAt[:8]).To(Equal([]time.Duration{0, time.Second, 2 * time.Second, 3 * time.Second, 4 * time.Second,
+		5 * time.Second, 6 * time.Second, 6500 * time.Millisecond}))
+	g.Expect(unhealthyAt).To(Equal(6500*time.Millisecond), "unhealthy at the end of the window")
+	// Down now, after eight failures in a row: backed off to maxDownBackoff at once.
+	g.Expect(probedAt[8:]).To(Equal([]time.Duration{6500*time.Millisecond + maxDownBackoff}))
+}
