@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"time"
 
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/paddock-dev/paddock/controllers/membercluster"
 	"github.com/paddock-dev/paddock/internal/clustercache"
@@ -68,6 +70,15 @@ func Names() []string {
 	return out
 }
 
+// failureRateLimiter paces retries of failed reconciles per object only (50 ms doubling up to 5
+// minutes). controller-runtime's default also caps all retries of a controller together at 10 per
+// second, which at thousands of members makes a burst of failures (a management apiserver blip)
+// take minutes to drain; the per-object backoff alone already keeps a failing object from
+// looping.
+func failureRateLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
+	return workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](50*time.Millisecond, 5*time.Minute)
+}
+
 // Setup registers every controller with mgr.
 func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	for name := range o.Concurrency {
@@ -80,7 +91,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		if d, ok := defaultConcurrency[reg.name]; ok && def < d {
 			def = d
 		}
-		co := controller.Options{MaxConcurrentReconciles: o.Concurrency.For(reg.name, def)}
+		co := controller.Options{MaxConcurrentReconciles: o.Concurrency.For(reg.name, def), RateLimiter: failureRateLimiter()}
 		if err := reg.setup(ctx, mgr, o, co); err != nil {
 			return fmt.Errorf("setting up the %s controller: %w", reg.name, err)
 		}

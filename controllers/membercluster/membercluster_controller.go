@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,6 +60,9 @@ type Reconciler struct {
 	// Recorder emits events.
 	Recorder events.EventRecorder
 	// Clock is injectable for tests: the prober reads the time and schedules its probes with it.
+	// AfterFunc callbacks must run in their own goroutine, as time.AfterFunc's do (the prober reads
+	// the clock in them; k8s.io/utils/clock/testing.FakeClock calls them under its lock, so wrap
+	// it). Probe timeouts are contexts on real time.
 	Clock clock.WithDelayedExecution
 	// DeletionGracePeriod bounds how long deletion waits for an unreachable member.
 	DeletionGracePeriod time.Duration
@@ -206,8 +210,27 @@ func (r *Reconciler) init(ctx context.Context, log logr.Logger) {
 	r.probeDone = make(chan event.GenericEvent, 1024)
 }
 
+// conflictRequeue is how soon a reconcile whose patch met a conflict runs again.
+const conflictRequeue = 500 * time.Millisecond
+
 // Reconcile moves a MemberCluster towards its desired state.
-func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, retErr error) {
+//
+// A patch refused for a conflict (the object changed since the informer cache delivered it: at
+// scale, often our own previous status write not seen yet) is not an error: the reconcile runs
+// again shortly, on a fresher copy. As an error it would go through the workqueue's failure
+// backoff, which grows per retry, and at thousands of members attaching at once would hold back
+// most of them.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	res, err := r.reconcile(ctx, req)
+	if err != nil && apierrors.IsConflict(err) {
+		conflictsTotal.Inc()
+		ctrl.LoggerFrom(ctx).V(1).Info("MemberCluster changed since it was read; reconciling again", "member", req.Name)
+		return ctrl.Result{RequeueAfter: conflictRequeue/2 + rand.N(conflictRequeue)}, nil
+	}
+	return res, err
+}
+
+func (r *Reconciler) reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, retErr error) {
 	mc := &clustersv1.MemberCluster{}
 	if err := r.Client.Get(ctx, req.NamespacedName, mc); err != nil {
 		if apierrors.IsNotFound(err) {

@@ -346,9 +346,12 @@ func (r *Reconciler) cleanupMember(ctx context.Context, mc *clustersv1.MemberClu
 		return cleanupSkipped, fmt.Errorf("skipped cleaning up the member: the kubeconfig now reaches a different cluster (kube-system UID %s, expected %s), so nothing was deleted there",
 			res.ClusterID, mc.Status.ClusterID)
 	}
-	// Proven just now: open the connection's gate for cleanup (the member is marked deleting,
-	// so Get still refuses it).
-	r.Cache.Admit(acc, res.ClusterID)
+	// Proven just now: open the connection's gate for cleanup. Marked deleting first (the entry
+	// may be new: connected just above), so the admission never makes it usable for Get.
+	r.Cache.BeginCleanup(mc.Name)
+	if !r.Cache.Admit(acc, res.ClusterID) {
+		return cleanupRetry, errors.New("the member's connection was replaced during cleanup")
+	}
 	core, err := acc.CoreV1()
 	if err != nil {
 		return cleanupRetry, err

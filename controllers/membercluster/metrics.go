@@ -39,6 +39,10 @@ var (
 		Name: "paddock_membercluster_last_probe_timestamp_seconds",
 		Help: "Unix time of the member's last completed liveness probe (status.lastProbeTime is written only about every 10 minutes).",
 	}, []string{"member"})
+	conflictsTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "paddock_membercluster_write_conflicts_total",
+		Help: "Finalizer or status patches refused because the MemberCluster changed since it was read (retried shortly, not as errors).",
+	})
 	lastSuccessGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "paddock_membercluster_last_successful_probe_timestamp_seconds",
 		Help: "Unix time of the member's last successful liveness probe.",
@@ -46,7 +50,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(readyGauge, probeLatency, nodesGauge, probesTotal, inventoryTotal, probesDiscarded, slotWait, lastProbeGauge, lastSuccessGauge)
+	metrics.Registry.MustRegister(readyGauge, probeLatency, nodesGauge, probesTotal, inventoryTotal, probesDiscarded, slotWait, lastProbeGauge, lastSuccessGauge, conflictsTotal)
 }
 
 func forgetMetrics(member string) {

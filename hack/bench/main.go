@@ -55,7 +55,7 @@ type options struct {
 	members, nodes, maxProbes  int
 	kubeQPS, loss              float64
 	lossFor, steady, unhealthy time.Duration
-	period                     time.Duration
+	period, readyTimeout       time.Duration
 	frozenFirst                bool
 }
 
@@ -142,12 +142,13 @@ func main() {
 	nodes := flag.Int("nodes", 0, "Node objects to create in the first member apiserver (inventory cost).")
 	steady := flag.Duration("steady", time.Minute, "How long to measure steady state (probes, status writes, member traffic).")
 	unhealthy := flag.Duration("unhealthy-after", 25*time.Second, "spec.healthCheck.unhealthyAfter of every MemberCluster.")
+	readyTimeout := flag.Duration("ready-timeout", 10*time.Minute, "How long to wait for all MemberClusters to be Ready.")
 	period := flag.Duration("period", 0, "spec.healthCheck.period of every MemberCluster (0: the default, 5s).")
 	maxProbes := flag.Int("max-concurrent-probes", 0, "--max-concurrent-probes (0: the default).")
 	frozenFirst := flag.Bool("frozen-first", false, "Freeze the second member (its probes hang) before stopping the first, and measure the first's detection beside them.")
 	flag.Parse()
 	o := options{members: *members, nodes: *nodes, maxProbes: *maxProbes, kubeQPS: *kubeQPS, loss: *loss,
-		lossFor: *lossFor, steady: *steady, unhealthy: *unhealthy, frozenFirst: *frozenFirst, period: *period}
+		lossFor: *lossFor, steady: *steady, unhealthy: *unhealthy, frozenFirst: *frozenFirst, period: *period, readyTimeout: *readyTimeout}
 	ctrl.SetLogger(noopLogger())
 	counts := []int{}
 	for _, s := range strings.Split(*ns, ",") {
@@ -242,12 +243,14 @@ func runOne(n int, o options, full bool) error {
 		}
 		if time.Since(lastProgress) >= 30*time.Second {
 			cpu := cpuNow()
-			fmt.Printf("  +%3.0fs: %d Ready, %.0f probes/s, %s\n", time.Since(start).Seconds(), ready,
-				(probes()-lastProbes)/time.Since(lastProgress).Seconds(), cpu.sub(lastCPU).cores(time.Since(lastProgress)))
+			fmt.Printf("  +%3.0fs: %d Ready, %.0f probes/s, queue depth %.0f, %.0f reconcile errors, %.0f write conflicts; %s\n", time.Since(start).Seconds(), ready,
+				(probes()-lastProbes)/time.Since(lastProgress).Seconds(), metricSum("workqueue_depth", "name", "membercluster"),
+				metricSum("controller_runtime_reconcile_errors_total", "controller", "membercluster"),
+				metricSum("paddock_membercluster_write_conflicts_total", "", ""), cpu.sub(lastCPU).cores(time.Since(lastProgress)))
 			lastProgress, lastProbes, lastCPU = time.Now(), probes(), cpu
 		}
-		if time.Since(start) > 10*time.Minute {
-			return fmt.Errorf("only %d of %d Ready after 10 minutes", ready, n)
+		if time.Since(start) > o.readyTimeout {
+			return fmt.Errorf("only %d of %d Ready after %s", ready, n, o.readyTimeout)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}

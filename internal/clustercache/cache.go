@@ -393,6 +393,12 @@ func (n noRedirects) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+func (n noRedirects) CloseIdleConnections() {
+	if c, ok := n.next.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 func (a *Accessor) close() {
 	if a.httpClient != nil {
 		a.httpClient.CloseIdleConnections()
@@ -475,9 +481,11 @@ func (c *ClusterCache) Disconnect(name string) {
 	e, ok := c.members[name]
 	delete(c.members, name)
 	c.stopWatches(name, 0)
-	c.mu.Unlock()
 	if ok {
 		e.acc.open.Store(false)
+	}
+	c.mu.Unlock()
+	if ok {
 		e.acc.close()
 		c.notify(name)
 	}

@@ -208,11 +208,20 @@ func TestWorkClientsPassOnlyWhileAdmitted(t *testing.T) {
 	refused(try())
 
 	g.Expect(c.Admit(acc, "uid-1")).To(BeTrue())
-	_, err = c.Connect("m", "v2", cfg) // the Secret changed
+	v2, err := c.Connect("m", "v2", cfg) // the Secret changed
 	g.Expect(err).NotTo(HaveOccurred())
 	refused(try())
 	before := work.Load()
+	kc2, err := v2.Kubernetes()
+	g.Expect(err).NotTo(HaveOccurred())
+	get2 := func() error {
+		_, err := kc2.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
+		return err
+	}
+	g.Expect(errors.Is(get2(), ErrConnectionNotAdmitted)).To(BeTrue(), "the new connection waits for its own admission")
+	g.Expect(c.Admit(v2, "uid-1")).To(BeTrue())
+	g.Expect(get2()).To(Succeed())
 	c.Disconnect("m")
-	refused(try())
-	g.Expect(work.Load()).To(Equal(before), "refused requests never reach the member")
+	g.Expect(errors.Is(get2(), ErrConnectionNotAdmitted)).To(BeTrue(), "disconnected")
+	g.Expect(work.Load()).To(Equal(before+1), "refused requests never reach the member")
 }

@@ -65,7 +65,16 @@ type WatchHandler func(WatchEvent)
 // stopped, and its handlers are told nothing more (narrow the selector).
 const MaxWatchedObjects = 50_000
 
-// ErrWatchTooLarge is returned by Watch for a spec whose watch was stopped for MaxWatchedObjects.
+// MaxWatchedBytes bounds the metadata one watch keeps (labels, annotations, owner references...),
+// and MaxWatchEventBytes one event: etcd refuses objects over 1.5 MiB, so a larger event is not
+// a real object's metadata.
+const (
+	MaxWatchedBytes    int64 = 64 << 20
+	MaxWatchEventBytes       = 2 << 20
+)
+
+// ErrWatchTooLarge is returned by Watch for a spec whose watch was stopped for MaxWatchedObjects,
+// MaxWatchedBytes or MaxWatchEventBytes.
 var ErrWatchTooLarge = errors.New("the watch matched too many objects; narrow its selector")
 
 // Accept headers asking the member for metadata only.
@@ -92,7 +101,13 @@ type sharedWatch struct {
 	handlers map[int]WatchHandler
 	next     int
 	tooLarge bool
+	// stopping: the last handler left and the watch is being removed; a Watch joining now
+	// starts a new one instead.
+	stopping bool
 	objs     map[string]*metav1.PartialObjectMetadata
+	bytes    int64
+	// stoppedTooLarge is closed when the watch stops for being too large.
+	stoppedTooLarge chan struct{}
 }
 
 type watchKey struct {
@@ -128,6 +143,11 @@ func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec,
 		c.watches[member] = byMember
 	}
 	w, ok := byMember[key]
+	if ok && w.isStopping() {
+		// Its last handler left while we looked: a new watch, not a dying one.
+		c.removeWatch(member, key, w)
+		ok = false
+	}
 	if !ok {
 		w, err = c.startWatch(acc, spec)
 		if err != nil {
@@ -144,6 +164,11 @@ func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec,
 		w.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s in member %s", ErrWatchTooLarge, spec, member)
 	}
+	if w.stopping {
+		// Stopped between our lookup and now: start (or join) a live one.
+		w.mu.Unlock()
+		return c.Watch(ctx, member, spec, h)
+	}
 	id := w.next
 	w.next++
 	w.handlers[id] = h
@@ -154,7 +179,10 @@ func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec,
 	return func() {
 		w.mu.Lock()
 		delete(w.handlers, id)
-		empty := len(w.handlers) == 0
+		empty := len(w.handlers) == 0 && !w.tooLarge
+		if empty {
+			w.stopping = true
+		}
 		w.mu.Unlock()
 		if empty {
 			c.mu.Lock()
@@ -162,6 +190,12 @@ func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec,
 			c.mu.Unlock()
 		}
 	}, nil
+}
+
+func (w *sharedWatch) isStopping() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stopping
 }
 
 // removeWatch (c.mu held) stops w and forgets it, if it is still the watch of key.
@@ -193,6 +227,8 @@ func (c *ClusterCache) WaitForWatchSynced(ctx context.Context, member string, sp
 	select {
 	case <-w.synced:
 		return nil
+	case <-w.stoppedTooLarge:
+		return fmt.Errorf("%w: %s in member %s", ErrWatchTooLarge, spec, member)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -224,7 +260,7 @@ func (c *ClusterCache) startWatch(acc *Accessor, spec WatchSpec) (*sharedWatch, 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &sharedWatch{spec: spec, acc: acc, cancel: cancel, handlers: map[int]WatchHandler{},
-		synced: make(chan struct{}), objs: map[string]*metav1.PartialObjectMetadata{}}
+		synced: make(chan struct{}), objs: map[string]*metav1.PartialObjectMetadata{}, stoppedTooLarge: make(chan struct{})}
 	go w.run(ctx, rc, c.watchTiming())
 	return w, nil
 }
@@ -233,6 +269,8 @@ func (c *ClusterCache) startWatch(acc *Accessor, spec WatchSpec) (*sharedWatch, 
 type watchTiming struct {
 	listTimeout            time.Duration
 	minBackoff, maxBackoff time.Duration
+	// minStream: a stream that ends sooner without any event is retried only after a backoff.
+	minStream time.Duration
 	// streamSeconds is how long the server keeps one watch stream open (randomised up to twice).
 	streamSeconds int
 }
@@ -241,7 +279,7 @@ func (c *ClusterCache) watchTiming() watchTiming {
 	if c.timing != nil {
 		return *c.timing
 	}
-	return watchTiming{listTimeout: time.Minute, minBackoff: 500 * time.Millisecond, maxBackoff: 30 * time.Second, streamSeconds: 300}
+	return watchTiming{listTimeout: time.Minute, minBackoff: 500 * time.Millisecond, maxBackoff: 30 * time.Second, minStream: time.Second, streamSeconds: 300}
 }
 
 // errRelist says the watch must list again (its resourceVersion expired, or the stream failed).
@@ -259,26 +297,37 @@ func (w *sharedWatch) run(ctx context.Context, rc rest.Interface, t watchTiming)
 			return true
 		}
 	}
+	// consistent: the next list must be a quorum read (resourceVersion ""), not from a watch cache
+	// that may be behind the resourceVersion that just expired (another apiserver of an HA
+	// member), which would expire again at once.
+	consistent := false
 	for ctx.Err() == nil {
-		rv, err := w.list(ctx, rc, t.listTimeout)
+		rv, err := w.list(ctx, rc, t.listTimeout, consistent)
 		if err != nil {
 			if errors.Is(err, ErrWatchTooLarge) || !wait() {
 				return
 			}
 			continue
 		}
+		consistent = false
 		for ctx.Err() == nil {
+			began := time.Now()
 			var delivered bool
 			rv, delivered, err = w.stream(ctx, rc, rv, t.streamSeconds)
-			if delivered {
+			if errors.Is(err, ErrWatchTooLarge) {
+				return
+			}
+			// Only a stream that carried events or lasted resets the backoff; one that ends at
+			// once without any (a proxy answering with an empty body) must not make us spin.
+			if delivered || time.Since(began) >= t.minStream {
 				backoff = t.minBackoff
+			} else if !wait() {
+				return
 			}
 			if err == nil {
 				continue // the server ended the stream: watch again from where it stopped
 			}
-			if errors.Is(err, ErrWatchTooLarge) {
-				return
-			}
+			consistent = errors.Is(err, errRelist)
 			break
 		}
 		if ctx.Err() != nil || !wait() {
@@ -289,12 +338,16 @@ func (w *sharedWatch) run(ctx context.Context, rc rest.Interface, t watchTiming)
 
 // list reads the current objects (from the member's watch cache) and tells handlers what changed
 // since the last list. It returns the list's resourceVersion.
-func (w *sharedWatch) list(ctx context.Context, rc rest.Interface, timeout time.Duration) (string, error) {
+func (w *sharedWatch) list(ctx context.Context, rc rest.Interface, timeout time.Duration, consistent bool) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	raw, err := rc.Get().AbsPath(w.spec.path()).
+	req := rc.Get().AbsPath(w.spec.path()).
 		Param("labelSelector", w.spec.LabelSelector).Param("fieldSelector", w.spec.FieldSelector).
-		Param("resourceVersion", "0").SetHeader("Accept", metaListAccept).Do(ctx).Raw()
+		SetHeader("Accept", metaListAccept)
+	if !consistent {
+		req = req.Param("resourceVersion", "0")
+	}
+	raw, err := req.Do(ctx).Raw()
 	if err != nil {
 		return "", err
 	}
@@ -307,14 +360,24 @@ func (w *sharedWatch) list(ctx context.Context, rc rest.Interface, timeout time.
 		return "", ErrWatchTooLarge
 	}
 	seen := make(map[string]*metav1.PartialObjectMetadata, len(list.Items))
+	var bytes int64
+	for i := range list.Items {
+		obj := &list.Items[i]
+		obj.ManagedFields = nil
+		bytes += objSize(obj)
+	}
+	if bytes > MaxWatchedBytes {
+		w.stopTooLarge()
+		return "", ErrWatchTooLarge
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if ctx.Err() != nil {
 		return "", ctx.Err()
 	}
+	w.bytes = bytes
 	for i := range list.Items {
 		obj := &list.Items[i]
-		obj.ManagedFields = nil
 		k := objKey(obj)
 		seen[k] = obj
 		switch old, ok := w.objs[k]; {
@@ -371,7 +434,10 @@ func (w *sharedWatch) stream(ctx context.Context, rc rest.Interface, rv string, 
 			}
 			return rv, delivered, fmt.Errorf("reading the watch of %s: %w", w.spec, err)
 		}
-		delivered = true
+		if len(ev.Object) > MaxWatchEventBytes {
+			w.stopTooLarge()
+			return rv, delivered, ErrWatchTooLarge
+		}
 		switch ev.Type {
 		case watch.Error:
 			var st metav1.Status
@@ -388,6 +454,7 @@ func (w *sharedWatch) stream(ctx context.Context, rc rest.Interface, rv string, 
 		if obj.ResourceVersion != "" {
 			rv = obj.ResourceVersion
 		}
+		delivered = true
 		if ev.Type == watch.Bookmark {
 			continue
 		}
@@ -406,10 +473,15 @@ func (w *sharedWatch) apply(ctx context.Context, t watch.EventType, obj *metav1.
 		return ctx.Err()
 	}
 	k := objKey(obj)
+	old, had := w.objs[k]
+	if had {
+		w.bytes -= objSize(old)
+	}
 	if t == watch.Deleted {
 		delete(w.objs, k)
 	} else {
-		if _, ok := w.objs[k]; !ok && len(w.objs) >= MaxWatchedObjects {
+		w.bytes += objSize(obj)
+		if (!had && len(w.objs) >= MaxWatchedObjects) || w.bytes > MaxWatchedBytes {
 			w.stopTooLargeLocked()
 			return ErrWatchTooLarge
 		}
@@ -432,10 +504,34 @@ func (w *sharedWatch) stopTooLarge() {
 }
 
 func (w *sharedWatch) stopTooLargeLocked() {
+	if !w.tooLarge {
+		close(w.stoppedTooLarge)
+	}
 	w.tooLarge = true
 	w.handlers = map[int]WatchHandler{}
 	w.objs = map[string]*metav1.PartialObjectMetadata{}
+	w.bytes = 0
 	w.cancel()
+}
+
+// objSize estimates what an object's metadata holds in memory (its strings), to bound a watch by
+// bytes as well as by count: a hostile member could otherwise fill 50,000 objects with large
+// annotations.
+func objSize(obj *metav1.PartialObjectMetadata) int64 {
+	n := len(obj.Name) + len(obj.Namespace) + len(obj.UID) + len(obj.ResourceVersion) + len(obj.GenerateName) + 256
+	for k, v := range obj.Labels {
+		n += len(k) + len(v)
+	}
+	for k, v := range obj.Annotations {
+		n += len(k) + len(v)
+	}
+	for _, o := range obj.OwnerReferences {
+		n += len(o.APIVersion) + len(o.Kind) + len(o.Name) + len(o.UID) + 32
+	}
+	for _, f := range obj.Finalizers {
+		n += len(f)
+	}
+	return int64(n)
 }
 
 func objKey(obj *metav1.PartialObjectMetadata) string {

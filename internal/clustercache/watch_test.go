@@ -29,6 +29,11 @@ type fakeWatchMember struct {
 	watches []string // resourceVersion of each watch request
 	accepts []string
 	events  chan string // raw JSON lines for the open watch stream; "" ends the stream
+	listRVs []string    // resourceVersion parameter of each list ("" for a consistent read)
+	// endAtOnce: every watch stream ends at once, without an event (a misbehaving proxy).
+	endAtOnce bool
+	// extra is added to every listed object's metadata (e.g. a large annotation).
+	extra string
 }
 
 func (f *fakeWatchMember) handler(w http.ResponseWriter, r *http.Request) {
@@ -41,6 +46,7 @@ func (f *fakeWatchMember) handler(w http.ResponseWriter, r *http.Request) {
 	f.accepts = append(f.accepts, r.Header.Get("Accept"))
 	if q.Get("watch") != "true" {
 		f.lists++
+		f.listRVs = append(f.listRVs, q.Get("resourceVersion"))
 		names := make([]string, 0, len(f.objs))
 		for n := range f.objs {
 			names = append(names, n)
@@ -48,7 +54,11 @@ func (f *fakeWatchMember) handler(w http.ResponseWriter, r *http.Request) {
 		sort.Strings(names)
 		items := make([]string, 0, len(names))
 		for _, n := range names {
-			items = append(items, objJSON(n, f.objs[n]))
+			item := objJSON(n, f.objs[n])
+			if f.extra != "" {
+				item = strings.Replace(item, `"metadata":{`, `"metadata":{`+f.extra+`,`, 1)
+			}
+			items = append(items, item)
 		}
 		rv := f.listRV
 		f.mu.Unlock()
@@ -57,7 +67,12 @@ func (f *fakeWatchMember) handler(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.watches = append(f.watches, q.Get("resourceVersion"))
+	endAtOnce := f.endAtOnce
 	f.mu.Unlock()
+	if endAtOnce {
+		w.Header().Set("Content-Type", "application/json")
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	w.(http.Flusher).Flush()
@@ -69,6 +84,9 @@ func (f *fakeWatchMember) handler(w http.ResponseWriter, r *http.Request) {
 			}
 			_, _ = fmt.Fprintln(w, line)
 			w.(http.Flusher).Flush()
+			if strings.Contains(line, `"type":"ERROR"`) {
+				return // the apiserver ends a stream after an error event
+			}
 		case <-r.Context().Done():
 			return
 		}
@@ -88,7 +106,7 @@ func watchedCache(t *testing.T, f *fakeWatchMember) *ClusterCache {
 	srv := httptest.NewTLSServer(http.HandlerFunc(f.handler))
 	t.Cleanup(srv.Close)
 	c := New(Options{Scheme: scheme.New()})
-	c.timing = &watchTiming{listTimeout: 5 * time.Second, minBackoff: 10 * time.Millisecond, maxBackoff: 50 * time.Millisecond, streamSeconds: 60}
+	c.timing = &watchTiming{listTimeout: 5 * time.Second, minBackoff: 20 * time.Millisecond, maxBackoff: 100 * time.Millisecond, minStream: time.Second, streamSeconds: 60}
 	acc, err := c.Connect("m", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, BearerToken: "t"})
 	NewWithT(t).Expect(err).NotTo(HaveOccurred())
 	NewWithT(t).Expect(c.Admit(acc, "uid-1")).To(BeTrue())
@@ -150,6 +168,7 @@ func TestWatchListsFollowsAndRelists(t *testing.T) {
 	g.Eventually(func() []string { f.mu.Lock(); defer f.mu.Unlock(); return f.watches }).Should(Equal([]string{"2", "7", "9"}))
 	f.mu.Lock()
 	g.Expect(f.lists).To(Equal(2))
+	g.Expect(f.listRVs).To(Equal([]string{"0", ""}), "after an expiry the list is a consistent read, not the watch cache again")
 	for _, a := range f.accepts {
 		g.Expect(a).To(ContainSubstring("as=PartialObjectMetadata"), "metadata only")
 	}
@@ -216,4 +235,63 @@ func TestWatchStopsWithTheConnection(t *testing.T) {
 	_, err = c.Watch(context.Background(), "m", nsSpec, (&recorder{}).handle)
 	_, notReady := IsNotReady(err)
 	g.Expect(notReady).To(BeTrue(), "no watch through a connection whose identity is not confirmed: %v", err)
+}
+
+// A member (or a proxy) that ends every watch stream at once, without an event, is re-watched
+// with a growing backoff, not in a loop that would use up the member's request budget.
+func TestWatchBacksOffFromStreamsThatEndAtOnce(t *testing.T) {
+	g := NewWithT(t)
+	f := &fakeWatchMember{objs: map[string]string{"a": "1"}, listRV: "1", events: make(chan string), endAtOnce: true}
+	c := watchedCache(t, f)
+	stop, err := c.Watch(context.Background(), "m", nsSpec, (&recorder{}).handle)
+	g.Expect(err).NotTo(HaveOccurred())
+	defer stop()
+	g.Eventually(func() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.watches) }).Should(BeNumerically(">=", 3))
+	f.mu.Lock()
+	n0 := len(f.watches)
+	f.mu.Unlock()
+	// With the backoff at its 100 ms cap, about 10 watches a second; without it, the work
+	// limiter's 20 per second and its burst of 40.
+	g.Consistently(func() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.watches) - n0 }, time.Second, 50*time.Millisecond).
+		Should(BeNumerically("<", 16))
+}
+
+// An event larger than any real object's metadata, or a list whose metadata is over
+// MaxWatchedBytes, stops the watch like too many objects do.
+func TestWatchStopsOnOversizedMetadata(t *testing.T) {
+	t.Run("event", func(t *testing.T) {
+		g := NewWithT(t)
+		f := &fakeWatchMember{objs: map[string]string{"a": "1"}, listRV: "1", events: make(chan string)}
+		c := watchedCache(t, f)
+		rec := &recorder{}
+		_, err := c.Watch(context.Background(), "m", nsSpec, rec.handle)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(c.WaitForWatchSynced(context.Background(), "m", nsSpec)).To(Succeed())
+		big := strings.Repeat("x", MaxWatchEventBytes)
+		f.events <- fmt.Sprintf(`{"type":"MODIFIED","object":{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"name":"a","resourceVersion":"2","annotations":{"big":%q}}}}`, big)
+		g.Eventually(func() error {
+			stop, err := c.Watch(context.Background(), "m", nsSpec, func(WatchEvent) {})
+			if err == nil {
+				stop()
+			}
+			return err
+		}, 5*time.Second).Should(MatchError(ErrWatchTooLarge))
+		g.Expect(rec.events()).To(Equal([]string{"ADDED a@1"}), "the oversized event reached no handler")
+	})
+	t.Run("list", func(t *testing.T) {
+		g := NewWithT(t)
+		objs := map[string]string{}
+		per := int64(1 << 20)
+		for i := range MaxWatchedBytes/per + 1 {
+			objs[fmt.Sprintf("ns-%03d", i)] = "1"
+		}
+		f := &fakeWatchMember{objs: objs, listRV: "1", events: make(chan string),
+			extra: fmt.Sprintf(`"annotations":{"big":%q}`, strings.Repeat("x", int(per)))}
+		c := watchedCache(t, f)
+		rec := &recorder{}
+		_, err := c.Watch(context.Background(), "m", nsSpec, rec.handle)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(c.WaitForWatchSynced(context.Background(), "m", nsSpec)).To(MatchError(ErrWatchTooLarge))
+		g.Expect(rec.events()).To(BeEmpty())
+	})
 }

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
+	"time"
 )
 
 // gate is what a Member needs of its proxy: in this process (gateProxy) or in a child process
@@ -73,6 +75,11 @@ type remoteGate struct {
 }
 
 func newRemoteGate(target string) (*remoteGate, error) {
+	if os.Getenv(gateProxyEnv) != "" {
+		// A child whose main did not call RunGateProxyIfChild would start members (and more
+		// children) of its own.
+		return nil, errors.New("a gate proxy child must not start gate proxies (call envs.RunGateProxyIfChild first in main)")
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -86,19 +93,40 @@ func newRemoteGate(target string) (*remoteGate, error) {
 	}
 	outPipe, err := cmd.StdoutPipe()
 	if err != nil {
+		_ = in.Close()
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
 	g := &remoteGate{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
-	line, err := g.out.ReadString('\n')
-	if err != nil {
+	type result struct {
+		line string
+		err  error
+	}
+	first := make(chan result, 1)
+	go func() {
+		line, err := g.out.ReadString('\n')
+		first <- result{line, err}
+	}()
+	var res result
+	select {
+	case res = <-first:
+	case <-time.After(30 * time.Second):
+		res.err = errors.New("no address within 30s")
+	}
+	if res.err == nil {
+		g.address = strings.TrimSpace(res.line)
+		if _, _, err := net.SplitHostPort(g.address); err != nil {
+			res.err = fmt.Errorf("printed %q, not an address", g.address)
+		}
+	}
+	if res.err != nil {
+		_ = in.Close()
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		return nil, fmt.Errorf("gate proxy child did not start (does main call envs.RunGateProxyIfChild?): %w", err)
+		return nil, fmt.Errorf("gate proxy child did not start (does main call envs.RunGateProxyIfChild first?): %w", res.err)
 	}
-	g.address = strings.TrimSpace(line)
 	return g, nil
 }
 
