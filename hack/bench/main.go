@@ -5,7 +5,7 @@
 // counts status writes in steady state, and the requests and bytes each member apiserver serves.
 //
 //	make bench BENCH_ARGS="-n 100,500,1000"
-//	make bench BENCH_ARGS="-n 10000 -loss-duration 0"                      # scale
+//	make bench BENCH_ARGS="-n 10000 -period 60s -unhealthy-after 180s -loss-duration 0 -ready-timeout 30m" # scale
 //	make bench BENCH_ARGS="-n 1000 -unhealthy-after 15s -loss-duration 10m" # detection under loss
 //	make bench BENCH_ARGS="-n 1800 -max-concurrent-probes 500 -frozen-first -loss-duration 0"
 //	make bench BENCH_ARGS="-n 1 -members 1 -nodes 5000 -steady 1m -loss-duration 0"
