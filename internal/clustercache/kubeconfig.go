@@ -47,8 +47,10 @@ var (
 		netip.MustParseAddr("100.100.100.200"), // Alibaba Cloud metadata
 	}
 	deniedPrefixes = []netip.Prefix{
-		netip.MustParsePrefix("64:ff9b::/96"), // NAT64 well-known prefix
-		netip.MustParsePrefix("::/96"),        // IPv4-compatible IPv6 (deprecated)
+		netip.MustParsePrefix("64:ff9b::/96"),   // NAT64 well-known prefix
+		netip.MustParsePrefix("::/96"),          // IPv4-compatible IPv6 (deprecated)
+		netip.MustParsePrefix("64:ff9b:1::/48"), // NAT64 local-use prefix (RFC 8215)
+		netip.MustParsePrefix("2002::/16"),      // 6to4: embeds an IPv4 address (deprecated)
 	}
 )
 

@@ -240,6 +240,7 @@ func TestPolicyRefusesMetadataAndEmbeddedIPv4AndDeniedCIDRs(t *testing.T) {
 	for _, server := range []string{
 		"https://[fd00:ec2::254]:443", "https://100.100.100.200", "https://[64:ff9b::a9fe:a9fe]",
 		"https://[::a9fe:a9fe]", "https://[::ffff:169.254.169.254]",
+		"https://[64:ff9b:1::a9fe:a9fe]", "https://[2002:a9fe:a9fe::1]",
 	} {
 		_, err := Policy{AllowLoopback: true}.Load(withServer(server), "")
 		pe, ok := IsPolicyError(err)
