@@ -82,6 +82,8 @@ type Reconciler struct {
 
 	mu     sync.Mutex
 	health map[types.UID]*memberState
+	// conflicts counts the conflicts in a row per MemberCluster name.
+	conflicts map[string]int
 }
 
 // memberState is what the controller remembers about a member between reconciles. mu guards
@@ -203,6 +205,7 @@ func (r *Reconciler) init(ctx context.Context, log logr.Logger) {
 		r.MaxConcurrentProbes = DefaultMaxConcurrentProbes
 	}
 	r.health = map[types.UID]*memberState{}
+	r.conflicts = map[string]int{}
 	r.ctx, r.log = ctx, log
 	r.slots = newProbeSlots(r.MaxConcurrentProbes)
 	// Inventory reads are short on healthy members and can be large (a node list): few at once.
@@ -222,13 +225,27 @@ const conflictRequeue = 500 * time.Millisecond
 // most of them.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	res, err := r.reconcile(ctx, req)
-	if err != nil && apierrors.IsConflict(err) {
+	conflict := err != nil && apierrors.IsConflict(err)
+	r.mu.Lock()
+	if conflict {
+		r.conflicts[req.Name]++
+	} else {
+		delete(r.conflicts, req.Name)
+	}
+	n := r.conflicts[req.Name]
+	r.mu.Unlock()
+	// A conflict that keeps coming back (another writer racing us) goes through the failure
+	// backoff like any error.
+	if conflict && n <= maxQuickConflictRetries {
 		conflictsTotal.Inc()
 		ctrl.LoggerFrom(ctx).V(1).Info("MemberCluster changed since it was read; reconciling again", "member", req.Name)
 		return ctrl.Result{RequeueAfter: conflictRequeue/2 + rand.N(conflictRequeue)}, nil
 	}
 	return res, err
 }
+
+// maxQuickConflictRetries is how many conflicts in a row are retried quickly.
+const maxQuickConflictRetries = 5
 
 func (r *Reconciler) reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, retErr error) {
 	mc := &clustersv1.MemberCluster{}
@@ -258,6 +275,9 @@ func (r *Reconciler) reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Re
 
 	s := &scope{mc: mc, orig: mc.DeepCopy(), state: r.stateFor(mc)}
 	defer func() {
+		if s.patchFailed {
+			return // the same patch would fail again; the retry recomputes it
+		}
 		if err := r.patchStatus(ctx, s); err != nil {
 			if retErr == nil {
 				retErr = err
@@ -373,6 +393,7 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 			return nil
 		}
 		// Nothing is announced for a status that did not land: the retry announces it.
+		s.patchFailed = true
 		return fmt.Errorf("patching status: %w", err)
 	}
 	r.emitTransitionEvents(s)

@@ -50,6 +50,8 @@ type scope struct {
 	probedConn, verified, replaced, hcPending bool
 	// pendingEvents are emitted once the status that records them has landed.
 	pendingEvents []pendingEvent
+	// patchFailed: a status patch of this reconcile failed; the deferred one is skipped.
+	patchFailed bool
 }
 
 type pendingEvent struct{ eventType, reason, action, msg string }

@@ -24,6 +24,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -364,11 +365,8 @@ func (g *gateTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return g.next.RoundTrip(req)
 }
 
-func (g *gateTransport) CloseIdleConnections() {
-	if c, ok := g.next.(interface{ CloseIdleConnections() }); ok {
-		c.CloseIdleConnections()
-	}
-}
+// WrappedRoundTripper lets utilnet.CloseIdleConnectionsFor reach the transport below.
+func (g *gateTransport) WrappedRoundTripper() http.RoundTripper { return g.next }
 
 // ErrRedirectRefused is returned when a member answers with a redirect.
 var ErrRedirectRefused = errors.New("the member answered with a redirect, which Paddock never follows")
@@ -393,15 +391,14 @@ func (n noRedirects) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-func (n noRedirects) CloseIdleConnections() {
-	if c, ok := n.next.(interface{ CloseIdleConnections() }); ok {
-		c.CloseIdleConnections()
-	}
-}
+// WrappedRoundTripper lets utilnet.CloseIdleConnectionsFor reach the transport below.
+func (n noRedirects) WrappedRoundTripper() http.RoundTripper { return n.next }
 
+// close closes the connection's idle connections (client-go's own wrappers in between are
+// unwrapped by utilnet.CloseIdleConnectionsFor).
 func (a *Accessor) close() {
 	if a.httpClient != nil {
-		a.httpClient.CloseIdleConnections()
+		utilnet.CloseIdleConnectionsFor(a.httpClient.Transport)
 	}
 }
 

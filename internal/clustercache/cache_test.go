@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -224,4 +225,37 @@ func TestWorkClientsPassOnlyWhileAdmitted(t *testing.T) {
 	c.Disconnect("m")
 	g.Expect(errors.Is(get2(), ErrConnectionNotAdmitted)).To(BeTrue(), "disconnected")
 	g.Expect(work.Load()).To(Equal(before+1), "refused requests never reach the member")
+}
+
+// Dropping a connection closes its idle connections to the member at once (through client-go's
+// transport wrappers), instead of leaving them until their idle timeout.
+func TestDisconnectClosesIdleConnections(t *testing.T) {
+	g := NewWithT(t)
+	var opened, closed atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"default"}}`)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			opened.Add(1)
+		case http.StateClosed:
+			closed.Add(1)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	c := New(Options{Scheme: scheme.New()})
+	acc, err := c.Connect("m", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, BearerToken: "t"})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(c.Admit(acc, "uid-1")).To(BeTrue())
+	kc, err := acc.Kubernetes()
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = kc.CoreV1().Namespaces().Get(context.Background(), "default", metav1.GetOptions{})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(opened.Load()).To(Equal(int32(1)))
+	g.Consistently(closed.Load, 200*time.Millisecond).Should(BeZero())
+	c.Disconnect("m")
+	g.Eventually(closed.Load, 5*time.Second).Should(Equal(int32(1)))
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 )
 
 // ErrResponseTooLarge is returned while reading a member's response past its cap. A member (or
@@ -67,10 +69,9 @@ func (b *cappedBody) Read(p []byte) (int, error) {
 
 func (b *cappedBody) Close() error { return b.rc.Close() }
 
-// CloseIdleConnections lets http.Client.CloseIdleConnections reach the shared transport.
-func (t *capTransport) CloseIdleConnections() {
-	type closer interface{ CloseIdleConnections() }
-	if c, ok := t.next.(closer); ok {
-		c.CloseIdleConnections()
-	}
-}
+// WrappedRoundTripper lets utilnet.CloseIdleConnectionsFor reach the transport below.
+func (t *capTransport) WrappedRoundTripper() http.RoundTripper { return t.next }
+
+// CloseIdleConnections lets http.Client.CloseIdleConnections reach the shared transport, through
+// client-go's wrappers (which only expose WrappedRoundTripper).
+func (t *capTransport) CloseIdleConnections() { utilnet.CloseIdleConnectionsFor(t.next) }

@@ -11,6 +11,7 @@ import (
 	"path"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -103,7 +104,7 @@ type sharedWatch struct {
 	tooLarge bool
 	// stopping: the last handler left and the watch is being removed; a Watch joining now
 	// starts a new one instead.
-	stopping bool
+	stopping atomic.Bool
 	objs     map[string]*metav1.PartialObjectMetadata
 	bytes    int64
 	// stoppedTooLarge is closed when the watch stops for being too large.
@@ -143,7 +144,7 @@ func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec,
 		c.watches[member] = byMember
 	}
 	w, ok := byMember[key]
-	if ok && w.isStopping() {
+	if ok && w.stopping.Load() {
 		// Its last handler left while we looked: a new watch, not a dying one.
 		c.removeWatch(member, key, w)
 		ok = false
@@ -164,7 +165,7 @@ func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec,
 		w.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s in member %s", ErrWatchTooLarge, spec, member)
 	}
-	if w.stopping {
+	if w.stopping.Load() {
 		// Stopped between our lookup and now: start (or join) a live one.
 		w.mu.Unlock()
 		return c.Watch(ctx, member, spec, h)
@@ -181,7 +182,7 @@ func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec,
 		delete(w.handlers, id)
 		empty := len(w.handlers) == 0 && !w.tooLarge
 		if empty {
-			w.stopping = true
+			w.stopping.Store(true)
 		}
 		w.mu.Unlock()
 		if empty {
@@ -190,12 +191,6 @@ func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec,
 			c.mu.Unlock()
 		}
 	}, nil
-}
-
-func (w *sharedWatch) isStopping() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.stopping
 }
 
 // removeWatch (c.mu held) stops w and forgets it, if it is still the watch of key.
@@ -317,9 +312,11 @@ func (w *sharedWatch) run(ctx context.Context, rc rest.Interface, t watchTiming)
 			if errors.Is(err, ErrWatchTooLarge) {
 				return
 			}
-			// Only a stream that carried events or lasted resets the backoff; one that ends at
-			// once without any (a proxy answering with an empty body) must not make us spin.
-			if delivered || time.Since(began) >= t.minStream {
+			// Only a stream that lasted resets the backoff; one that ends at once (a proxy
+			// answering with an empty body, or a member sending one event and hanging up) must
+			// not make us spin, whatever it carried.
+			_ = delivered
+			if time.Since(began) >= t.minStream {
 				backoff = t.minBackoff
 			} else if !wait() {
 				return
@@ -348,6 +345,11 @@ func (w *sharedWatch) list(ctx context.Context, rc rest.Interface, timeout time.
 		req = req.Param("resourceVersion", "0")
 	}
 	raw, err := req.Do(ctx).Raw()
+	if errors.Is(err, ErrResponseTooLarge) {
+		// Retrying would read the same oversized list again and again.
+		w.stopTooLarge()
+		return "", ErrWatchTooLarge
+	}
 	if err != nil {
 		return "", err
 	}
@@ -377,7 +379,9 @@ func (w *sharedWatch) list(ctx context.Context, rc rest.Interface, timeout time.
 	}
 	w.bytes = bytes
 	for i := range list.Items {
-		obj := &list.Items[i]
+		// A copy: pointers into list.Items would keep the whole array alive until the next list.
+		item := list.Items[i]
+		obj := &item
 		k := objKey(obj)
 		seen[k] = obj
 		switch old, ok := w.objs[k]; {
@@ -518,18 +522,21 @@ func (w *sharedWatch) stopTooLargeLocked() {
 // bytes as well as by count: a hostile member could otherwise fill 50,000 objects with large
 // annotations.
 func objSize(obj *metav1.PartialObjectMetadata) int64 {
-	n := len(obj.Name) + len(obj.Namespace) + len(obj.UID) + len(obj.ResourceVersion) + len(obj.GenerateName) + 256
+	// Strings count their bytes plus their headers; map entries and slice elements their
+	// overhead (about 64 bytes each), so that many tiny labels cost what they really do.
+	const entry = 64
+	n := len(obj.Name) + len(obj.Namespace) + len(obj.UID) + len(obj.ResourceVersion) + len(obj.GenerateName) + 512
 	for k, v := range obj.Labels {
-		n += len(k) + len(v)
+		n += len(k) + len(v) + entry
 	}
 	for k, v := range obj.Annotations {
-		n += len(k) + len(v)
+		n += len(k) + len(v) + entry
 	}
 	for _, o := range obj.OwnerReferences {
-		n += len(o.APIVersion) + len(o.Kind) + len(o.Name) + len(o.UID) + 32
+		n += len(o.APIVersion) + len(o.Kind) + len(o.Name) + len(o.UID) + 2*entry
 	}
 	for _, f := range obj.Finalizers {
-		n += len(f)
+		n += len(f) + entry
 	}
 	return int64(n)
 }

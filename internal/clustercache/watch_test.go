@@ -32,6 +32,8 @@ type fakeWatchMember struct {
 	listRVs []string    // resourceVersion parameter of each list ("" for a consistent read)
 	// endAtOnce: every watch stream ends at once, without an event (a misbehaving proxy).
 	endAtOnce bool
+	// bookmarkFirst: such a stream carries one bookmark before it ends.
+	bookmarkFirst bool
 	// extra is added to every listed object's metadata (e.g. a large annotation).
 	extra string
 }
@@ -71,6 +73,9 @@ func (f *fakeWatchMember) handler(w http.ResponseWriter, r *http.Request) {
 	f.mu.Unlock()
 	if endAtOnce {
 		w.Header().Set("Content-Type", "application/json")
+		if f.bookmarkFirst {
+			_, _ = fmt.Fprintln(w, `{"type":"BOOKMARK","object":{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"resourceVersion":"5"}}}`)
+		}
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -240,8 +245,13 @@ func TestWatchStopsWithTheConnection(t *testing.T) {
 // A member (or a proxy) that ends every watch stream at once, without an event, is re-watched
 // with a growing backoff, not in a loop that would use up the member's request budget.
 func TestWatchBacksOffFromStreamsThatEndAtOnce(t *testing.T) {
+	t.Run("empty", func(t *testing.T) { testShortStreams(t, false) })
+	t.Run("one event", func(t *testing.T) { testShortStreams(t, true) })
+}
+
+func testShortStreams(t *testing.T, bookmarkFirst bool) {
 	g := NewWithT(t)
-	f := &fakeWatchMember{objs: map[string]string{"a": "1"}, listRV: "1", events: make(chan string), endAtOnce: true}
+	f := &fakeWatchMember{objs: map[string]string{"a": "1"}, listRV: "1", events: make(chan string), endAtOnce: true, bookmarkFirst: bookmarkFirst}
 	c := watchedCache(t, f)
 	stop, err := c.Watch(context.Background(), "m", nsSpec, (&recorder{}).handle)
 	g.Expect(err).NotTo(HaveOccurred())
