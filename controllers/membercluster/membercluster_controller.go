@@ -53,8 +53,9 @@ type Reconciler struct {
 	Client client.Client
 	// APIReader reads Secret data uncached, only when a Secret's resourceVersion changed.
 	APIReader client.Reader
-	// Cache holds the members' clients.
-	Cache *clustercache.ClusterCache
+	// Cache is the access layer's write side (only this controller connects, admits and revokes;
+	// the others are given a clustercache.Reader).
+	Cache clustercache.Writer
 	// Policy checks kubeconfigs.
 	Policy clustercache.Policy
 	// Recorder emits events.

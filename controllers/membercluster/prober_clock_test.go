@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,4 +85,58 @@ func TestProberFollowsTheInjectedClock(t *testing.T) {
 	g.Expect(unhealthyAt).To(Equal(6500*time.Millisecond), "unhealthy at the end of the window")
 	// Down now, after eight failures in a row: backed off to maxDownBackoff at once.
 	g.Expect(probedAt[8:]).To(Equal([]time.Duration{6500*time.Millisecond + maxDownBackoff}))
+}
+
+// A probe timer that fires late, after its member was deactivated and re-activated, belongs to an
+// old epoch: it neither probes nor disturbs the new schedule, so a member has one probe chain.
+func TestStaleProbeTimerLeavesOneProbeChain(t *testing.T) {
+	g := NewWithT(t)
+	var readyz atomic.Int32
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" {
+			readyz.Add(1)
+		}
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	cache := clustercache.New(clustercache.Options{Scheme: scheme.New()})
+	acc, err := cache.Connect("epochs", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}})
+	g.Expect(err).NotTo(HaveOccurred())
+	start := time.Unix(2_000_000, 0)
+	fc := testingclock.NewFakeClock(start)
+	r := &Reconciler{Cache: cache, Clock: asyncClock{fc}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.init(ctx, logr.Discard())
+	spec := clustersv1.HealthCheckSpec{Period: &metav1.Duration{Duration: 5 * time.Second}, Timeout: &metav1.Duration{Duration: 2 * time.Second}}
+	// Unhealthy and failing: probed every period (no retries, no backoff yet).
+	st := &memberState{name: "epochs", uid: "uid-epochs"}
+	r.activate("epochs", st, acc, spec)
+	st.mu.Lock()
+	stale := st.epoch
+	st.mu.Unlock()
+	deactivate(st)
+	r.activate("epochs", st, acc, spec)
+	// The first timer fires now, late: it must do nothing.
+	r.runProbe("epochs", st, stale)
+	st.mu.Lock()
+	g.Expect(st.inFlight).To(BeFalse())
+	g.Expect(st.timer).NotTo(BeNil(), "the new schedule is intact")
+	st.mu.Unlock()
+	g.Expect(readyz.Load()).To(BeZero())
+
+	idle := func() bool {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return !st.inFlight && fc.HasWaiters()
+	}
+	fc.SetTime(start)
+	g.Eventually(readyz.Load, 5*time.Second, time.Millisecond).Should(Equal(int32(1)))
+	g.Eventually(idle, 5*time.Second, time.Millisecond).Should(BeTrue())
+	for i := int32(2); i <= 4; i++ {
+		fc.SetTime(start.Add(time.Duration(i-1) * 5 * time.Second))
+		g.Eventually(readyz.Load, 5*time.Second, time.Millisecond).Should(Equal(i))
+		g.Eventually(idle, 5*time.Second, time.Millisecond).Should(BeTrue())
+		g.Consistently(readyz.Load, 50*time.Millisecond, 5*time.Millisecond).Should(Equal(i), "one probe per period: one chain")
+	}
 }

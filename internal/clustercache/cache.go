@@ -82,9 +82,31 @@ type Reader interface {
 	// Subscribe returns a channel that receives an event (object name = member name) whenever a
 	// member's usability may have changed. Events are coalesced per member and never dropped.
 	Subscribe() <-chan event.GenericEvent
+	// Watch starts or joins a shared metadata watch of spec in a usable member (see
+	// ClusterCache.Watch).
+	Watch(ctx context.Context, member string, spec WatchSpec, h WatchHandler) (stop func(), err error)
+	// WaitForWatchSynced waits until the member's watch of spec has listed once.
+	WaitForWatchSynced(ctx context.Context, member string, spec WatchSpec) error
 }
 
-var _ Reader = (*ClusterCache)(nil)
+// Writer is the write side, for the MemberCluster controller only: it connects members, admits a
+// connection once a probe through it has confirmed the pinned identity, revokes and disconnects.
+// Other controllers get a Reader.
+type Writer interface {
+	Reader
+	Connect(name, version string, cfg *rest.Config) (*Accessor, error)
+	Admit(acc *Accessor, clusterID string) bool
+	Revoke(name, reason string, forgetIdentity bool)
+	BeginCleanup(name string)
+	Disconnect(name string)
+	Peek(name string) (*Accessor, bool)
+	AdmittedID(name string) string
+}
+
+var (
+	_ Reader = (*ClusterCache)(nil)
+	_ Writer = (*ClusterCache)(nil)
+)
 
 // Options configure every member's clients.
 type Options struct {
