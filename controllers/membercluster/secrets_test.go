@@ -219,3 +219,36 @@ func TestDeletionWithItsSecretGoneIsReleasedAtOnce(t *testing.T) {
 	g.Expect(note).To(ContainSubstring(clustersv1.ReasonSecretNotFound))
 	g.Expect(strings.Contains(note, "released")).To(BeTrue(), note)
 }
+
+// A MemberCluster whose kubeconfig is now refused (here: re-pointed at the cloud metadata address)
+// is released at once too, with CleanupSkipped naming the refusal: there is no connection Paddock
+// may use to clean up.
+func TestDeletionWithItsKubeconfigRefusedIsReleasedAtOnce(t *testing.T) {
+	g := NewWithT(t)
+	m := env.Members[0]
+	attach(t, "secret-refused", m.Kubeconfig())
+	mc := waitCondition(t, "secret-refused", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
+	g.Expect(mc.Status.ClusterID).NotTo(BeEmpty())
+	_, err := writeSecret("secret-refused", envs.KubeconfigFor(m.Config, "https://169.254.169.254", "refused"))
+	g.Expect(err).NotTo(HaveOccurred())
+	waitCondition(t, "secret-refused", clustersv1.KubeconfigValidCondition, metav1.ConditionFalse, clustersv1.ReasonServerAddressNotAllowed, eventuallyWait)
+
+	start := time.Now()
+	g.Expect(mgmt.Delete(ctx, mc)).To(Succeed())
+	g.Eventually(func() bool {
+		return apierrors.IsNotFound(mgmt.Get(ctx, client.ObjectKey{Name: "secret-refused"}, &clustersv1.MemberCluster{}))
+	}, eventuallyWait, 10*time.Millisecond).Should(BeTrue())
+	took := time.Since(start)
+	t.Logf("released %s after deletion (grace %s)", took, deletionGrace)
+	g.Expect(took).To(BeNumerically("<", deletionGrace-time.Second-100*time.Millisecond), "released before the grace period")
+	var note string
+	g.Eventually(func(g Gomega) string {
+		for _, e := range memberEvents(g, "secret-refused") {
+			if e.Reason == "CleanupSkipped" {
+				note = e.Note
+			}
+		}
+		return note
+	}, 5*time.Second, poll).Should(ContainSubstring(clustersv1.ReasonServerAddressNotAllowed))
+	g.Expect(note).To(ContainSubstring("released"))
+}
