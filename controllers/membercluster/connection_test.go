@@ -401,3 +401,38 @@ func TestDeletedMarkerNamespaceComesBack(t *testing.T) {
 	}, eventuallyWait, poll).Should(Succeed())
 	g.Eventually(cache.Watches, eventuallyWait, poll).Should(Equal(watchesBefore))
 }
+
+// Between a change of spec.healthCheck and the first probe with the new settings, status says
+// Reconciling=True for the new generation (kstatus InProgress): a `kubectl wait` on the change
+// does not return before the member was probed as asked.
+func TestChangedHealthCheckIsReconcilingUntilProbed(t *testing.T) {
+	g := NewWithT(t)
+	m3 := env.Members[2]
+	attach(t, "hc-pending", m3.Kubeconfig(), func(mc *clustersv1.MemberCluster) {
+		mc.Spec.HealthCheck.Timeout = &metav1.Duration{Duration: 4 * time.Second}
+		mc.Spec.HealthCheck.UnhealthyAfter = &metav1.Duration{Duration: time.Minute}
+	})
+	waitCondition(t, "hc-pending", clustersv1.ReadyCondition, metav1.ConditionTrue, clustersv1.ReasonReady, eventuallyWait)
+	m3.Freeze()
+	defer m3.Thaw()
+	g.Eventually(func() error {
+		cur := get(g, "hc-pending")
+		orig := cur.DeepCopy()
+		cur.Spec.HealthCheck.Period = &metav1.Duration{Duration: 2 * time.Second}
+		return mgmt.Patch(ctx, cur, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+	}, eventuallyWait, poll).Should(Succeed())
+	g.Eventually(func(g Gomega) {
+		cur := get(g, "hc-pending")
+		g.Expect(cur.Status.ObservedGeneration).To(Equal(cur.Generation))
+		g.Expect(meta.IsStatusConditionTrue(cur.Status.Conditions, clustersv1.ReconcilingCondition)).To(BeTrue())
+		g.Expect(kstatusOf(g, cur)).To(Equal(status.InProgressStatus))
+	}, 3*time.Second, 50*time.Millisecond).Should(Succeed())
+	m3.Thaw()
+	g.Eventually(func(g Gomega) {
+		cur := get(g, "hc-pending")
+		g.Expect(cur.Status.ObservedGeneration).To(Equal(cur.Generation))
+		g.Expect(meta.FindStatusCondition(cur.Status.Conditions, clustersv1.ReconcilingCondition)).To(BeNil())
+		g.Expect(meta.IsStatusConditionTrue(cur.Status.Conditions, clustersv1.ReadyCondition)).To(BeTrue())
+		g.Expect(kstatusOf(g, cur)).To(Equal(status.CurrentStatus))
+	}, eventuallyWait, poll).Should(Succeed())
+}
