@@ -436,3 +436,32 @@ func TestChangedHealthCheckIsReconcilingUntilProbed(t *testing.T) {
 		g.Expect(kstatusOf(g, cur)).To(Equal(status.CurrentStatus))
 	}, eventuallyWait, poll).Should(Succeed())
 }
+
+// A probe result that comes back after its connection was replaced is discarded, not folded into
+// the new connection's health: here a probe hangs on a frozen member while the Secret changes, and
+// returns once the member thaws.
+func TestProbeThroughAReplacedConnectionIsDiscarded(t *testing.T) {
+	g := NewWithT(t)
+	m3 := env.Members[2]
+	attach(t, "discarded", m3.Kubeconfig(), func(mc *clustersv1.MemberCluster) {
+		mc.Spec.HealthCheck.Period = &metav1.Duration{Duration: time.Second}
+		mc.Spec.HealthCheck.Timeout = &metav1.Duration{Duration: 4 * time.Second}
+		mc.Spec.HealthCheck.UnhealthyAfter = &metav1.Duration{Duration: time.Minute}
+	})
+	waitCondition(t, "discarded", clustersv1.ReadyCondition, metav1.ConditionTrue, clustersv1.ReasonReady, eventuallyWait)
+	st := stateOf(g, suiteReconciler, "discarded")
+	m3.Freeze()
+	defer m3.Thaw()
+	inFlight := func() bool { st.mu.Lock(); defer st.mu.Unlock(); return st.inFlight }
+	g.Eventually(inFlight, 5*time.Second, 10*time.Millisecond).Should(BeTrue())
+	st.mu.Lock()
+	old := st.acc
+	st.mu.Unlock()
+	before := testutil.ToFloat64(probesDiscarded)
+	_, err := writeSecret("discarded", append(m3.Kubeconfig(), '\n'))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Eventually(func() bool { st.mu.Lock(); defer st.mu.Unlock(); return st.acc != old }, eventuallyWait, 10*time.Millisecond).Should(BeTrue())
+	m3.Thaw()
+	g.Eventually(func() float64 { return testutil.ToFloat64(probesDiscarded) }, 10*time.Second, 10*time.Millisecond).Should(BeNumerically(">", before))
+	waitCondition(t, "discarded", clustersv1.ReadyCondition, metav1.ConditionTrue, clustersv1.ReasonReady, eventuallyWait)
+}
