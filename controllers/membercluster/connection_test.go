@@ -222,8 +222,15 @@ func TestChangedHealthCheckIsProbedAtOnce(t *testing.T) {
 	t.Logf("probed %s after the change", time.Since(changed))
 	second := last()
 	g.Eventually(last, 3*time.Second, poll).Should(BeNumerically(">", second), "and then every second")
-	g.Eventually(func(g Gomega) {
-		cur := get(g, mc.Name)
+	expectSettled(t, mc.Name)
+}
+
+// expectSettled waits until the MemberCluster is Ready, not Reconciling and kstatus Current for its
+// latest generation.
+func expectSettled(t *testing.T, name string) {
+	t.Helper()
+	NewWithT(t).Eventually(func(g Gomega) {
+		cur := get(g, name)
 		g.Expect(cur.Status.ObservedGeneration).To(Equal(cur.Generation))
 		g.Expect(meta.FindStatusCondition(cur.Status.Conditions, clustersv1.ReconcilingCondition)).To(BeNil())
 		g.Expect(meta.IsStatusConditionTrue(cur.Status.Conditions, clustersv1.ReadyCondition)).To(BeTrue())
@@ -428,13 +435,7 @@ func TestChangedHealthCheckIsReconcilingUntilProbed(t *testing.T) {
 		g.Expect(kstatusOf(g, cur)).To(Equal(status.InProgressStatus))
 	}, 3*time.Second, 50*time.Millisecond).Should(Succeed())
 	m3.Thaw()
-	g.Eventually(func(g Gomega) {
-		cur := get(g, "hc-pending")
-		g.Expect(cur.Status.ObservedGeneration).To(Equal(cur.Generation))
-		g.Expect(meta.FindStatusCondition(cur.Status.Conditions, clustersv1.ReconcilingCondition)).To(BeNil())
-		g.Expect(meta.IsStatusConditionTrue(cur.Status.Conditions, clustersv1.ReadyCondition)).To(BeTrue())
-		g.Expect(kstatusOf(g, cur)).To(Equal(status.CurrentStatus))
-	}, eventuallyWait, poll).Should(Succeed())
+	expectSettled(t, "hc-pending")
 }
 
 // A probe result that comes back after its connection was replaced is discarded, not folded into

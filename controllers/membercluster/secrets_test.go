@@ -201,14 +201,7 @@ func TestDeletionWithItsSecretGoneIsReleasedAtOnce(t *testing.T) {
 	g.Expect(mgmt.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: secretNS, Name: envs.KubeconfigSecretName("secret-gone")}})).To(Succeed())
 	waitCondition(t, "secret-gone", clustersv1.KubeconfigValidCondition, metav1.ConditionFalse, clustersv1.ReasonSecretNotFound, eventuallyWait)
 
-	start := time.Now()
-	g.Expect(mgmt.Delete(ctx, mc)).To(Succeed())
-	g.Eventually(func() bool {
-		return apierrors.IsNotFound(mgmt.Get(ctx, client.ObjectKey{Name: "secret-gone"}, &clustersv1.MemberCluster{}))
-	}, eventuallyWait, 10*time.Millisecond).Should(BeTrue())
-	took := time.Since(start)
-	t.Logf("released %s after deletion (grace %s)", took, deletionGrace)
-	g.Expect(took).To(BeNumerically("<", deletionGrace-time.Second-100*time.Millisecond), "released before the grace period")
+	deleteAndWaitReleasedAtOnce(t, mc)
 	g.Eventually(func(g Gomega) []string { return eventReasons(g, "secret-gone") }, 5*time.Second, poll).Should(ContainElement("CleanupSkipped"))
 	var note string
 	for _, e := range memberEvents(g, "secret-gone") {
@@ -233,14 +226,7 @@ func TestDeletionWithItsKubeconfigRefusedIsReleasedAtOnce(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	waitCondition(t, "secret-refused", clustersv1.KubeconfigValidCondition, metav1.ConditionFalse, clustersv1.ReasonServerAddressNotAllowed, eventuallyWait)
 
-	start := time.Now()
-	g.Expect(mgmt.Delete(ctx, mc)).To(Succeed())
-	g.Eventually(func() bool {
-		return apierrors.IsNotFound(mgmt.Get(ctx, client.ObjectKey{Name: "secret-refused"}, &clustersv1.MemberCluster{}))
-	}, eventuallyWait, 10*time.Millisecond).Should(BeTrue())
-	took := time.Since(start)
-	t.Logf("released %s after deletion (grace %s)", took, deletionGrace)
-	g.Expect(took).To(BeNumerically("<", deletionGrace-time.Second-100*time.Millisecond), "released before the grace period")
+	deleteAndWaitReleasedAtOnce(t, mc)
 	var note string
 	g.Eventually(func(g Gomega) string {
 		for _, e := range memberEvents(g, "secret-refused") {
@@ -251,4 +237,18 @@ func TestDeletionWithItsKubeconfigRefusedIsReleasedAtOnce(t *testing.T) {
 		return note
 	}, 5*time.Second, poll).Should(ContainSubstring(clustersv1.ReasonServerAddressNotAllowed))
 	g.Expect(note).To(ContainSubstring("released"))
+}
+
+// deleteAndWaitReleasedAtOnce deletes mc and waits until it is gone, well before the grace period.
+func deleteAndWaitReleasedAtOnce(t *testing.T, mc *clustersv1.MemberCluster) {
+	t.Helper()
+	g := NewWithT(t)
+	start := time.Now()
+	g.Expect(mgmt.Delete(ctx, mc)).To(Succeed())
+	g.Eventually(func() bool {
+		return apierrors.IsNotFound(mgmt.Get(ctx, client.ObjectKey{Name: mc.Name}, &clustersv1.MemberCluster{}))
+	}, eventuallyWait, 10*time.Millisecond).Should(BeTrue())
+	took := time.Since(start)
+	t.Logf("released %s after deletion (grace %s)", took, deletionGrace)
+	g.Expect(took).To(BeNumerically("<", deletionGrace-time.Second-100*time.Millisecond), "released before the grace period")
 }

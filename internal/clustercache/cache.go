@@ -164,44 +164,45 @@ type Accessor struct {
 	liveness  rest.Interface
 	inventory rest.Interface
 
-	clientOnce sync.Once
-	client     client.Client
-	clientErr  error
+	// Clients are built on first use: a full clientset is some fifty REST clients, about 30 KiB a
+	// member that members which are only probed never need, and a controller-runtime client's
+	// REST mapper runs discovery against the member.
+	client    lazy[client.Client]
+	kube      lazy[kubernetes.Interface]
+	core      lazy[corev1client.CoreV1Interface]
+	watchREST lazy[rest.Interface]
+}
 
-	// The typed clientsets are built on first use: a full clientset is some fifty REST clients,
-	// about 30 KiB a member that members which are only probed never need.
-	kubeOnce sync.Once
-	kube     kubernetes.Interface
-	kubeErr  error
-	coreOnce sync.Once
-	core     corev1client.CoreV1Interface
-	coreErr  error
+// lazy is a value built once, on first use, with the error of that build.
+type lazy[T any] struct {
+	once sync.Once
+	v    T
+	err  error
+}
 
-	watchOnce sync.Once
-	watchREST rest.Interface
-	watchErr  error
+// get builds the value with build (what names the error: "clientset", "core client"...) once.
+func (l *lazy[T]) get(a *Accessor, what string, build func() (T, error)) (T, error) {
+	l.once.Do(func() {
+		l.v, l.err = build()
+		if l.err != nil {
+			l.err = fmt.Errorf("building %s for member %q: %w", what, a.Name, l.err)
+		}
+	})
+	return l.v, l.err
 }
 
 // Kubernetes returns a typed clientset for work on the member, built on first use.
 func (a *Accessor) Kubernetes() (kubernetes.Interface, error) {
-	a.kubeOnce.Do(func() {
-		a.kube, a.kubeErr = kubernetes.NewForConfigAndClient(a.Config, a.httpClient)
-		if a.kubeErr != nil {
-			a.kubeErr = fmt.Errorf("building clientset for member %q: %w", a.Name, a.kubeErr)
-		}
+	return a.kube.get(a, "clientset", func() (kubernetes.Interface, error) {
+		return kubernetes.NewForConfigAndClient(a.Config, a.httpClient)
 	})
-	return a.kube, a.kubeErr
 }
 
 // CoreV1 returns a typed client of the core API group only (one REST client), built on first use.
 func (a *Accessor) CoreV1() (corev1client.CoreV1Interface, error) {
-	a.coreOnce.Do(func() {
-		a.core, a.coreErr = corev1client.NewForConfigAndClient(a.Config, a.httpClient)
-		if a.coreErr != nil {
-			a.coreErr = fmt.Errorf("building core client for member %q: %w", a.Name, a.coreErr)
-		}
+	return a.core.get(a, "core client", func() (corev1client.CoreV1Interface, error) {
+		return corev1client.NewForConfigAndClient(a.Config, a.httpClient)
 	})
-	return a.core, a.coreErr
 }
 
 // Discovery returns a discovery client for the member (uncached), built on each call.
@@ -213,16 +214,11 @@ func (a *Accessor) Discovery() (discovery.DiscoveryInterface, error) {
 // clients on it with rest.Config from Config.
 func (a *Accessor) HTTPClient() *http.Client { return a.httpClient }
 
-// Client returns a controller-runtime client for the member (uncached), built on first use: its
-// REST mapper runs discovery against the member, which members that are only probed never need.
+// Client returns a controller-runtime client for the member (uncached), built on first use.
 func (a *Accessor) Client() (client.Client, error) {
-	a.clientOnce.Do(func() {
-		a.client, a.clientErr = client.New(a.Config, client.Options{Scheme: a.scheme, HTTPClient: a.httpClient})
-		if a.clientErr != nil {
-			a.clientErr = fmt.Errorf("building client for member %q: %w", a.Name, a.clientErr)
-		}
+	return a.client.get(a, "client", func() (client.Client, error) {
+		return client.New(a.Config, client.Options{Scheme: a.scheme, HTTPClient: a.httpClient})
 	})
-	return a.client, a.clientErr
 }
 
 type entry struct {

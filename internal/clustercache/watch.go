@@ -232,19 +232,15 @@ func (c *ClusterCache) WaitForWatchSynced(ctx context.Context, member string, sp
 // watchClient returns the accessor's REST client for watches: the shared transport, the work
 // clients' limiter, no client timeout (a watch streams for minutes; each list has its own).
 func (a *Accessor) watchClient() (rest.Interface, error) {
-	a.watchOnce.Do(func() {
+	return a.watchREST.get(a, "watch client", func() (rest.Interface, error) {
 		cfg := rest.CopyConfig(a.Config)
 		cfg.Timeout = 0
 		cfg.GroupVersion = &schema.GroupVersion{Version: "v1"}
 		cfg.APIPath = "/api"
 		cfg.NegotiatedSerializer = clientgoscheme.Codecs.WithoutConversion()
 		hc := &http.Client{Transport: a.httpClient.Transport, CheckRedirect: refuseRedirect}
-		a.watchREST, a.watchErr = rest.RESTClientForConfigAndClient(cfg, hc)
-		if a.watchErr != nil {
-			a.watchErr = fmt.Errorf("building watch client for member %q: %w", a.Name, a.watchErr)
-		}
+		return rest.RESTClientForConfigAndClient(cfg, hc)
 	})
-	return a.watchREST, a.watchErr
 }
 
 // startWatch (c.mu held) starts the loop of a new shared watch.
