@@ -466,3 +466,32 @@ func TestProbeThroughAReplacedConnectionIsDiscarded(t *testing.T) {
 	g.Eventually(func() float64 { return testutil.ToFloat64(probesDiscarded) }, 10*time.Second, 10*time.Millisecond).Should(BeNumerically(">", before))
 	waitCondition(t, "discarded", clustersv1.ReadyCondition, metav1.ConditionTrue, clustersv1.ReasonReady, eventuallyWait)
 }
+
+// Another owner's condition on a MemberCluster (a later Paddock controller, or a policy engine)
+// survives this controller's status writes, which keep conditions they do not own. (Their
+// optimistic lock covers a stale cached copy; this test does not force that race.)
+func TestOtherOwnersConditionsSurviveStatusWrites(t *testing.T) {
+	g := NewWithT(t)
+	attach(t, "shared-status", env.Members[0].Kubeconfig())
+	waitCondition(t, "shared-status", clustersv1.ReadyCondition, metav1.ConditionTrue, clustersv1.ReasonReady, eventuallyWait)
+	g.Eventually(func() error {
+		cur := get(g, "shared-status")
+		orig := cur.DeepCopy()
+		meta.SetStatusCondition(&cur.Status.Conditions, metav1.Condition{Type: "example.com/Audited", Status: metav1.ConditionTrue,
+			Reason: "Audited", Message: "set by another owner", ObservedGeneration: cur.Generation})
+		return mgmt.Status().Patch(ctx, cur, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+	}, eventuallyWait, poll).Should(Succeed())
+	// Make this controller write status: a changed health check is published at once.
+	g.Eventually(func() error {
+		cur := get(g, "shared-status")
+		orig := cur.DeepCopy()
+		cur.Spec.HealthCheck.Period = &metav1.Duration{Duration: 3 * time.Second}
+		return mgmt.Patch(ctx, cur, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+	}, eventuallyWait, poll).Should(Succeed())
+	expectSettled(t, "shared-status")
+	cur := get(g, "shared-status")
+	g.Expect(cur.Status.ObservedGeneration).To(Equal(cur.Generation), "this controller wrote status for the new generation")
+	audited := meta.FindStatusCondition(cur.Status.Conditions, "example.com/Audited")
+	g.Expect(audited).NotTo(BeNil(), "the other owner's condition was kept")
+	g.Expect(audited.Message).To(Equal("set by another owner"))
+}
