@@ -28,6 +28,28 @@ func (c asyncClock) AfterFunc(d time.Duration, f func()) clock.Timer {
 	return c.FakeClock.AfterFunc(d, func() { go f() })
 }
 
+// clockedProber is a prober on a fake clock, and a connection to a member whose /readyz always
+// fails (counted in readyz when set).
+func clockedProber(t *testing.T, name string, start time.Time, readyz *atomic.Int32) (*Reconciler, *testingclock.FakeClock, *clustercache.Accessor) {
+	t.Helper()
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" && readyz != nil {
+			readyz.Add(1)
+		}
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(srv.Close)
+	cache := clustercache.New(clustercache.Options{Scheme: scheme.New()})
+	acc, err := cache.Connect(name, "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}})
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	fc := testingclock.NewFakeClock(start)
+	r := &Reconciler{Cache: cache, Clock: asyncClock{fc}}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	r.init(ctx, logr.Discard())
+	return r, fc, acc
+}
+
 // The prober keeps its schedule by the injected clock: a member that stops answering is probed at
 // once on activation, re-probed every retry interval (period/5) while suspect, probed once more at
 // the exact end of its unhealthyAfter window (6.5 s, not a multiple of the retry interval), turns
@@ -35,20 +57,8 @@ func (c asyncClock) AfterFunc(d time.Duration, f func()) clock.Timer {
 // starts before the clock says it is due.
 func TestProberFollowsTheInjectedClock(t *testing.T) {
 	g := NewWithT(t)
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		http.Error(w, "not ready", http.StatusServiceUnavailable)
-	}))
-	defer srv.Close()
-	cache := clustercache.New(clustercache.Options{Scheme: scheme.New()})
-	acc, err := cache.Connect("clocked", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}})
-	g.Expect(err).NotTo(HaveOccurred())
-
 	start := time.Unix(1_000_000, 0)
-	fc := testingclock.NewFakeClock(start)
-	r := &Reconciler{Cache: cache, Clock: asyncClock{fc}}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	r.init(ctx, logr.Discard())
+	r, fc, acc := clockedProber(t, "clocked", start, nil)
 	spec := clustersv1.HealthCheckSpec{
 		Period:         &metav1.Duration{Duration: 5 * time.Second},
 		Timeout:        &metav1.Duration{Duration: 2 * time.Second},
@@ -92,22 +102,8 @@ func TestProberFollowsTheInjectedClock(t *testing.T) {
 func TestStaleProbeTimerLeavesOneProbeChain(t *testing.T) {
 	g := NewWithT(t)
 	var readyz atomic.Int32
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/readyz" {
-			readyz.Add(1)
-		}
-		http.Error(w, "not ready", http.StatusServiceUnavailable)
-	}))
-	defer srv.Close()
-	cache := clustercache.New(clustercache.Options{Scheme: scheme.New()})
-	acc, err := cache.Connect("epochs", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}})
-	g.Expect(err).NotTo(HaveOccurred())
 	start := time.Unix(2_000_000, 0)
-	fc := testingclock.NewFakeClock(start)
-	r := &Reconciler{Cache: cache, Clock: asyncClock{fc}}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	r.init(ctx, logr.Discard())
+	r, fc, acc := clockedProber(t, "epochs", start, &readyz)
 	spec := clustersv1.HealthCheckSpec{Period: &metav1.Duration{Duration: 5 * time.Second}, Timeout: &metav1.Duration{Duration: 2 * time.Second}}
 	// Unhealthy and failing: probed every period (no retries, no backoff yet).
 	st := &memberState{name: "epochs", uid: "uid-epochs"}
