@@ -281,3 +281,67 @@ func TestInventoryIgnoresAbsurdQuantities(t *testing.T) {
 	g.Expect(mem.String()).To(Equal("8Gi"))
 	g.Expect(pods.Value()).To(Equal(int64(1e18 + 110)))
 }
+
+// Work on a member never makes its probes wait: with the work limiter exhausted (requests queued
+// behind it), liveness and inventory probes still go out at once through their own limiter.
+func TestProbesPassWhileTheWorkLimiterIsExhausted(t *testing.T) {
+	g := NewWithT(t)
+	var workSeen atomic.Int32
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.Path {
+		case "/readyz":
+			_, _ = io.WriteString(w, "ok")
+		case "/api/v1/namespaces/kube-system":
+			_, _ = io.WriteString(w, `{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"kube-system","uid":"uid-1"}}`)
+		case "/version":
+			_, _ = io.WriteString(w, `{"gitVersion":"v1.36.3","platform":"linux/amd64"}`)
+		case "/api/v1/nodes":
+			_, _ = io.WriteString(w, `{"kind":"NodeList","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":[]}`)
+		default:
+			workSeen.Add(1)
+			_, _ = io.WriteString(w, `{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"default"}}`)
+		}
+	}))
+	defer srv.Close()
+	// One work request per 100 s: the first takes the only token, every later one waits.
+	c := New(Options{Scheme: scheme.New(), QPS: 0.01, Burst: 1})
+	acc, err := c.Connect("m", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(c.Admit(acc, "uid-1")).To(BeTrue())
+	kc, err := acc.Kubernetes()
+	g.Expect(err).NotTo(HaveOccurred())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err = kc.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
+	g.Expect(err).NotTo(HaveOccurred())
+	// Work queued behind the limiter, as a busy controller's would be.
+	queued := make(chan error, 3)
+	for range 3 {
+		go func() {
+			_, err := kc.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
+			queued <- err
+		}()
+	}
+	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err = kc.CoreV1().Namespaces().Get(short, "default", metav1.GetOptions{})
+	cancelShort()
+	g.Expect(err).To(HaveOccurred(), "the work limiter is exhausted")
+
+	start := time.Now()
+	for range 5 {
+		res := acc.ProbeLiveness(probeCtx(t))
+		g.Expect(res.Err).NotTo(HaveOccurred())
+		g.Expect(res.ClusterID).To(Equal("uid-1"))
+	}
+	inv := acc.ProbeInventory(probeCtx(t))
+	g.Expect(inv.Err).NotTo(HaveOccurred())
+	took := time.Since(start)
+	t.Logf("5 liveness probes and an inventory with the work limiter exhausted took %s", took)
+	g.Expect(took).To(BeNumerically("<", 2*time.Second), "probes do not wait for the work limiter")
+	g.Expect(workSeen.Load()).To(Equal(int32(1)), "the queued work is still waiting")
+	cancel()
+	for range 3 {
+		g.Expect(<-queued).To(HaveOccurred())
+	}
+}
