@@ -2,8 +2,10 @@ package membercluster
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,14 +34,21 @@ func (c asyncClock) AfterFunc(d time.Duration, f func()) clock.Timer {
 // fails (counted in readyz when set).
 func clockedProber(t *testing.T, name string, start time.Time, readyz *atomic.Int32) (*Reconciler, *testingclock.FakeClock, *clustercache.Accessor) {
 	t.Helper()
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return clockedProberFor(t, name, start, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/readyz" && readyz != nil {
 			readyz.Add(1)
 		}
 		http.Error(w, "not ready", http.StatusServiceUnavailable)
-	}))
+	})
+}
+
+// clockedProberFor is a prober on a fake clock, and a connection to a member served by handler.
+func clockedProberFor(t *testing.T, name string, start time.Time, handler http.HandlerFunc) (*Reconciler, *testingclock.FakeClock, *clustercache.Accessor) {
+	t.Helper()
+	srv := httptest.NewTLSServer(handler)
 	t.Cleanup(srv.Close)
-	cache := clustercache.New(clustercache.Options{Scheme: scheme.New()})
+	// The probe limiter runs on real time: let the fake clock set the pace.
+	cache := clustercache.New(clustercache.Options{Scheme: scheme.New(), ProbeQPS: 1000, ProbeBurst: 1000})
 	acc, err := cache.Connect(name, "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}})
 	NewWithT(t).Expect(err).NotTo(HaveOccurred())
 	fc := testingclock.NewFakeClock(start)
@@ -135,4 +144,60 @@ func TestStaleProbeTimerLeavesOneProbeChain(t *testing.T) {
 		g.Eventually(idle, 5*time.Second, time.Millisecond).Should(BeTrue())
 		g.Consistently(readyz.Load, 50*time.Millisecond, 5*time.Millisecond).Should(Equal(i), "one probe per period: one chain")
 	}
+}
+
+// The inventory (version, node list) is read on its own cadence, not with every liveness probe:
+// over 35 s of a healthy member with a 1 s period and a 10 s inventoryInterval, /readyz is asked
+// every second (after the two quick attach probes at 0 and 0.2 s, on the retry interval) and the
+// node list only with the first liveness probe 10 s after the last list, each from the watch cache.
+func TestInventoryFollowsItsOwnInterval(t *testing.T) {
+	g := NewWithT(t)
+	var readyz atomic.Int32
+	var mu sync.Mutex
+	var nodeLists []string
+	start := time.Unix(3_000_000, 0)
+	var fc *testingclock.FakeClock
+	r, fc, acc := clockedProberFor(t, "inventory", start, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.Path {
+		case "/readyz":
+			readyz.Add(1)
+			_, _ = io.WriteString(w, "ok")
+		case "/api/v1/namespaces/kube-system":
+			_, _ = io.WriteString(w, `{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"kube-system","uid":"uid-inv"}}`)
+		case "/version":
+			_, _ = io.WriteString(w, `{"gitVersion":"v1.36.3","platform":"linux/amd64"}`)
+		case "/api/v1/nodes":
+			mu.Lock()
+			nodeLists = append(nodeLists, fc.Now().Sub(start).String()+" rv="+r.URL.Query().Get("resourceVersion"))
+			mu.Unlock()
+			_, _ = io.WriteString(w, `{"kind":"NodeList","apiVersion":"v1","metadata":{"resourceVersion":"7"},"items":[]}`)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	spec := clustersv1.HealthCheckSpec{
+		Period:            &metav1.Duration{Duration: time.Second},
+		Timeout:           &metav1.Duration{Duration: time.Second},
+		InventoryInterval: &metav1.Duration{Duration: 10 * time.Second},
+	}
+	st := &memberState{name: "inventory", uid: "uid-inventory"}
+	r.activate("inventory", st, acc, spec)
+	idle := func() bool {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return !st.inFlight && !st.invInFlight && fc.HasWaiters()
+	}
+	for step := time.Duration(0); step <= 35*time.Second; step += 100 * time.Millisecond {
+		fc.SetTime(start.Add(step))
+		g.Eventually(idle, 5*time.Second, time.Millisecond).Should(BeTrue(), "at +%s", step)
+	}
+	g.Expect(readyz.Load()).To(Equal(int32(36)), "liveness at 0, 0.2, then every period up to 34.2 s")
+	mu.Lock()
+	defer mu.Unlock()
+	g.Expect(nodeLists).To(Equal([]string{"0s rv=0", "10.2s rv=0", "20.2s rv=0", "30.2s rv=0"}))
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	g.Expect(st.inv).NotTo(BeNil())
+	g.Expect(st.inv.Version).To(Equal("v1.36.3"))
 }
