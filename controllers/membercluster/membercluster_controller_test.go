@@ -1,6 +1,7 @@
 package membercluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -372,4 +374,40 @@ func stateOf(g Gomega, r *Reconciler, name string) *memberState {
 	st := r.health[uid]
 	g.Expect(st).NotTo(BeNil(), "no state for %s", name)
 	return st
+}
+
+// A healthy member's status is written only when its heartbeat is due (2 s in this suite, spread
+// to 2.2 s), not on every probe (1 s): between heartbeats its resourceVersion stays the same, and
+// a heartbeat write changes nothing but the probe times. Every write is seen, through a watch.
+func TestHealthyMemberStatusIsWrittenOnlyOnHeartbeats(t *testing.T) {
+	g := NewWithT(t)
+	attach(t, "quiet", env.Members[0].Kubeconfig())
+	expectSettled(t, "quiet")
+	wc, err := client.NewWithWatch(env.Management.Config, client.Options{Scheme: mgmt.Scheme()})
+	g.Expect(err).NotTo(HaveOccurred())
+	last := get(g, "quiet")
+	wctx, cancel := context.WithTimeout(ctx, 9*time.Second)
+	defer cancel()
+	w, err := wc.Watch(wctx, &clustersv1.MemberClusterList{}, client.MatchingFields{"metadata.name": "quiet"},
+		&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: last.ResourceVersion}})
+	g.Expect(err).NotTo(HaveOccurred())
+	defer w.Stop()
+	var writes []*clustersv1.MemberCluster
+	for ev := range w.ResultChan() {
+		g.Expect(ev.Type).To(Equal(watch.Modified))
+		cur := ev.Object.(*clustersv1.MemberCluster)
+		writes = append(writes, cur)
+		// Apart from the probe times, nothing changed.
+		a, b := last.Status.DeepCopy(), cur.Status.DeepCopy()
+		g.Expect(b.LastProbeTime.Time).To(BeTemporally(">", a.LastProbeTime.Time))
+		a.LastProbeTime, a.LastSuccessfulProbeTime = b.LastProbeTime, b.LastSuccessfulProbeTime
+		g.Expect(b).To(Equal(a), "a heartbeat write changes only the probe times")
+		g.Expect(cur.Generation).To(Equal(last.Generation))
+		gap := cur.Status.LastProbeTime.Sub(last.Status.LastProbeTime.Time)
+		g.Expect(gap).To(BeNumerically(">=", 2*time.Second), "a write %s after the one before, before the heartbeat was due", gap)
+		last = cur
+	}
+	t.Logf("%d status writes in 9 s with a 1 s probe period", len(writes))
+	g.Expect(len(writes)).To(BeNumerically(">=", 2), "the heartbeat keeps lastProbeTime fresh")
+	g.Expect(len(writes)).To(BeNumerically("<=", 5))
 }
