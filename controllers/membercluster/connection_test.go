@@ -12,6 +12,7 @@ import (
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -494,4 +495,61 @@ func TestOtherOwnersConditionsSurviveStatusWrites(t *testing.T) {
 	audited := meta.FindStatusCondition(cur.Status.Conditions, "example.com/Audited")
 	g.Expect(audited).NotTo(BeNil(), "the other owner's condition was kept")
 	g.Expect(audited.Message).To(Equal("set by another owner"))
+}
+
+// A MemberCluster deleted and recreated under the same name while this Reconciler did not see the
+// deletion (here: a Reconciler that is not watching) gets a new UID: the old one's in-memory state
+// is dropped and its prober stopped on first sight of the new one, not left probing forever.
+func TestRecreatedUnderTheSameNameLeavesOneProber(t *testing.T) {
+	g := NewWithT(t)
+	fresh, _ := freshReconciler(t)
+	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: "recreated"}}
+	mc := attach(t, "recreated", env.Members[0].Kubeconfig(), func(mc *clustersv1.MemberCluster) {
+		mc.Spec.DeletionPolicy = clustersv1.DeletionPolicyOrphan
+	})
+	byName := func() []*memberState {
+		fresh.mu.Lock()
+		defer fresh.mu.Unlock()
+		var out []*memberState
+		for _, st := range fresh.health {
+			if st.name == "recreated" {
+				out = append(out, st)
+			}
+		}
+		return out
+	}
+	// Reconciled until it got past the finalizer (the suite's Reconciler adds it too, so the first
+	// try may meet a conflict).
+	g.Eventually(func() []*memberState { _, _ = fresh.Reconcile(ctx, req); return byName() }, eventuallyWait, poll).Should(HaveLen(1))
+	old := byName()[0]
+	g.Expect(old.uid).To(Equal(get(g, "recreated").UID))
+	// The old one is being probed.
+	g.Eventually(func() bool { old.mu.Lock(); defer old.mu.Unlock(); return old.probedConn }, eventuallyWait, poll).Should(BeTrue())
+
+	g.Expect(mgmt.Delete(ctx, mc)).To(Succeed())
+	g.Eventually(func() bool {
+		return apierrors.IsNotFound(mgmt.Get(ctx, client.ObjectKey{Name: "recreated"}, &clustersv1.MemberCluster{}))
+	}, eventuallyWait, poll).Should(BeTrue())
+	again := attach(t, "recreated", env.Members[0].Kubeconfig())
+	g.Expect(again.UID).NotTo(Equal(old.uid))
+	g.Eventually(func() types.UID {
+		_, _ = fresh.Reconcile(ctx, req)
+		fresh.mu.Lock()
+		defer fresh.mu.Unlock()
+		if st := fresh.health[again.UID]; st != nil {
+			return st.uid
+		}
+		return ""
+	}, eventuallyWait, poll).Should(Equal(again.UID))
+
+	states := byName()
+	g.Expect(states).To(HaveLen(1), "one state per name")
+	g.Expect(states[0].uid).To(Equal(again.UID))
+	old.mu.Lock()
+	g.Expect(old.active).To(BeFalse(), "the old prober is stopped")
+	g.Expect(old.timer).To(BeNil())
+	lastStart := old.lastStart
+	old.mu.Unlock()
+	g.Consistently(func() time.Time { old.mu.Lock(); defer old.mu.Unlock(); return old.lastStart }, 3*testPeriod, poll).Should(Equal(lastStart),
+		"no probe of the old MemberCluster after the new one was seen")
 }
