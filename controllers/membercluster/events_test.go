@@ -6,12 +6,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -84,4 +88,55 @@ func TestEventsFollowTheStatusThatRecordsThem(t *testing.T) {
 
 	g.Expect(reconcileOnce()).To(Succeed())
 	g.Expect(drain()).To(BeEmpty(), "nothing new, nothing announced again")
+}
+
+// A status patch refused for a conflict is retried within a second, without the failure backoff,
+// and counted; five in a row fall back to the failure backoff (an error), and a success resets
+// the count.
+func TestConflictsAreRetriedQuicklyThenBackOff(t *testing.T) {
+	g := NewWithT(t)
+	mc := &clustersv1.MemberCluster{
+		ObjectMeta: metav1.ObjectMeta{Name: "conflicted", UID: "uid-conflicted", Generation: 1,
+			Finalizers: []string{clustersv1.MemberClusterFinalizer}},
+		Spec: clustersv1.MemberClusterSpec{Attach: &clustersv1.AttachSpec{}, Paused: true},
+	}
+	conflicting := true
+	var patches int
+	c := interceptor.NewClient(
+		fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(mc).WithStatusSubresource(mc).Build(),
+		interceptor.Funcs{SubResourcePatch: func(ctx context.Context, cl client.Client, sub string, obj client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
+			patches++
+			if conflicting {
+				return apierrors.NewConflict(schema.GroupResource{Group: clustersv1.GroupVersion.Group, Resource: "memberclusters"}, obj.GetName(), errors.New("changed"))
+			}
+			return cl.SubResource(sub).Patch(ctx, obj, p, opts...)
+		}})
+	r := &Reconciler{Client: c, Cache: clustercache.New(clustercache.Options{Scheme: scheme.New()}), Recorder: events.NewFakeRecorder(10)}
+	rctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.init(rctx, logr.Discard())
+	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: "conflicted"}}
+	before := testutil.ToFloat64(conflictsTotal)
+
+	for i := range maxQuickConflictRetries {
+		res, err := r.Reconcile(rctx, req)
+		g.Expect(err).NotTo(HaveOccurred(), "conflict %d is not an error", i+1)
+		g.Expect(res.RequeueAfter).To(And(BeNumerically(">=", conflictRequeue/2), BeNumerically("<", conflictRequeue*3/2)))
+	}
+	g.Expect(patches).To(Equal(maxQuickConflictRetries), "one patch per reconcile")
+	g.Expect(testutil.ToFloat64(conflictsTotal) - before).To(Equal(float64(maxQuickConflictRetries)))
+	_, err := r.Reconcile(rctx, req)
+	g.Expect(apierrors.IsConflict(err)).To(BeTrue(), "a conflict that keeps coming back goes through the failure backoff")
+
+	conflicting = false
+	res, err := r.Reconcile(rctx, req)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.RequeueAfter).To(BeZero())
+	cur := &clustersv1.MemberCluster{}
+	g.Expect(c.Get(rctx, client.ObjectKeyFromObject(mc), cur)).To(Succeed())
+	g.Expect(findCondition(cur.Status.Conditions, clustersv1.ReadyCondition).Reason).To(Equal(clustersv1.ReasonPaused))
+
+	r.mu.Lock()
+	g.Expect(r.conflicts).NotTo(HaveKey("conflicted"), "a success resets the count")
+	r.mu.Unlock()
 }
