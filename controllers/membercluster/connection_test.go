@@ -553,3 +553,45 @@ func TestRecreatedUnderTheSameNameLeavesOneProber(t *testing.T) {
 	g.Consistently(func() time.Time { old.mu.Lock(); defer old.mu.Unlock(); return old.lastStart }, 3*testPeriod, poll).Should(Equal(lastStart),
 		"no probe of the old MemberCluster after the new one was seen")
 }
+
+// The race the optimistic lock is for, forced: this controller computes a status from a copy read
+// before another owner set its condition. A merge patch replaces the whole conditions list, so
+// without the lock the other owner's condition would be lost; with it the patch is refused, and
+// the retry (from a fresh copy) keeps both.
+func TestStaleStatusCopyCannotDropAnotherOwnersCondition(t *testing.T) {
+	g := NewWithT(t)
+	r, _ := freshReconciler(t)
+	attach(t, "stale-copy", env.Members[0].Kubeconfig())
+	expectSettled(t, "stale-copy")
+	stale := get(g, "stale-copy")
+
+	// Another owner's write lands after our read.
+	cur := stale.DeepCopy()
+	meta.SetStatusCondition(&cur.Status.Conditions, metav1.Condition{Type: "example.com/Audited", Status: metav1.ConditionTrue,
+		Reason: "Audited", Message: "set by another owner", ObservedGeneration: cur.Generation})
+	g.Expect(mgmt.Status().Patch(ctx, cur, client.MergeFrom(stale.DeepCopy()))).To(Succeed())
+
+	// This controller's status from the stale copy: a visible change (the member turned unreachable).
+	scopeFrom := func(mc *clustersv1.MemberCluster) *scope {
+		return &scope{mc: mc, orig: mc.DeepCopy(), state: &memberState{name: mc.Name, uid: mc.UID}, connected: true, endpoint: mc.Status.APIEndpoint,
+			health: health{LastProbe: time.Now(), LastSuccess: mc.Status.LastSuccessfulProbeTime.Time, ConsecutiveFailures: 3,
+				LastFailureReason: clustersv1.ReasonClusterNotReachable, LastFailureMsg: "connection refused"},
+			verified: true, probedConn: true}
+	}
+	err := r.patchStatus(ctx, scopeFrom(stale.DeepCopy()))
+	g.Expect(apierrors.IsConflict(err)).To(BeTrue(), "a patch from a stale copy is refused: %v", err)
+	after := get(g, "stale-copy")
+	g.Expect(meta.FindStatusCondition(after.Status.Conditions, "example.com/Audited")).NotTo(BeNil(), "the other owner's condition is still there")
+
+	// The retry reads the object again and keeps both (the suite's Reconciler writes heartbeats
+	// too, so the retry may meet a conflict of its own). What the patch returned is the object as
+	// stored right after this write.
+	var written *clustersv1.MemberCluster
+	g.Eventually(func() error {
+		s := scopeFrom(get(g, "stale-copy"))
+		written = s.mc
+		return r.patchStatus(ctx, s)
+	}, eventuallyWait, poll).Should(Succeed())
+	g.Expect(meta.FindStatusCondition(written.Status.Conditions, "example.com/Audited")).NotTo(BeNil())
+	g.Expect(meta.FindStatusCondition(written.Status.Conditions, clustersv1.ReadyCondition).Reason).To(Equal(clustersv1.ReasonClusterNotReachable))
+}
