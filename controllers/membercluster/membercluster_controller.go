@@ -5,6 +5,7 @@ package membercluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
@@ -475,7 +476,11 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, mc *clustersv1.MemberC
 			// A member controls its error text: bound it before it reaches events or logs.
 			reason = sanitizeMessage(err.Error())
 		}
+		var inUse *inUseError
 		switch {
+		case errors.As(err, &inUse):
+			ev = &pendingEvent{corev1.EventTypeNormal, "CleanupSkipped", "Delete", inUse.Error()}
+			log.Info("Skipped member cleanup", "member", mc.Name, "reason", reason)
 		case err != nil && outcome == cleanupRetry && waited < r.DeletionGracePeriod:
 			log.Info("Could not clean up member yet; retrying", "member", mc.Name, "reason", reason)
 			return ctrl.Result{RequeueAfter: min(retryInterval(mc.Spec.HealthCheck)*5, r.DeletionGracePeriod-waited)}, nil

@@ -300,6 +300,14 @@ func (r *Reconciler) ensureMarker(ctx context.Context, acc *clustercache.Accesso
 
 type cleanupOutcome int
 
+// inUseError: the member's cluster is still managed through another MemberCluster, so what
+// Paddock placed there stays.
+type inUseError struct{ other string }
+
+func (e *inUseError) Error() string {
+	return fmt.Sprintf("left what Paddock placed in the member in place: MemberCluster %s still manages the same cluster", e.other)
+}
+
 const (
 	// cleanupDone: what Paddock placed in the member was removed (or was not there).
 	cleanupDone cleanupOutcome = iota
@@ -335,7 +343,7 @@ func (r *Reconciler) cleanupMember(ctx context.Context, mc *clustersv1.MemberClu
 	}
 	for _, other := range all.Items {
 		if other.Name != mc.Name && other.Status.ClusterID == mc.Status.ClusterID && other.DeletionTimestamp.IsZero() {
-			return cleanupSkipped, nil // still in use through another MemberCluster
+			return cleanupSkipped, &inUseError{other: other.Name}
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, mc.Spec.HealthCheck.GetTimeout())

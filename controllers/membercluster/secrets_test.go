@@ -3,6 +3,7 @@ package membercluster
 import (
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -251,4 +252,114 @@ func deleteAndWaitReleasedAtOnce(t *testing.T, mc *clustersv1.MemberCluster) {
 	took := time.Since(start)
 	t.Logf("released %s after deletion (grace %s)", took, deletionGrace)
 	g.Expect(took).To(BeNumerically("<", deletionGrace-time.Second-100*time.Millisecond), "released before the grace period")
+}
+
+// liveMarker makes sure the member has a Paddock-labelled marker namespace that is not being
+// deleted (envtest has no namespace controller: a deleted one is finished by hand) and returns
+// its UID.
+func liveMarker(t *testing.T, m *envs.Member) types.UID {
+	t.Helper()
+	g := NewWithT(t)
+	var uid types.UID
+	g.Eventually(func() error {
+		ns := &corev1.Namespace{}
+		err := m.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, ns)
+		switch {
+		case apierrors.IsNotFound(err):
+			if err := m.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: MarkerNamespace,
+				Labels: map[string]string{ManagedByLabel: ManagedByValue}}}); err != nil {
+				return err
+			}
+			return errors.New("created; reading it back")
+		case err != nil:
+			return err
+		case !ns.DeletionTimestamp.IsZero():
+			ns.Spec.Finalizers = nil
+			if err := m.Client.SubResource("finalize").Update(ctx, ns); err != nil {
+				return err
+			}
+			return errors.New("finishing the deletion of the old one")
+		}
+		uid = ns.UID
+		return nil
+	}, eventuallyWait, poll).Should(Succeed())
+	return uid
+}
+
+// markerUntouched asserts the member's marker namespace is still the one with uid, not deleted.
+func markerUntouched(g Gomega, m *envs.Member, uid types.UID) {
+	ns := &corev1.Namespace{}
+	g.Expect(m.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, ns)).To(Succeed())
+	g.Expect(ns.UID).To(Equal(uid))
+	g.Expect(ns.DeletionTimestamp.IsZero()).To(BeTrue(), "the marker namespace is being deleted")
+}
+
+// A MemberCluster whose Secret was re-pointed at another cluster is deleted: cleanup reads the
+// kube-system UID through the connection it would delete with, finds the other cluster, and
+// deletes nothing there (neither in the cluster it used to manage, which it cannot reach through
+// this Secret). It is released at once with CleanupSkipped saying why.
+func TestDeletionWithARepointedSecretLeavesTheOtherClusterAlone(t *testing.T) {
+	g := NewWithT(t)
+	m1, m3 := env.Members[0], env.Members[2]
+	mc := attach(t, "repointed-del", m1.Kubeconfig())
+	mc = waitCondition(t, "repointed-del", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
+	pinned := mc.Status.ClusterID
+	// No other MemberCluster manages member-1 now, so cleanup is not skipped for that reason.
+	g.Eventually(func(g Gomega) {
+		var list clustersv1.MemberClusterList
+		g.Expect(mgmt.List(ctx, &list)).To(Succeed())
+		for _, o := range list.Items {
+			if o.Name != mc.Name {
+				g.Expect(o.Status.ClusterID).NotTo(Equal(pinned), o.Name)
+			}
+		}
+	}, eventuallyWait, poll).Should(Succeed())
+	m1Marker := liveMarker(t, m1)
+
+	_, err := writeSecret("repointed-del", m3.Kubeconfig())
+	g.Expect(err).NotTo(HaveOccurred())
+	waitCondition(t, "repointed-del", clustersv1.StalledCondition, metav1.ConditionTrue, clustersv1.ReasonClusterIdentityChanged, eventuallyWait)
+	m3Marker := liveMarker(t, m3)
+
+	deleteAndWaitReleasedAtOnce(t, mc)
+	var note, eventType string
+	g.Eventually(func(g Gomega) string {
+		for _, e := range memberEvents(g, "repointed-del") {
+			if e.Reason == "CleanupSkipped" {
+				note, eventType = e.Note, e.Type
+			}
+		}
+		return note
+	}, 5*time.Second, poll).Should(ContainSubstring("different cluster"))
+	g.Expect(note).To(ContainSubstring(kubeSystemUID(t, m3)))
+	g.Expect(eventType).To(Equal(corev1.EventTypeWarning))
+	g.Consistently(func(g Gomega) {
+		markerUntouched(g, m3, m3Marker)
+		markerUntouched(g, m1, m1Marker)
+	}, 2*time.Second, poll).Should(Succeed())
+}
+
+// Deleting one of two MemberClusters of the same cluster leaves the marker namespace to the other,
+// and says so in a Normal CleanupSkipped event.
+func TestDeletionLeavesASharedClusterToTheOtherMemberCluster(t *testing.T) {
+	g := NewWithT(t)
+	m1 := env.Members[0]
+	a := attach(t, "shared-a", m1.Kubeconfig())
+	attach(t, "shared-b", m1.Kubeconfig())
+	waitCondition(t, "shared-a", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
+	waitCondition(t, "shared-b", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
+	marker := liveMarker(t, m1)
+
+	deleteAndWaitReleasedAtOnce(t, a)
+	var e eventsv1.Event
+	g.Eventually(func(g Gomega) string {
+		for _, ev := range memberEvents(g, "shared-a") {
+			if ev.Reason == "CleanupSkipped" {
+				e = ev
+			}
+		}
+		return e.Note
+	}, 5*time.Second, poll).Should(ContainSubstring("MemberCluster shared-b still manages the same cluster"))
+	g.Expect(e.Type).To(Equal(corev1.EventTypeNormal))
+	g.Consistently(func(g Gomega) { markerUntouched(g, m1, marker) }, time.Second, poll).Should(Succeed())
 }
