@@ -33,7 +33,7 @@ func TestEventsFollowTheStatusThatRecordsThem(t *testing.T) {
 	mc := &clustersv1.MemberCluster{
 		ObjectMeta: metav1.ObjectMeta{Name: "events", UID: "uid-events", Generation: 1,
 			Annotations: map[string]string{clustersv1.AcceptClusterIDAnnotation: "new-id"}},
-		Spec: clustersv1.MemberClusterSpec{Attach: &clustersv1.AttachSpec{}},
+		Spec:   clustersv1.MemberClusterSpec{Attach: &clustersv1.AttachSpec{}},
 		Status: clustersv1.MemberClusterStatus{ClusterID: "old-id"},
 	}
 	failures := 1

@@ -379,17 +379,22 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 
 	newStatus := s.mc.Status.DeepCopy()
 	oldStatus := s.orig.Status.DeepCopy()
-	// lastProbeTime and lastSuccessfulProbeTime alone do not justify a write until the heartbeat.
+	// lastProbeTime and lastSuccessfulProbeTime alone do not justify a write until the heartbeat;
+	// a write for anything else takes the fresh ones along (a member that just turned not Ready
+	// shows when it last answered, not a time up to a heartbeat old).
 	heartbeatDue := oldStatus.LastProbeTime == nil ||
 		(newStatus.LastProbeTime != nil && newStatus.LastProbeTime.Sub(oldStatus.LastProbeTime.Time) >= r.heartbeat(s.mc.UID))
 	if !heartbeatDue {
-		newStatus.LastProbeTime, newStatus.LastSuccessfulProbeTime = oldStatus.LastProbeTime, oldStatus.LastSuccessfulProbeTime
+		withOldTimes := newStatus.DeepCopy()
+		withOldTimes.LastProbeTime, withOldTimes.LastSuccessfulProbeTime = oldStatus.LastProbeTime, oldStatus.LastSuccessfulProbeTime
+		if equality.Semantic.DeepEqual(withOldTimes, oldStatus) {
+			s.mc.Status = *withOldTimes
+			return nil
+		}
 	}
 	if equality.Semantic.DeepEqual(newStatus, oldStatus) {
-		s.mc.Status = *newStatus
 		return nil
 	}
-	s.mc.Status = *newStatus
 	if err := r.Client.Status().Patch(ctx, s.mc, client.MergeFromWithOptions(s.orig, client.MergeFromWithOptimisticLock{})); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil

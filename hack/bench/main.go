@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -372,6 +373,13 @@ func detect(ctx context.Context, c client.Client, how string, want int, unhealth
 		return err
 	}
 	want += before
+	// Per MemberCluster: how long after the outage it was first seen not Ready (within the 100 ms
+	// the loop below polls at).
+	wasReady, err := readyNames(ctx, c)
+	if err != nil {
+		return err
+	}
+	seen := map[string]time.Duration{}
 	stopAt := time.Now()
 	if err := down(); err != nil {
 		return err
@@ -390,6 +398,9 @@ func detect(ctx context.Context, c client.Client, how string, want int, unhealth
 		if err != nil {
 			return err
 		}
+		if err := seeNotReady(ctx, c, wasReady, seen, time.Since(stopAt)); err != nil {
+			return err
+		}
 		if notReady >= want {
 			break
 		}
@@ -400,6 +411,50 @@ func detect(ctx context.Context, c client.Client, how string, want int, unhealth
 	}
 	fmt.Printf("%s member (%d MemberClusters on it) detected by all of them %s after it went down (unhealthyAfter %s)\n",
 		how, want-before, time.Since(stopAt).Round(100*time.Millisecond), unhealthy)
+	if len(seen) > 0 {
+		ds := make([]time.Duration, 0, len(seen))
+		for _, d := range seen {
+			ds = append(ds, d)
+		}
+		slices.Sort(ds)
+		q := func(p float64) time.Duration {
+			return ds[min(len(ds)-1, int(p*float64(len(ds))))].Round(100 * time.Millisecond)
+		}
+		fmt.Printf("  per MemberCluster, from the outage to not Ready: min %s, median %s, p99 %s, max %s (%d of them)\n",
+			q(0), q(0.5), q(0.99), ds[len(ds)-1].Round(100*time.Millisecond), len(ds))
+	}
+	return nil
+}
+
+// readyNames returns the names of the MemberClusters that are Ready now.
+func readyNames(ctx context.Context, c client.Client) (map[string]bool, error) {
+	var list clustersv1.MemberClusterList
+	if err := c.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, mc := range list.Items {
+		if meta.IsStatusConditionTrue(mc.Status.Conditions, clustersv1.ReadyCondition) {
+			out[mc.Name] = true
+		}
+	}
+	return out, nil
+}
+
+// seeNotReady records, for each MemberCluster that was Ready, when it was first seen not Ready.
+func seeNotReady(ctx context.Context, c client.Client, wasReady map[string]bool, seen map[string]time.Duration, at time.Duration) error {
+	var list clustersv1.MemberClusterList
+	if err := c.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		return err
+	}
+	for _, mc := range list.Items {
+		if _, ok := seen[mc.Name]; ok || !wasReady[mc.Name] {
+			continue
+		}
+		if cond := meta.FindStatusCondition(mc.Status.Conditions, clustersv1.ReadyCondition); cond != nil && cond.Status == metav1.ConditionFalse {
+			seen[mc.Name] = at
+		}
+	}
 	return nil
 }
 
