@@ -401,6 +401,31 @@ func (w *sharedWatch) list(ctx context.Context, rc rest.Interface, timeout time.
 	return list.ResourceVersion, nil
 }
 
+// watchEnvelopeBytes is room for an event's envelope ({"type":...,"object":...}) and whitespace.
+const watchEnvelopeBytes = 4 << 10
+
+var errEventTooLarge = errors.New("a watch event is larger than Paddock accepts")
+
+// eventBoundReader refuses to read past max bytes of the stream in total; the stream's reader
+// moves max on before each event.
+type eventBoundReader struct {
+	r      io.Reader
+	n, max int64
+}
+
+func (b *eventBoundReader) Read(p []byte) (int, error) {
+	left := b.max - b.n
+	if left <= 0 {
+		return 0, errEventTooLarge
+	}
+	if int64(len(p)) > left {
+		p = p[:left]
+	}
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	return n, err
+}
+
 // watchEvent is one event of a JSON watch stream.
 type watchEvent struct {
 	Type   watch.EventType `json:"type"`
@@ -424,11 +449,19 @@ func (w *sharedWatch) stream(ctx context.Context, rc rest.Interface, rv string, 
 		return rv, false, err
 	}
 	defer func() { _ = body.Close() }()
-	dec := json.NewDecoder(body)
+	br := &eventBoundReader{r: body}
+	dec := json.NewDecoder(br)
 	delivered := false
 	for {
 		var ev watchEvent
+		// The decoder may read at most one event's worth ahead of what it has consumed: an event
+		// that never ends is refused after MaxWatchEventBytes, not buffered up to the response cap.
+		br.max = dec.InputOffset() + MaxWatchEventBytes + watchEnvelopeBytes
 		if err := dec.Decode(&ev); err != nil {
+			if errors.Is(err, errEventTooLarge) {
+				w.stopTooLarge()
+				return rv, delivered, ErrWatchTooLarge
+			}
 			if errors.Is(err, io.EOF) && ctx.Err() == nil {
 				return rv, delivered, nil
 			}

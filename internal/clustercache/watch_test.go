@@ -3,11 +3,13 @@ package clustercache
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +38,9 @@ type fakeWatchMember struct {
 	bookmarkFirst bool
 	// extra is added to every listed object's metadata (e.g. a large annotation).
 	extra string
+	// endless, when set, makes every watch stream one event that never ends; it counts the
+	// bytes the member managed to send.
+	endless *atomic.Int64
 }
 
 func (f *fakeWatchMember) handler(w http.ResponseWriter, r *http.Request) {
@@ -69,8 +74,22 @@ func (f *fakeWatchMember) handler(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.watches = append(f.watches, q.Get("resourceVersion"))
-	endAtOnce := f.endAtOnce
+	endAtOnce, endless := f.endAtOnce, f.endless
 	f.mu.Unlock()
+	if endless != nil {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, `{"type":"MODIFIED","object":{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"name":"a","annotations":{"big":"`)
+		chunk := strings.Repeat("x", 64<<10)
+		for endless.Load() < 160<<20 {
+			n, err := io.WriteString(w, chunk)
+			endless.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+		return
+	}
 	if endAtOnce {
 		w.Header().Set("Content-Type", "application/json")
 		if f.bookmarkFirst {
@@ -287,6 +306,36 @@ func TestWatchStopsOnOversizedMetadata(t *testing.T) {
 			return err
 		}, 5*time.Second).Should(MatchError(ErrWatchTooLarge))
 		g.Expect(rec.events()).To(Equal([]string{"ADDED a@1"}), "the oversized event reached no handler")
+	})
+	t.Run("endless event", func(t *testing.T) {
+		// A member that streams one event without end: the watch stops after reading about
+		// MaxWatchEventBytes of it, instead of buffering it up to the response cap (128 MiB).
+		g := NewWithT(t)
+		f := &fakeWatchMember{objs: map[string]string{"a": "1"}, listRV: "1", events: make(chan string)}
+		c := watchedCache(t, f)
+		rec := &recorder{}
+		_, err := c.Watch(context.Background(), "m", nsSpec, rec.handle)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(c.WaitForWatchSynced(context.Background(), "m", nsSpec)).To(Succeed())
+		g.Eventually(func() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.watches) }, 5*time.Second).Should(Equal(1))
+		sent := &atomic.Int64{}
+		f.mu.Lock()
+		f.endless = sent
+		f.mu.Unlock()
+		f.events <- "" // the current stream ends; the next one is endless
+		g.Eventually(func() error {
+			stop, err := c.Watch(context.Background(), "m", nsSpec, func(WatchEvent) {})
+			if err == nil {
+				stop()
+			}
+			return err
+		}, 10*time.Second).Should(MatchError(ErrWatchTooLarge))
+		g.Eventually(sent.Load, 5*time.Second).Should(BeNumerically(">", MaxWatchEventBytes))
+		// What the member got out before the connection closed: the part read plus the sockets'
+		// buffers, far below the response cap.
+		g.Consistently(sent.Load, 500*time.Millisecond).Should(BeNumerically("<", 32<<20))
+		t.Logf("the member sent %d MiB of the endless event", sent.Load()>>20)
+		g.Expect(rec.events()).To(Equal([]string{"ADDED a@1"}))
 	})
 	t.Run("list", func(t *testing.T) {
 		g := NewWithT(t)
