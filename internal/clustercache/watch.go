@@ -76,7 +76,7 @@ const (
 
 // ErrWatchTooLarge is returned by Watch for a spec whose watch was stopped for MaxWatchedObjects,
 // MaxWatchedBytes or MaxWatchEventBytes.
-var ErrWatchTooLarge = errors.New("the watch matched too many objects; narrow its selector")
+var ErrWatchTooLarge = errors.New("the watch matched more objects, or larger metadata, than Paddock keeps; narrow its selector")
 
 // Accept headers asking the member for metadata only.
 const (
@@ -107,8 +107,10 @@ type sharedWatch struct {
 	stopping atomic.Bool
 	objs     map[string]*metav1.PartialObjectMetadata
 	bytes    int64
-	// stoppedTooLarge is closed when the watch stops for being too large.
+	// stoppedTooLarge is closed when the watch stops for being too large, at tooLargeAt (unix
+	// nanoseconds; atomic, so that Watch reads it under c.mu without taking w.mu).
 	stoppedTooLarge chan struct{}
+	tooLargeAt      atomic.Int64
 }
 
 type watchKey struct {
@@ -135,25 +137,34 @@ func (c *ClusterCache) Watch(ctx context.Context, member string, spec WatchSpec,
 		c.mu.Unlock()
 		return nil, &NotReadyError{Member: member, Reason: ReasonProbePending}
 	}
-	if c.watches == nil {
-		c.watches = map[string]map[watchKey]*sharedWatch{}
-	}
-	byMember := c.watches[member]
-	if byMember == nil {
-		byMember = map[watchKey]*sharedWatch{}
-		c.watches[member] = byMember
-	}
-	w, ok := byMember[key]
+	w, ok := c.watches[member][key]
 	if ok && w.stopping.Load() {
 		// Its last handler left while we looked: a new watch, not a dying one.
 		c.removeWatch(member, key, w)
 		ok = false
+	}
+	if ok {
+		if at := w.tooLargeAt.Load(); at != 0 && time.Since(time.Unix(0, at)) >= c.watchTiming().tooLargeRetry {
+			// Stopped for being too large a while ago: try again, the objects may have shrunk.
+			c.removeWatch(member, key, w)
+			ok = false
+		}
 	}
 	if !ok {
 		w, err = c.startWatch(acc, spec)
 		if err != nil {
 			c.mu.Unlock()
 			return nil, err
+		}
+		// Looked up only now: removeWatch above drops a member's map once it is empty, and a
+		// watch stored in a dropped map would never be stopped with its connection.
+		if c.watches == nil {
+			c.watches = map[string]map[watchKey]*sharedWatch{}
+		}
+		byMember := c.watches[member]
+		if byMember == nil {
+			byMember = map[watchKey]*sharedWatch{}
+			c.watches[member] = byMember
 		}
 		byMember[key] = w
 		c.watchCount++
@@ -264,13 +275,17 @@ type watchTiming struct {
 	minStream time.Duration
 	// streamSeconds is how long the server keeps one watch stream open (randomised up to twice).
 	streamSeconds int
+	// tooLargeRetry is how long a watch stopped for being too large refuses joiners before a
+	// Watch call may try it again (the member's objects may have shrunk meanwhile).
+	tooLargeRetry time.Duration
 }
 
 func (c *ClusterCache) watchTiming() watchTiming {
 	if c.timing != nil {
 		return *c.timing
 	}
-	return watchTiming{listTimeout: time.Minute, minBackoff: 500 * time.Millisecond, maxBackoff: 30 * time.Second, minStream: time.Second, streamSeconds: 300}
+	return watchTiming{listTimeout: time.Minute, minBackoff: 500 * time.Millisecond, maxBackoff: 30 * time.Second, minStream: time.Second, streamSeconds: 300,
+		tooLargeRetry: 5 * time.Minute}
 }
 
 // errRelist says the watch must list again (its resourceVersion expired, or the stream failed).
@@ -539,6 +554,7 @@ func (w *sharedWatch) stopTooLarge() {
 func (w *sharedWatch) stopTooLargeLocked() {
 	if !w.tooLarge {
 		close(w.stoppedTooLarge)
+		w.tooLargeAt.Store(time.Now().UnixNano())
 	}
 	w.tooLarge = true
 	w.handlers = map[int]WatchHandler{}

@@ -130,7 +130,8 @@ func watchedCache(t *testing.T, f *fakeWatchMember) *ClusterCache {
 	srv := httptest.NewTLSServer(http.HandlerFunc(f.handler))
 	t.Cleanup(srv.Close)
 	c := New(Options{Scheme: scheme.New()})
-	c.timing = &watchTiming{listTimeout: 5 * time.Second, minBackoff: 20 * time.Millisecond, maxBackoff: 100 * time.Millisecond, minStream: time.Second, streamSeconds: 60}
+	c.timing = &watchTiming{listTimeout: 5 * time.Second, minBackoff: 20 * time.Millisecond, maxBackoff: 100 * time.Millisecond, minStream: time.Second, streamSeconds: 60,
+		tooLargeRetry: time.Hour}
 	acc, err := c.Connect("m", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, BearerToken: "t"})
 	NewWithT(t).Expect(err).NotTo(HaveOccurred())
 	NewWithT(t).Expect(c.Admit(acc, "uid-1")).To(BeTrue())
@@ -306,6 +307,21 @@ func TestWatchStopsOnOversizedMetadata(t *testing.T) {
 			return err
 		}, 5*time.Second).Should(MatchError(ErrWatchTooLarge))
 		g.Expect(rec.events()).To(Equal([]string{"ADDED a@1"}), "the oversized event reached no handler")
+
+		// It refuses joiners until tooLargeRetry has passed, then a Watch tries again (the
+		// member's objects are small again) and works.
+		_, err = c.Watch(context.Background(), "m", nsSpec, func(WatchEvent) {})
+		g.Expect(err).To(MatchError(ErrWatchTooLarge), "not retried at once")
+		c.timing.tooLargeRetry = 0
+		again := &recorder{}
+		stop, err := c.Watch(context.Background(), "m", nsSpec, again.handle)
+		g.Expect(err).NotTo(HaveOccurred())
+		defer stop()
+		g.Expect(c.WaitForWatchSynced(context.Background(), "m", nsSpec)).To(Succeed())
+		g.Eventually(again.events, 5*time.Second).Should(Equal([]string{"ADDED a@1"}))
+		g.Expect(c.Watches()).To(Equal(1), "the stopped watch was replaced, not kept beside the new one")
+		c.Disconnect("m")
+		g.Expect(c.Watches()).To(BeZero(), "the new watch stops with its connection")
 	})
 	t.Run("endless event", func(t *testing.T) {
 		// A member that streams one event without end: the watch stops after reading about
