@@ -595,3 +595,42 @@ func TestStaleStatusCopyCannotDropAnotherOwnersCondition(t *testing.T) {
 	g.Expect(meta.FindStatusCondition(written.Status.Conditions, "example.com/Audited")).NotTo(BeNil())
 	g.Expect(meta.FindStatusCondition(written.Status.Conditions, clustersv1.ReadyCondition).Reason).To(Equal(clustersv1.ReasonClusterNotReachable))
 }
+
+// A label or annotation edit of the kubeconfig Secret (External Secrets, Argo CD and others write
+// those routinely) changes its resourceVersion but not the kubeconfig: the connection is kept, not
+// rebuilt and proven again. A change of the data does rebuild it.
+func TestSecretMetadataEditKeepsTheConnection(t *testing.T) {
+	g := NewWithT(t)
+	m1 := env.Members[0]
+	attach(t, "label-edit", m1.Kubeconfig())
+	expectSettled(t, "label-edit")
+	before, err := cache.Get(ctx, "label-edit")
+	g.Expect(err).NotTo(HaveOccurred())
+
+	secret := &corev1.Secret{}
+	key := client.ObjectKey{Namespace: secretNS, Name: envs.KubeconfigSecretName("label-edit")}
+	g.Expect(mgmt.Get(ctx, key, secret)).To(Succeed())
+	for i := range 3 {
+		orig := secret.DeepCopy()
+		if secret.Annotations == nil {
+			secret.Annotations = map[string]string{}
+		}
+		secret.Annotations["reconcile.external-secrets.io/refreshed"] = fmt.Sprint(i)
+		g.Expect(mgmt.Patch(ctx, secret, client.MergeFrom(orig))).To(Succeed())
+	}
+	// The controller saw the edits (each enqueues the MemberCluster) and kept the connection.
+	g.Consistently(func(g Gomega) {
+		acc, err := cache.Get(ctx, "label-edit")
+		g.Expect(err).NotTo(HaveOccurred(), "usable throughout")
+		g.Expect(acc.Generation).To(Equal(before.Generation), "the same connection")
+		g.Expect(meta.FindStatusCondition(get(g, "label-edit").Status.Conditions, clustersv1.ReconcilingCondition)).To(BeNil())
+	}, 3*time.Second, poll).Should(Succeed())
+
+	_, err = writeSecret("label-edit", append(m1.Kubeconfig(), '\n'))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Eventually(func(g Gomega) {
+		acc, err := cache.Get(ctx, "label-edit")
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(acc.Generation).NotTo(Equal(before.Generation), "new data, new connection")
+	}, eventuallyWait, poll).Should(Succeed())
+}

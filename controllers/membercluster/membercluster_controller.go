@@ -86,7 +86,14 @@ type Reconciler struct {
 	health map[types.UID]*memberState
 	// conflicts counts the conflicts in a row per MemberCluster name.
 	conflicts map[string]int
+	// secrets remembers, per MemberCluster name, which kubeconfig Secret metadata the current
+	// connection's version was last confirmed for.
+	secrets map[string]secretSeen
 }
+
+// secretSeen: the Secret's metadata ("uid/resourceVersion/key/context") as last read, and the
+// connection version (a digest of the kubeconfig data) it held then.
+type secretSeen struct{ seen, version string }
 
 // memberState is what the controller remembers about a member between reconciles. mu guards
 // what the prober writes; identityMismatch, markerGen and verifiedGen are only touched by
@@ -208,6 +215,7 @@ func (r *Reconciler) init(ctx context.Context, log logr.Logger) {
 	}
 	r.health = map[types.UID]*memberState{}
 	r.conflicts = map[string]int{}
+	r.secrets = map[string]secretSeen{}
 	r.ctx, r.log = ctx, log
 	r.slots = newProbeSlots(r.MaxConcurrentProbes)
 	// Inventory reads are short on healthy members and can be large (a node list): few at once.
@@ -327,6 +335,9 @@ func (r *Reconciler) forgetState(uid types.UID) {
 	r.mu.Lock()
 	st := r.health[uid]
 	delete(r.health, uid)
+	if st != nil {
+		delete(r.secrets, st.name)
+	}
 	r.mu.Unlock()
 	if st != nil {
 		deactivate(st)
@@ -347,6 +358,7 @@ func (st *memberState) stopMarkerWatch() {
 // forgetStateByName drops the state of every MemberCluster of that name except keep.
 func (r *Reconciler) forgetStateByName(name string, keep types.UID) {
 	r.mu.Lock()
+	delete(r.secrets, name)
 	var gone []*memberState
 	for uid, st := range r.health {
 		if st.name == name && uid != keep {

@@ -2,6 +2,7 @@ package membercluster
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -209,9 +210,19 @@ func (r *Reconciler) connect(ctx context.Context, mc *clustersv1.MemberCluster) 
 		}
 		return nil, fmt.Errorf("reading Secret %s: %w", nn, err)
 	}
-	version := fmt.Sprintf("%s/%s/%s/%s", meta.UID, meta.ResourceVersion, key, mc.Spec.Attach.Context)
-	if acc, ok := r.Cache.Peek(mc.Name); ok && acc.Version == version {
-		return acc, nil
+	// The connection is rebuilt only when what it is built from changed: the Secret's data under
+	// the key, the context, or the Secret itself (deleted and recreated). Its resourceVersion also
+	// changes with a label or annotation edit (External Secrets, Argo CD and others write those
+	// routinely), which must not cost a reconnect and a new identity proof; it only tells when
+	// the data must be read again.
+	seen := fmt.Sprintf("%s/%s/%s/%s", meta.UID, meta.ResourceVersion, key, mc.Spec.Attach.Context)
+	if acc, ok := r.Cache.Peek(mc.Name); ok {
+		r.mu.Lock()
+		last := r.secrets[mc.Name]
+		r.mu.Unlock()
+		if last.seen == seen && last.version == acc.Version {
+			return acc, nil
+		}
 	}
 	secret := &corev1.Secret{}
 	if err := r.APIReader.Get(ctx, nn, secret); err != nil {
@@ -226,6 +237,17 @@ func (r *Reconciler) connect(ctx context.Context, mc *clustersv1.MemberCluster) 
 		return nil, &clustercache.PolicyError{Reason: clustersv1.ReasonSecretKeyNotFound,
 			Message: fmt.Sprintf("Secret %s has no key %q (set spec.attach.kubeconfigSecretRef.key)", nn, key)}
 	}
+	sum := sha256.Sum256(data)
+	version := fmt.Sprintf("%s/%x/%s/%s", secret.UID, sum, key, mc.Spec.Attach.Context)
+	remember := func() {
+		r.mu.Lock()
+		r.secrets[mc.Name] = secretSeen{seen: seen, version: version}
+		r.mu.Unlock()
+	}
+	if acc, ok := r.Cache.Peek(mc.Name); ok && acc.Version == version {
+		remember()
+		return acc, nil
+	}
 	cfg, err := r.Policy.Load(data, mc.Spec.Attach.Context)
 	if err != nil {
 		return nil, err
@@ -234,6 +256,7 @@ func (r *Reconciler) connect(ctx context.Context, mc *clustersv1.MemberCluster) 
 	if err != nil {
 		return nil, err
 	}
+	remember()
 	ctrl.LoggerFrom(ctx).Info("Connected member", "member", mc.Name, "server", cfg.Host)
 	return acc, nil
 }
