@@ -149,8 +149,10 @@ func TestUnpauseProvesTheIdentityAgain(t *testing.T) {
 	m1, m2 := env.Members[0], env.Members[1]
 	mc := attach(t, "unpause-window", m1.Kubeconfig())
 	waitCondition(t, "unpause-window", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
-	before, err := cache.Get(ctx, "unpause-window")
-	g.Expect(err).NotTo(HaveOccurred())
+	// Status lands first, admission right after it.
+	var before *clustercache.Accessor
+	g.Eventually(func() (err error) { before, err = cache.Get(ctx, "unpause-window"); return err }, eventuallyWait, poll).Should(Succeed())
+	var err error
 	// Pause and unpause with the same Secret: the connection is rebuilt and proven again (the
 	// cluster behind an unchanged kubeconfig may have changed while nobody looked).
 	setPaused(t, mc.Name, true)
