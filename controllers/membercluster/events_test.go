@@ -91,8 +91,8 @@ func TestEventsFollowTheStatusThatRecordsThem(t *testing.T) {
 }
 
 // A status patch refused for a conflict is retried within a second, without the failure backoff,
-// and counted; five in a row fall back to the failure backoff (an error), and a success resets
-// the count.
+// and counted; after five in a row the retries back off, doubling up to 5 minutes, and a success
+// resets the count.
 func TestConflictsAreRetriedQuicklyThenBackOff(t *testing.T) {
 	g := NewWithT(t)
 	mc := &clustersv1.MemberCluster{
@@ -125,11 +125,23 @@ func TestConflictsAreRetriedQuicklyThenBackOff(t *testing.T) {
 	}
 	g.Expect(patches).To(Equal(maxQuickConflictRetries), "one patch per reconcile")
 	g.Expect(testutil.ToFloat64(conflictsTotal) - before).To(Equal(float64(maxQuickConflictRetries)))
-	_, err := r.Reconcile(rctx, req)
-	g.Expect(apierrors.IsConflict(err)).To(BeTrue(), "a conflict that keeps coming back goes through the failure backoff")
+	// A conflict that keeps coming back backs off, doubling (the workqueue's own failure backoff
+	// would start again at every RequeueAfter).
+	for i, want := range []time.Duration{2 * conflictRequeue, 4 * conflictRequeue, 8 * conflictRequeue} {
+		res, err := r.Reconcile(rctx, req)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(res.RequeueAfter).To(Equal(want), "conflict %d", maxQuickConflictRetries+i+1)
+	}
+	g.Expect(testutil.ToFloat64(conflictsTotal) - before).To(Equal(float64(maxQuickConflictRetries + 3)), "every conflict counted")
+	r.mu.Lock()
+	r.conflicts["conflicted"] = 1000
+	r.mu.Unlock()
+	res, err := r.Reconcile(rctx, req)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.RequeueAfter).To(Equal(maxConflictBackoff))
 
 	conflicting = false
-	res, err := r.Reconcile(rctx, req)
+	res, err = r.Reconcile(rctx, req)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(res.RequeueAfter).To(BeZero())
 	cur := &clustersv1.MemberCluster{}

@@ -125,7 +125,7 @@ type memberState struct {
 	acc    *clustercache.Accessor
 	hc     clustersv1.HealthCheckSpec
 	timer  clock.Timer
-	// lastPublished is when a reconcile last took the state into status.
+	// lastPublished is the lastProbeTime that status holds (as the last reconcile left it).
 	lastPublished time.Time
 
 	// identityMismatch is the clusterID last observed when it differed from status.clusterID
@@ -244,15 +244,28 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	n := r.conflicts[req.Name]
 	r.mu.Unlock()
-	// A conflict that keeps coming back (another writer racing us) goes through the failure
-	// backoff like any error.
-	if conflict && n <= maxQuickConflictRetries {
-		conflictsTotal.Inc()
+	if !conflict {
+		return res, err
+	}
+	conflictsTotal.Inc()
+	if n <= maxQuickConflictRetries {
 		ctrl.LoggerFrom(ctx).V(1).Info("MemberCluster changed since it was read; reconciling again", "member", req.Name)
 		return ctrl.Result{RequeueAfter: conflictRequeue/2 + rand.N(conflictRequeue)}, nil
 	}
-	return res, err
+	// A conflict that keeps coming back (another writer racing us) backs off, doubling up to
+	// maxConflictBackoff. Computed here: a RequeueAfter result makes the workqueue forget the
+	// item's failures, so its own backoff would start again at every conflict.
+	delay := maxConflictBackoff
+	if shift := n - maxQuickConflictRetries; shift < 20 {
+		delay = min(conflictRequeue<<shift, maxConflictBackoff)
+	}
+	ctrl.LoggerFrom(ctx).Info("MemberCluster keeps changing while it is reconciled; backing off", "member", req.Name,
+		"conflictsInARow", n, "retryIn", delay)
+	return ctrl.Result{RequeueAfter: delay}, nil
 }
+
+// maxConflictBackoff bounds the backoff of conflicts that keep coming back.
+const maxConflictBackoff = 5 * time.Minute
 
 // maxQuickConflictRetries is how many conflicts in a row are retried quickly.
 const maxQuickConflictRetries = 5
@@ -288,7 +301,7 @@ func (r *Reconciler) reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Re
 		if s.patchFailed {
 			return // the same patch would fail again; the retry recomputes it
 		}
-		if err := r.patchStatus(ctx, s); err != nil {
+		if err := r.patchStatus(ctx, s); err != nil && !errors.Is(err, errGone) {
 			if retErr == nil {
 				retErr = err
 			}
@@ -409,7 +422,9 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 	}
 	if err := r.Client.Status().Patch(ctx, s.mc, client.MergeFromWithOptions(s.orig, client.MergeFromWithOptimisticLock{})); err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil
+			// Gone (its finalizers removed by hand): nothing may act on the member for it.
+			s.patchFailed = true
+			return errGone
 		}
 		// Nothing is announced for a status that did not land: the retry announces it.
 		s.patchFailed = true
@@ -419,6 +434,9 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 	s.orig = s.mc.DeepCopy()
 	return nil
 }
+
+// errGone: the MemberCluster was deleted while it was reconciled.
+var errGone = errors.New("the MemberCluster is gone")
 
 // maxEventNote is what the events API accepts in a note.
 const maxEventNote = 1024

@@ -84,7 +84,6 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	st.mu.Lock()
 	s.live, s.inv, s.health = st.live, st.inv, st.health
 	s.probedConn, s.replaced, s.hcPending = st.probedConn, st.replaced, st.hcPending
-	st.lastPublished = r.Clock.Now()
 	st.pinnedID = mc.Status.ClusterID
 	flipped := st.flippedID
 	st.mu.Unlock()
@@ -131,7 +130,18 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	// Status first (it pins the identity), then admission: no controller acts on the member
 	// before the status saying which cluster it is has landed.
 	if err := r.patchStatus(ctx, s); err != nil {
+		if errors.Is(err, errGone) {
+			// No status pinned the identity: no admission, no marker namespace.
+			return ctrl.Result{}, nil
+		}
 		return ctrl.Result{}, err
+	}
+	// The prober asks for the next heartbeat write once the lastProbeTime that status holds now
+	// is a heartbeat old (a reconcile that wrote nothing does not put it off).
+	if t := mc.Status.LastProbeTime; t != nil {
+		st.mu.Lock()
+		st.lastPublished = t.Time
+		st.mu.Unlock()
 	}
 	if usable && r.admit(st, acc, mc.Status.ClusterID) {
 		if st.markerLost.Swap(false) {
@@ -149,8 +159,9 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 			return ctrl.Result{RequeueAfter: retryInterval(hc) * 5}, nil
 		}
 	}
-	// The prober requeues this member when something visible changes; this is a safety net.
-	return ctrl.Result{RequeueAfter: r.StatusHeartbeat}, nil
+	// The prober requeues this member when something visible changes or the heartbeat is due;
+	// this is a safety net, due just after the heartbeat.
+	return ctrl.Result{RequeueAfter: r.heartbeat(mc.UID) + hc.GetPeriod()}, nil
 }
 
 // admit makes the connection usable unless a probe that landed since the snapshot read another

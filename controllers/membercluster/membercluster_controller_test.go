@@ -408,6 +408,8 @@ func TestHealthyMemberStatusIsWrittenOnlyOnHeartbeats(t *testing.T) {
 		g.Expect(cur.Generation).To(Equal(last.Generation))
 		gap := cur.Status.LastProbeTime.Sub(last.Status.LastProbeTime.Time)
 		g.Expect(gap).To(BeNumerically(">=", 2*time.Second), "a write %s after the one before, before the heartbeat was due", gap)
+		// Due after at most 2.2 s, written with the next probe (1 s); timestamps have whole seconds.
+		g.Expect(gap).To(BeNumerically("<=", 4*time.Second+200*time.Millisecond), "the heartbeat came late: %s", gap)
 		last = cur
 	}
 	t.Logf("%d status writes in 9 s with a 1 s probe period", len(writes))

@@ -198,8 +198,10 @@ func (r *Reconciler) runProbe(name string, st *memberState, epoch uint64) {
 		// A different cluster behind an admitted connection (a DNS or load balancer flip): take
 		// it away now, not when a reconcile gets to it. Under st.mu, so a concurrent admission
 		// (which checks st.live under st.mu) cannot slip past.
-		if admitted := r.Cache.AdmittedID(name); admitted != "" && admitted != res.ClusterID {
-			r.Cache.Revoke(name, clustersv1.ReasonClusterIdentityChanged, true)
+		// Only for the member's current connection: a probe of a MemberCluster that was deleted
+		// (or forgotten) while it ran must not revoke a new one of the same name.
+		if st.active {
+			r.Cache.RevokeFlipped(acc, res.ClusterID)
 		}
 		switch {
 		case st.pinnedID == "":

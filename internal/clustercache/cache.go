@@ -97,6 +97,7 @@ type Writer interface {
 	Connect(name, version string, cfg *rest.Config) (*Accessor, error)
 	Admit(acc *Accessor, clusterID string) bool
 	Revoke(name, reason string, forgetIdentity bool)
+	RevokeFlipped(acc *Accessor, observedID string) bool
 	BeginCleanup(name string)
 	Disconnect(name string)
 	Peek(name string) (*Accessor, bool)
@@ -471,6 +472,29 @@ func (c *ClusterCache) Revoke(name, reason string, forgetIdentity bool) {
 	if changed {
 		c.notify(name)
 	}
+}
+
+// RevokeFlipped revokes the member's identity (as Revoke with ClusterIdentityChanged) when acc is
+// still its connection, is admitted, and observedID is not the admitted clusterID: a probe through
+// acc read another cluster. A probe through an older or replaced connection changes nothing.
+func (c *ClusterCache) RevokeFlipped(acc *Accessor, observedID string) bool {
+	c.mu.Lock()
+	e, ok := c.members[acc.Name]
+	if !ok || e.acc != acc || e.admittedID == "" || e.admittedID == observedID {
+		c.mu.Unlock()
+		return false
+	}
+	before := e.usable()
+	e.ready, e.reason = false, clustersv1.ReasonClusterIdentityChanged
+	e.admittedID = ""
+	e.acc.open.Store(false)
+	c.stopWatches(acc.Name, 0)
+	changed := before != e.usable()
+	c.mu.Unlock()
+	if changed {
+		c.notify(acc.Name)
+	}
+	return true
 }
 
 // BeginCleanup marks the member as being deleted: Get refuses it from now on, GetForCleanup

@@ -259,3 +259,29 @@ func TestDisconnectClosesIdleConnections(t *testing.T) {
 	c.Disconnect("m")
 	g.Eventually(closed.Load, 5*time.Second).Should(Equal(int32(1)))
 }
+
+// A probe that read another cluster revokes only through the connection it was taken on: one
+// through a replaced connection (or of a MemberCluster deleted and recreated under the same name)
+// leaves the current connection alone.
+func TestRevokeFlippedOnlyRevokesThroughTheCurrentConnection(t *testing.T) {
+	g := NewWithT(t)
+	c := New(Options{Scheme: scheme.New()})
+	ctx := context.Background()
+	cfg := &rest.Config{Host: "https://10.0.0.1:6443"}
+	old, err := c.Connect("m", "v1", cfg)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(c.Admit(old, "uid-1")).To(BeTrue())
+	g.Expect(c.RevokeFlipped(old, "uid-1")).To(BeFalse(), "the admitted cluster")
+	cur, err := c.Connect("m", "v2", cfg)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(c.Admit(cur, "uid-2")).To(BeTrue())
+	g.Expect(c.RevokeFlipped(old, "uid-1")).To(BeFalse(), "a stale connection's probe")
+	_, err = c.Get(ctx, "m")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(c.RevokeFlipped(cur, "uid-3")).To(BeTrue())
+	_, err = c.Get(ctx, "m")
+	nre, ok := IsNotReady(err)
+	g.Expect(ok).To(BeTrue())
+	g.Expect(nre.Reason).To(Equal("ClusterIdentityChanged"))
+	g.Expect(c.AdmittedID("m")).To(BeEmpty())
+}
