@@ -132,7 +132,7 @@ func TestConflictsAreRetriedQuicklyThenBackOff(t *testing.T) {
 		g.Expect(err).NotTo(HaveOccurred())
 		g.Expect(res.RequeueAfter).To(Equal(want), "conflict %d", maxQuickConflictRetries+i+1)
 	}
-	g.Expect(testutil.ToFloat64(conflictsTotal) - before).To(Equal(float64(maxQuickConflictRetries + 3)), "every conflict counted")
+	g.Expect(testutil.ToFloat64(conflictsTotal)-before).To(Equal(float64(maxQuickConflictRetries+3)), "every conflict counted")
 	r.mu.Lock()
 	r.conflicts["conflicted"] = 1000
 	r.mu.Unlock()
