@@ -636,3 +636,43 @@ func TestSecretMetadataEditKeepsTheConnection(t *testing.T) {
 		g.Expect(acc.Generation).NotTo(Equal(before.Generation), "new data, new connection")
 	}, eventuallyWait, poll).Should(Succeed())
 }
+
+// A revoke this controller's reconcile did not see (here: straight on the access layer, as the
+// prober does when a probe reads another cluster) ends the marker watch; the watch's end is told
+// to its handler, so once the member is usable again the marker is watched anew, and a
+// hand-deleted paddock-system still comes back.
+func TestMarkerWatchComesBackAfterAnUnseenRevoke(t *testing.T) {
+	g := NewWithT(t)
+	m2 := env.Members[1]
+	attach(t, "marker-revoked", m2.Kubeconfig())
+	expectSettled(t, "marker-revoked")
+	g.Eventually(func() error { _, err := cache.Get(ctx, "marker-revoked"); return err }, eventuallyWait, poll).Should(Succeed())
+	g.Eventually(func() error { return cache.WaitForWatchSynced(ctx, "marker-revoked", markerWatch) }, eventuallyWait, poll).Should(Succeed())
+
+	cache.Revoke("marker-revoked", clustersv1.ReasonClusterIdentityChanged, true)
+	_, err := cache.Get(ctx, "marker-revoked")
+	g.Expect(err).To(HaveOccurred())
+	// Re-admitted (the identity is still the pinned one) and watched again.
+	g.Eventually(func() error { return cache.WaitForWatchSynced(ctx, "marker-revoked", markerWatch) }, 10*time.Second, poll).Should(Succeed())
+
+	ns := &corev1.Namespace{}
+	g.Expect(m2.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, ns)).To(Succeed())
+	oldUID := ns.UID
+	g.Expect(m2.Client.Delete(ctx, ns)).To(Succeed())
+	g.Eventually(func() error {
+		cur := &corev1.Namespace{}
+		if err := m2.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, cur); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		if cur.UID != oldUID {
+			return nil
+		}
+		cur.Spec.Finalizers = nil
+		return m2.Client.SubResource("finalize").Update(ctx, cur)
+	}, eventuallyWait, poll).Should(Succeed())
+	g.Eventually(func(g Gomega) {
+		cur := &corev1.Namespace{}
+		g.Expect(m2.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, cur)).To(Succeed())
+		g.Expect(cur.UID).NotTo(Equal(oldUID))
+	}, 10*time.Second, poll).Should(Succeed())
+}

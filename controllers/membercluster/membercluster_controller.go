@@ -145,6 +145,9 @@ type memberState struct {
 	markerWatchGen uint64
 	markerStop     func()
 	markerLost     atomic.Bool
+	// markerEndedGen is set by the marker watch's handler to its connection when the access
+	// layer ended that watch (revoked, replaced, dropped, too large).
+	markerEndedGen atomic.Uint64
 }
 
 // seededMismatch stands for "the identity had changed when the manager last ran" until a probe

@@ -283,14 +283,24 @@ var markerWatch = clustercache.WatchSpec{
 // hand-deleted paddock-system comes back at once (the watch is shared through the access layer,
 // and stops with the connection).
 func (r *Reconciler) watchMarker(ctx context.Context, name string, st *memberState, acc *clustercache.Accessor) error {
+	gen := acc.Generation
 	st.mu.Lock()
-	current := st.markerWatchGen == acc.Generation
+	// Current unless the access layer ended it (a revoke this reconcile did not see, for one).
+	current := st.markerWatchGen == gen && st.markerEndedGen.Load() != gen
 	st.mu.Unlock()
 	if current {
 		return nil
 	}
 	st.stopMarkerWatch()
+	// Cleared before the watch starts, so an end right after it started is not lost.
+	st.markerEndedGen.CompareAndSwap(gen, 0)
 	stop, err := r.Cache.Watch(ctx, name, markerWatch, func(ev clustercache.WatchEvent) {
+		if ev.Type == watch.Error {
+			// The watch ended: watch again once the member is usable.
+			st.markerEndedGen.Store(gen)
+			r.requeue(name)
+			return
+		}
 		if ev.Type == watch.Deleted || !ev.Object.DeletionTimestamp.IsZero() {
 			st.markerLost.Store(true)
 			r.requeue(name)
@@ -300,7 +310,7 @@ func (r *Reconciler) watchMarker(ctx context.Context, name string, st *memberSta
 		return err
 	}
 	st.mu.Lock()
-	st.markerWatchGen, st.markerStop = acc.Generation, stop
+	st.markerWatchGen, st.markerStop = gen, stop
 	st.mu.Unlock()
 	return nil
 }

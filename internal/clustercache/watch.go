@@ -16,6 +16,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -52,7 +53,10 @@ func (s WatchSpec) path() string {
 // WatchEvent is one change seen by a watch.
 type WatchEvent struct {
 	Member string
-	Type   watch.EventType // Added, Modified or Deleted
+	// Type is Added, Modified or Deleted; or Error, once, when the watch has ended (its
+	// connection was replaced, revoked or dropped, or it grew too large): call Watch again once
+	// Get succeeds. An Error event's Object is empty.
+	Type watch.EventType
 	// Object is shared between handlers: do not modify it. Its managedFields are dropped.
 	Object  *metav1.PartialObjectMetadata
 	Watched WatchSpec
@@ -95,6 +99,11 @@ type sharedWatch struct {
 	acc    *Accessor
 	cancel context.CancelFunc
 	synced chan struct{}
+	// done is closed when the watch's loop has ended.
+	done chan struct{}
+	// selector is spec.LabelSelector, checked again here: a member's answer is not trusted to
+	// match it.
+	selector labels.Selector
 
 	// mu is held while handlers run, so that they see events one at a time and in order, and a
 	// joining handler's replay of the current objects is not interleaved with live events.
@@ -215,6 +224,8 @@ func (c *ClusterCache) removeWatch(member string, key watchKey, w *sharedWatch) 
 		delete(c.watches, member)
 	}
 	c.watchCount--
+	// A Watch that found w before this removal must not join it (it would never hear a thing).
+	w.stopping.Store(true)
 	w.cancel()
 }
 
@@ -235,6 +246,8 @@ func (c *ClusterCache) WaitForWatchSynced(ctx context.Context, member string, sp
 		return nil
 	case <-w.stoppedTooLarge:
 		return fmt.Errorf("%w: %s in member %s", ErrWatchTooLarge, spec, member)
+	case <-w.done:
+		return fmt.Errorf("the watch of %s in member %s has ended (its connection was replaced, revoked or dropped)", spec, member)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -260,10 +273,17 @@ func (c *ClusterCache) startWatch(acc *Accessor, spec WatchSpec) (*sharedWatch, 
 	if err != nil {
 		return nil, err
 	}
+	sel, err := labels.Parse(spec.LabelSelector)
+	if err != nil {
+		return nil, fmt.Errorf("watch of %s: %w", spec, err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &sharedWatch{spec: spec, acc: acc, cancel: cancel, handlers: map[int]WatchHandler{},
-		synced: make(chan struct{}), objs: map[string]*metav1.PartialObjectMetadata{}, stoppedTooLarge: make(chan struct{})}
-	go w.run(ctx, rc, c.watchTiming())
+	w := &sharedWatch{spec: spec, acc: acc, cancel: cancel, handlers: map[int]WatchHandler{}, selector: sel,
+		synced: make(chan struct{}), done: make(chan struct{}), objs: map[string]*metav1.PartialObjectMetadata{}, stoppedTooLarge: make(chan struct{})}
+	go func() {
+		defer w.ended()
+		w.run(ctx, rc, c.watchTiming())
+	}()
 	return w, nil
 }
 
@@ -278,6 +298,9 @@ type watchTiming struct {
 	// tooLargeRetry is how long a watch stopped for being too large refuses joiners before a
 	// Watch call may try it again (the member's objects may have shrunk meanwhile).
 	tooLargeRetry time.Duration
+	// relistEvery: lists closer together than this back off (doubling up to maxBackoff), so a
+	// member that expires every stream cannot make the manager list it again and again.
+	relistEvery time.Duration
 }
 
 func (c *ClusterCache) watchTiming() watchTiming {
@@ -285,7 +308,7 @@ func (c *ClusterCache) watchTiming() watchTiming {
 		return *c.timing
 	}
 	return watchTiming{listTimeout: time.Minute, minBackoff: 500 * time.Millisecond, maxBackoff: 30 * time.Second, minStream: time.Second, streamSeconds: 300,
-		tooLargeRetry: 5 * time.Minute}
+		tooLargeRetry: 5 * time.Minute, relistEvery: time.Minute}
 }
 
 // errRelist says the watch must list again (its resourceVersion expired, or the stream failed).
@@ -307,7 +330,20 @@ func (w *sharedWatch) run(ctx context.Context, rc rest.Interface, t watchTiming)
 	// that may be behind the resourceVersion that just expired (another apiserver of an HA
 	// member), which would expire again at once.
 	consistent := false
+	var lastList time.Time
+	listBackoff := t.minBackoff
 	for ctx.Err() == nil {
+		if !lastList.IsZero() && time.Since(lastList) < t.relistEvery {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(listBackoff/2 + rand.N(listBackoff/2+1)):
+			}
+			listBackoff = min(2*listBackoff, t.maxBackoff)
+		} else {
+			listBackoff = t.minBackoff
+		}
+		lastList = time.Now()
 		rv, err := w.list(ctx, rc, t.listTimeout, consistent)
 		if err != nil {
 			if errors.Is(err, ErrWatchTooLarge) || !wait() {
@@ -318,15 +354,13 @@ func (w *sharedWatch) run(ctx context.Context, rc rest.Interface, t watchTiming)
 		consistent = false
 		for ctx.Err() == nil {
 			began := time.Now()
-			var delivered bool
-			rv, delivered, err = w.stream(ctx, rc, rv, t.streamSeconds)
+			rv, err = w.stream(ctx, rc, rv, t.streamSeconds)
 			if errors.Is(err, ErrWatchTooLarge) {
 				return
 			}
 			// Only a stream that lasted resets the backoff; one that ends at once (a proxy
 			// answering with an empty body, or a member sending one event and hanging up) must
 			// not make us spin, whatever it carried.
-			_ = delivered
 			if time.Since(began) >= t.minStream {
 				backoff = t.minBackoff
 			} else if !wait() {
@@ -374,11 +408,17 @@ func (w *sharedWatch) list(ctx context.Context, rc rest.Interface, timeout time.
 	}
 	seen := make(map[string]*metav1.PartialObjectMetadata, len(list.Items))
 	var bytes int64
+	kept := list.Items[:0]
 	for i := range list.Items {
 		obj := &list.Items[i]
+		if !w.selector.Matches(labels.Set(obj.Labels)) {
+			continue // not what was asked for, whatever the member sent
+		}
 		obj.ManagedFields = nil
 		bytes += objSize(obj)
+		kept = append(kept, *obj)
 	}
+	list.Items = kept
 	if bytes > MaxWatchedBytes {
 		w.stopTooLarge()
 		return "", ErrWatchTooLarge
@@ -449,8 +489,8 @@ type watchEvent struct {
 
 // stream watches from rv until the server ends the stream (nil error), the resourceVersion
 // expires or the stream fails (errRelist or another error: list again). It returns the last
-// resourceVersion seen and whether any event arrived.
-func (w *sharedWatch) stream(ctx context.Context, rc rest.Interface, rv string, seconds int) (string, bool, error) {
+// resourceVersion seen.
+func (w *sharedWatch) stream(ctx context.Context, rc rest.Interface, rv string, seconds int) (string, error) {
 	timeout := seconds + rand.N(seconds+1)
 	body, err := rc.Get().AbsPath(w.spec.path()).
 		Param("labelSelector", w.spec.LabelSelector).Param("fieldSelector", w.spec.FieldSelector).
@@ -459,14 +499,13 @@ func (w *sharedWatch) stream(ctx context.Context, rc rest.Interface, rv string, 
 		SetHeader("Accept", metaAccept).Stream(ctx)
 	if err != nil {
 		if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
-			return rv, false, errRelist
+			return rv, errRelist
 		}
-		return rv, false, err
+		return rv, err
 	}
 	defer func() { _ = body.Close() }()
 	br := &eventBoundReader{r: body}
 	dec := json.NewDecoder(br)
-	delivered := false
 	for {
 		var ev watchEvent
 		// The decoder may read at most one event's worth ahead of what it has consumed: an event
@@ -475,40 +514,42 @@ func (w *sharedWatch) stream(ctx context.Context, rc rest.Interface, rv string, 
 		if err := dec.Decode(&ev); err != nil {
 			if errors.Is(err, errEventTooLarge) {
 				w.stopTooLarge()
-				return rv, delivered, ErrWatchTooLarge
+				return rv, ErrWatchTooLarge
 			}
 			if errors.Is(err, io.EOF) && ctx.Err() == nil {
-				return rv, delivered, nil
+				return rv, nil
 			}
-			return rv, delivered, fmt.Errorf("reading the watch of %s: %w", w.spec, err)
+			return rv, fmt.Errorf("reading the watch of %s: %w", w.spec, err)
 		}
 		if len(ev.Object) > MaxWatchEventBytes {
 			w.stopTooLarge()
-			return rv, delivered, ErrWatchTooLarge
+			return rv, ErrWatchTooLarge
 		}
 		switch ev.Type {
 		case watch.Error:
 			var st metav1.Status
 			_ = json.Unmarshal(ev.Object, &st)
-			return rv, delivered, fmt.Errorf("%w: the member ended the watch of %s: %s (%d)", errRelist, w.spec, st.Reason, st.Code)
+			return rv, fmt.Errorf("%w: the member ended the watch of %s: %s (%d)", errRelist, w.spec, st.Reason, st.Code)
 		case watch.Bookmark, watch.Added, watch.Modified, watch.Deleted:
 		default:
-			return rv, delivered, fmt.Errorf("%w: unknown watch event type %q", errRelist, ev.Type)
+			return rv, fmt.Errorf("%w: unknown watch event type %q", errRelist, ev.Type)
 		}
 		obj := &metav1.PartialObjectMetadata{}
 		if err := json.Unmarshal(ev.Object, obj); err != nil {
-			return rv, delivered, fmt.Errorf("decoding a watch event of %s: %w", w.spec, err)
+			return rv, fmt.Errorf("decoding a watch event of %s: %w", w.spec, err)
 		}
 		if obj.ResourceVersion != "" {
 			rv = obj.ResourceVersion
 		}
-		delivered = true
 		if ev.Type == watch.Bookmark {
 			continue
 		}
+		if ev.Type != watch.Deleted && !w.selector.Matches(labels.Set(obj.Labels)) {
+			continue // not what was asked for, whatever the member sent
+		}
 		obj.ManagedFields = nil
 		if err := w.apply(ctx, ev.Type, obj); err != nil {
-			return rv, delivered, err
+			return rv, err
 		}
 	}
 }
@@ -551,13 +592,27 @@ func (w *sharedWatch) stopTooLarge() {
 	w.stopTooLargeLocked()
 }
 
+// ended tells the handlers still registered that the watch has ended, once its loop is done.
+func (w *sharedWatch) ended() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.endLocked()
+	close(w.done)
+}
+
+// endLocked (w.mu held) tells the handlers the watch has ended and drops them.
+func (w *sharedWatch) endLocked() {
+	w.dispatchLocked(watch.Error, &metav1.PartialObjectMetadata{})
+	w.handlers = map[int]WatchHandler{}
+}
+
 func (w *sharedWatch) stopTooLargeLocked() {
 	if !w.tooLarge {
 		close(w.stoppedTooLarge)
 		w.tooLargeAt.Store(time.Now().UnixNano())
 	}
 	w.tooLarge = true
-	w.handlers = map[int]WatchHandler{}
+	w.endLocked()
 	w.objs = map[string]*metav1.PartialObjectMetadata{}
 	w.bytes = 0
 	w.cancel()

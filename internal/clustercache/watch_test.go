@@ -118,7 +118,7 @@ func (f *fakeWatchMember) handler(w http.ResponseWriter, r *http.Request) {
 }
 
 func objJSON(name, rv string) string {
-	return fmt.Sprintf(`{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"name":%q,"resourceVersion":%q,"managedFields":[{"manager":"kubectl","operation":"Apply"}]}}`, name, rv)
+	return fmt.Sprintf(`{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"name":%q,"resourceVersion":%q,"labels":{"a":"b"},"managedFields":[{"manager":"kubectl","operation":"Apply"}]}}`, name, rv)
 }
 
 func watchLine(t watch.EventType, name, rv string) string {
@@ -230,7 +230,7 @@ func TestWatchTooLargeIsStopped(t *testing.T) {
 		_, err := c.Watch(context.Background(), "m", nsSpec, rec.handle)
 		return err
 	}, 10*time.Second).Should(MatchError(ErrWatchTooLarge))
-	g.Expect(rec.events()).To(BeEmpty(), "no handler is told of a part of the objects")
+	g.Expect(rec.events()).To(HaveEach("ERROR @"), "no handler is told of a part of the objects, only that the watch ended")
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	g.Expect(f.watches).To(BeEmpty(), "no watch stream after a too large list")
@@ -242,11 +242,15 @@ func TestWatchStopsWithTheConnection(t *testing.T) {
 	g := NewWithT(t)
 	f := &fakeWatchMember{objs: map[string]string{"a": "1"}, listRV: "1", events: make(chan string)}
 	c := watchedCache(t, f)
-	_, err := c.Watch(context.Background(), "m", nsSpec, (&recorder{}).handle)
+	rec := &recorder{}
+	_, err := c.Watch(context.Background(), "m", nsSpec, rec.handle)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Eventually(func() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.watches) }).Should(Equal(1))
 	c.Revoke("m", "ClusterIdentityChanged", true)
 	g.Expect(c.Watches()).To(BeZero())
+	// Its handler is told, once, that the watch ended (so it can watch again when the member is
+	// usable, even if it missed the revoke).
+	g.Eventually(rec.events, 5*time.Second).Should(Equal([]string{"ADDED a@1", "ERROR @"}))
 	// The stream's request is cancelled: the server's handler returns, so the next event has no
 	// reader.
 	g.Eventually(func() bool {
@@ -306,7 +310,7 @@ func TestWatchStopsOnOversizedMetadata(t *testing.T) {
 			}
 			return err
 		}, 5*time.Second).Should(MatchError(ErrWatchTooLarge))
-		g.Expect(rec.events()).To(Equal([]string{"ADDED a@1"}), "the oversized event reached no handler")
+		g.Expect(rec.events()).To(Equal([]string{"ADDED a@1", "ERROR @"}), "the oversized event reached no handler; the end of the watch did")
 
 		// It refuses joiners until tooLargeRetry has passed, then a Watch tries again (the
 		// member's objects are small again) and works.
@@ -351,7 +355,7 @@ func TestWatchStopsOnOversizedMetadata(t *testing.T) {
 		// buffers, far below the response cap.
 		g.Consistently(sent.Load, 500*time.Millisecond).Should(BeNumerically("<", 32<<20))
 		t.Logf("the member sent %d MiB of the endless event", sent.Load()>>20)
-		g.Expect(rec.events()).To(Equal([]string{"ADDED a@1"}))
+		g.Expect(rec.events()).To(Equal([]string{"ADDED a@1", "ERROR @"}))
 	})
 	t.Run("list", func(t *testing.T) {
 		g := NewWithT(t)
@@ -367,6 +371,22 @@ func TestWatchStopsOnOversizedMetadata(t *testing.T) {
 		_, err := c.Watch(context.Background(), "m", nsSpec, rec.handle)
 		g.Expect(err).NotTo(HaveOccurred())
 		g.Expect(c.WaitForWatchSynced(context.Background(), "m", nsSpec)).To(MatchError(ErrWatchTooLarge))
-		g.Expect(rec.events()).To(BeEmpty())
+		g.Expect(rec.events()).To(Equal([]string{"ERROR @"}), "told the watch ended, of no object")
 	})
+}
+
+// The member's answer is checked against the selector: objects it sends that do not match are
+// never handed to a handler.
+func TestWatchDropsObjectsOutsideItsSelector(t *testing.T) {
+	g := NewWithT(t)
+	f := &fakeWatchMember{objs: map[string]string{"a": "1"}, listRV: "1", events: make(chan string)}
+	c := watchedCache(t, f)
+	rec := &recorder{}
+	_, err := c.Watch(context.Background(), "m", nsSpec, rec.handle)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(c.WaitForWatchSynced(context.Background(), "m", nsSpec)).To(Succeed())
+	g.Eventually(func() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.watches) }).Should(Equal(1))
+	f.events <- strings.Replace(watchLine(watch.Added, "stranger", "2"), `"labels":{"a":"b"}`, `"labels":{"a":"c"}`, 1)
+	f.events <- watchLine(watch.Added, "b", "3")
+	g.Eventually(rec.events, 5*time.Second).Should(Equal([]string{"ADDED a@1", "ADDED b@3"}))
 }
