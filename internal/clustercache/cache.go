@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -161,6 +162,11 @@ type Accessor struct {
 	scheme     *runtime.Scheme
 	// open is the gate of the work clients: set while the connection is admitted.
 	open atomic.Bool
+	// gateMu guards gateCtx, which is cancelled when the gate closes: requests that passed the
+	// gate while it was open (a watch, a Helm wait, a log follow) end with it.
+	gateMu     sync.Mutex
+	gateCtx    context.Context
+	gateCancel context.CancelFunc
 	// liveness and inventory are the probes' REST clients (own limiter, response caps).
 	liveness  rest.Interface
 	inventory rest.Interface
@@ -298,7 +304,7 @@ func (c *ClusterCache) Connect(name, version string, cfg *rest.Config) (*Accesso
 	ne := &entry{acc: acc, reason: ReasonProbePending}
 	if old != nil {
 		ne.deleting = old.deleting
-		old.acc.open.Store(false)
+		old.acc.closeGate()
 	}
 	c.members[name] = ne
 	c.stopWatches(name, acc.Generation)
@@ -375,13 +381,68 @@ type gateTransport struct {
 }
 
 func (g *gateTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if !g.acc.open.Load() {
+	gate := g.acc.gate()
+	if gate == nil {
 		if req.Body != nil {
 			_ = req.Body.Close()
 		}
 		return nil, fmt.Errorf("%w: member %s", ErrConnectionNotAdmitted, g.acc.Name)
 	}
-	return g.next.RoundTrip(req)
+	// The request ends when the gate closes, also after its response has begun.
+	ctx, cancel := context.WithCancelCause(req.Context())
+	stop := context.AfterFunc(gate, func() { cancel(ErrConnectionNotAdmitted) })
+	resp, err := g.next.RoundTrip(req.WithContext(ctx))
+	if err != nil || resp.Body == nil {
+		stop()
+		cancel(nil)
+		return resp, err
+	}
+	resp.Body = &gatedBody{ReadCloser: resp.Body, done: func() { stop(); cancel(nil) }}
+	return resp, nil
+}
+
+// gatedBody releases the request's gate watch when the body is closed.
+type gatedBody struct {
+	io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (b *gatedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
+}
+
+// openGate opens the accessor's gate (a new context for the requests it lets through).
+func (a *Accessor) openGate() {
+	a.gateMu.Lock()
+	defer a.gateMu.Unlock()
+	if a.gateCtx == nil {
+		a.gateCtx, a.gateCancel = context.WithCancel(context.Background())
+	}
+	a.open.Store(true)
+}
+
+// closeGate closes the gate and ends every request that passed it.
+func (a *Accessor) closeGate() {
+	a.gateMu.Lock()
+	defer a.gateMu.Unlock()
+	a.open.Store(false)
+	if a.gateCancel != nil {
+		a.gateCancel()
+	}
+	a.gateCtx, a.gateCancel = nil, nil
+}
+
+// gate returns the context of the open gate, or nil while it is closed.
+func (a *Accessor) gate() context.Context {
+	a.gateMu.Lock()
+	defer a.gateMu.Unlock()
+	if !a.open.Load() {
+		return nil
+	}
+	return a.gateCtx
 }
 
 // WrappedRoundTripper lets utilnet.CloseIdleConnectionsFor reach the transport below.
@@ -440,7 +501,7 @@ func (c *ClusterCache) Admit(acc *Accessor, clusterID string) bool {
 	if ok {
 		before, wasAdmitted := e.usable(), e.admittedID
 		e.admittedID, e.ready, e.reason = clusterID, true, ""
-		acc.open.Store(true)
+		acc.openGate()
 		// Also when only GetForCleanup changed (a member being deleted).
 		changed = before != e.usable() || wasAdmitted != clusterID
 	}
@@ -463,7 +524,7 @@ func (c *ClusterCache) Revoke(name, reason string, forgetIdentity bool) {
 		e.ready, e.reason = false, reason
 		if forgetIdentity {
 			e.admittedID = ""
-			e.acc.open.Store(false)
+			e.acc.closeGate()
 			c.stopWatches(name, 0)
 		}
 		changed = before != e.usable()
@@ -487,7 +548,7 @@ func (c *ClusterCache) RevokeFlipped(acc *Accessor, observedID string) bool {
 	before := e.usable()
 	e.ready, e.reason = false, clustersv1.ReasonClusterIdentityChanged
 	e.admittedID = ""
-	e.acc.open.Store(false)
+	e.acc.closeGate()
 	c.stopWatches(acc.Name, 0)
 	changed := before != e.usable()
 	c.mu.Unlock()
@@ -521,7 +582,7 @@ func (c *ClusterCache) Disconnect(name string) {
 	delete(c.members, name)
 	c.stopWatches(name, 0)
 	if ok {
-		e.acc.open.Store(false)
+		e.acc.closeGate()
 	}
 	c.mu.Unlock()
 	if ok {

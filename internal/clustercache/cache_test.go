@@ -285,3 +285,40 @@ func TestRevokeFlippedOnlyRevokesThroughTheCurrentConnection(t *testing.T) {
 	g.Expect(nre.Reason).To(Equal("ClusterIdentityChanged"))
 	g.Expect(c.AdmittedID("m")).To(BeEmpty())
 }
+
+// The gate also ends requests that passed it while it was open: a stream started through an
+// admitted connection (a watch, a Helm wait, a log follow) is cut off when the member's identity
+// is revoked, not left talking to a cluster that may no longer be the admitted one.
+func TestClosingTheGateEndsRequestsInFlight(t *testing.T) {
+	g := NewWithT(t)
+	ended := make(chan struct{})
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, `{"type":"ADDED"`)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		close(ended)
+	}))
+	defer srv.Close()
+	c := New(Options{Scheme: scheme.New()})
+	acc, err := c.Connect("m", "v1", &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(c.Admit(acc, "uid-1")).To(BeTrue())
+	kc, err := acc.Kubernetes()
+	g.Expect(err).NotTo(HaveOccurred())
+	body, err := kc.CoreV1().RESTClient().Get().AbsPath("/api/v1/namespaces").Param("watch", "true").Stream(context.Background())
+	g.Expect(err).NotTo(HaveOccurred())
+	defer func() { _ = body.Close() }()
+	buf := make([]byte, 64)
+	n, err := body.Read(buf)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(string(buf[:n])).To(Equal(`{"type":"ADDED"`))
+	readErr := make(chan error, 1)
+	go func() { _, err := io.ReadAll(body); readErr <- err }()
+	g.Consistently(readErr, 200*time.Millisecond).ShouldNot(Receive(), "streams while admitted")
+
+	c.Revoke("m", "ClusterIdentityChanged", true)
+	g.Eventually(readErr, 5*time.Second).Should(Receive(HaveOccurred()))
+	g.Eventually(ended, 5*time.Second).Should(BeClosed(), "the member saw the request end")
+}
