@@ -89,6 +89,8 @@ type Reconciler struct {
 	// secrets remembers, per MemberCluster name, which kubeconfig Secret metadata the current
 	// connection's version was last confirmed for.
 	secrets map[string]secretSeen
+	// cleanupProbes is when deletion last probed a member to prove a connection for cleanup.
+	cleanupProbes map[types.UID]time.Time
 }
 
 // secretSeen: the Secret's metadata ("uid/resourceVersion/key/context") as last read, and the
@@ -219,6 +221,7 @@ func (r *Reconciler) init(ctx context.Context, log logr.Logger) {
 	r.health = map[types.UID]*memberState{}
 	r.conflicts = map[string]int{}
 	r.secrets = map[string]secretSeen{}
+	r.cleanupProbes = map[types.UID]time.Time{}
 	r.ctx, r.log = ctx, log
 	r.slots = newProbeSlots(r.MaxConcurrentProbes)
 	// Inventory reads are short on healthy members and can be large (a node list): few at once.
@@ -351,6 +354,7 @@ func (r *Reconciler) forgetState(uid types.UID) {
 	r.mu.Lock()
 	st := r.health[uid]
 	delete(r.health, uid)
+	delete(r.cleanupProbes, uid)
 	if st != nil {
 		delete(r.secrets, st.name)
 	}
@@ -380,6 +384,7 @@ func (r *Reconciler) forgetStateByName(name string, keep types.UID) {
 		if st.name == name && uid != keep {
 			gone = append(gone, st)
 			delete(r.health, uid)
+			delete(r.cleanupProbes, uid)
 		}
 	}
 	r.mu.Unlock()
@@ -562,6 +567,19 @@ func (r *Reconciler) prepareCleanup(ctx context.Context, mc *clustersv1.MemberCl
 	// Marked before the probe, so the admission below never makes the member usable for Get.
 	r.Cache.BeginCleanup(mc.Name)
 	if err != nil {
+		return
+	}
+	// The probe runs on a reconcile worker: at most once per 5 retry intervals per member, so
+	// that many unreachable members being deleted at once do not hold every worker.
+	r.mu.Lock()
+	last, due := r.cleanupProbes[mc.UID], true
+	if now := r.Clock.Now(); now.Sub(last) < 5*retryInterval(mc.Spec.HealthCheck) {
+		due = false
+	} else {
+		r.cleanupProbes[mc.UID] = now
+	}
+	r.mu.Unlock()
+	if !due {
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, mc.Spec.HealthCheck.GetTimeout())
