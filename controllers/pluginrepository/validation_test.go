@@ -57,3 +57,15 @@ func TestAdmissionValidation(t *testing.T) {
 		g.Expect(repo.Spec.GetInterval()).To(Equal(10 * time.Minute))
 	}
 }
+
+func TestPrinterColumnsAndShortName(t *testing.T) {
+	g := NewWithT(t)
+	repo := &pluginsv1.PluginRepository{ObjectMeta: metav1.ObjectMeta{Name: "columns"},
+		Spec: pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: "https://charts.example.com/stable"}}
+	g.Expect(mgmt.Create(ctx, repo)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, repo) })
+	out, err := env.Management.Kubectl("get", "prepo", "columns")
+	g.Expect(err).NotTo(HaveOccurred(), string(out))
+	g.Expect(string(out)).To(MatchRegexp(`NAME\s+TYPE\s+URL\s+READY\s+CHARTS\s+AGE`))
+	g.Expect(string(out)).To(MatchRegexp(`columns\s+helm\s+https://charts\.example\.com/stable`))
+}
