@@ -373,21 +373,8 @@ func TestDeletedMarkerNamespaceComesBack(t *testing.T) {
 	g.Expect(cache.Watches()).To(Equal(watchesBefore), "shared, not a second watch")
 	g.Expect(cache.WaitForWatchSynced(ctx, "marker-back", markerWatch)).To(Succeed())
 
-	// Delete it the way a person would; envtest has no namespace controller, so finish the
-	// deletion by hand as the namespace controller would.
 	deleted := time.Now()
-	g.Expect(m2.Client.Delete(ctx, ns)).To(Succeed())
-	g.Eventually(func() error {
-		cur := &corev1.Namespace{}
-		if err := m2.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, cur); err != nil {
-			return client.IgnoreNotFound(err)
-		}
-		if cur.UID != oldUID {
-			return nil
-		}
-		cur.Spec.Finalizers = nil
-		return m2.Client.SubResource("finalize").Update(ctx, cur)
-	}, eventuallyWait, poll).Should(Succeed())
+	deleteMarkerByHand(t, m2, ns)
 	g.Eventually(func(g Gomega) {
 		cur := &corev1.Namespace{}
 		g.Expect(m2.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, cur)).To(Succeed())
@@ -658,21 +645,29 @@ func TestMarkerWatchComesBackAfterAnUnseenRevoke(t *testing.T) {
 	ns := &corev1.Namespace{}
 	g.Expect(m2.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, ns)).To(Succeed())
 	oldUID := ns.UID
-	g.Expect(m2.Client.Delete(ctx, ns)).To(Succeed())
-	g.Eventually(func() error {
-		cur := &corev1.Namespace{}
-		if err := m2.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, cur); err != nil {
-			return client.IgnoreNotFound(err)
-		}
-		if cur.UID != oldUID {
-			return nil
-		}
-		cur.Spec.Finalizers = nil
-		return m2.Client.SubResource("finalize").Update(ctx, cur)
-	}, eventuallyWait, poll).Should(Succeed())
+	deleteMarkerByHand(t, m2, ns)
 	g.Eventually(func(g Gomega) {
 		cur := &corev1.Namespace{}
 		g.Expect(m2.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, cur)).To(Succeed())
 		g.Expect(cur.UID).NotTo(Equal(oldUID))
 	}, 10*time.Second, poll).Should(Succeed())
+}
+
+// deleteMarkerByHand deletes the member's marker namespace ns the way a person would, and finishes
+// the deletion as the namespace controller would (envtest runs none).
+func deleteMarkerByHand(t *testing.T, m *envs.Member, ns *corev1.Namespace) {
+	t.Helper()
+	g := NewWithT(t)
+	g.Expect(m.Client.Delete(ctx, ns)).To(Succeed())
+	g.Eventually(func() error {
+		cur := &corev1.Namespace{}
+		if err := m.Client.Get(ctx, client.ObjectKey{Name: MarkerNamespace}, cur); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		if cur.UID != ns.UID {
+			return nil
+		}
+		cur.Spec.Finalizers = nil
+		return m.Client.SubResource("finalize").Update(ctx, cur)
+	}, eventuallyWait, poll).Should(Succeed())
 }
