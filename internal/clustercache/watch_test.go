@@ -303,13 +303,7 @@ func TestWatchStopsOnOversizedMetadata(t *testing.T) {
 		g.Expect(c.WaitForWatchSynced(context.Background(), "m", nsSpec)).To(Succeed())
 		big := strings.Repeat("x", MaxWatchEventBytes)
 		f.events <- fmt.Sprintf(`{"type":"MODIFIED","object":{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"name":"a","resourceVersion":"2","annotations":{"big":%q}}}}`, big)
-		g.Eventually(func() error {
-			stop, err := c.Watch(context.Background(), "m", nsSpec, func(WatchEvent) {})
-			if err == nil {
-				stop()
-			}
-			return err
-		}, 5*time.Second).Should(MatchError(ErrWatchTooLarge))
+		g.Eventually(joinErr(c), 5*time.Second).Should(MatchError(ErrWatchTooLarge))
 		g.Expect(rec.events()).To(Equal([]string{"ADDED a@1", "ERROR @"}), "the oversized event reached no handler; the end of the watch did")
 
 		// It refuses joiners until tooLargeRetry has passed, then a Watch tries again (the
@@ -343,13 +337,7 @@ func TestWatchStopsOnOversizedMetadata(t *testing.T) {
 		f.endless = sent
 		f.mu.Unlock()
 		f.events <- "" // the current stream ends; the next one is endless
-		g.Eventually(func() error {
-			stop, err := c.Watch(context.Background(), "m", nsSpec, func(WatchEvent) {})
-			if err == nil {
-				stop()
-			}
-			return err
-		}, 10*time.Second).Should(MatchError(ErrWatchTooLarge))
+		g.Eventually(joinErr(c), 10*time.Second).Should(MatchError(ErrWatchTooLarge))
 		g.Eventually(sent.Load, 5*time.Second).Should(BeNumerically(">", MaxWatchEventBytes))
 		// What the member got out before the connection closed: the part read plus the sockets'
 		// buffers, far below the response cap.
@@ -389,4 +377,16 @@ func TestWatchDropsObjectsOutsideItsSelector(t *testing.T) {
 	f.events <- strings.Replace(watchLine(watch.Added, "stranger", "2"), `"labels":{"a":"b"}`, `"labels":{"a":"c"}`, 1)
 	f.events <- watchLine(watch.Added, "b", "3")
 	g.Eventually(rec.events, 5*time.Second).Should(Equal([]string{"ADDED a@1", "ADDED b@3"}))
+}
+
+// joinErr returns what joining the watch of nsSpec in member m says now (a join that succeeds is
+// left at once).
+func joinErr(c *ClusterCache) func() error {
+	return func() error {
+		stop, err := c.Watch(context.Background(), "m", nsSpec, func(WatchEvent) {})
+		if err == nil {
+			stop()
+		}
+		return err
+	}
 }
