@@ -11,14 +11,14 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
-	"syscall"
-	"time"
+		"time"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
+	"github.com/paddock-dev/paddock/internal/netpolicy"
 )
 
 // DefaultMaxKubeconfigBytes bounds the size of a kubeconfig read from a Secret.
@@ -38,37 +38,13 @@ type Policy struct {
 	DeniedCIDRs []netip.Prefix
 }
 
-// Addresses no member server may have, whatever the flags: cloud metadata services that live
-// outside the link-local range, and IPv6 forms that embed an IPv4 address (NAT64, IPv4-compatible)
-// and so could reach a refused one.
-var (
-	deniedAddrs = []netip.Addr{
-		netip.MustParseAddr("fd00:ec2::254"),   // AWS IMDS over IPv6
-		netip.MustParseAddr("100.100.100.200"), // Alibaba Cloud metadata
-	}
-	deniedPrefixes = []netip.Prefix{
-		netip.MustParsePrefix("64:ff9b::/96"),   // NAT64 well-known prefix
-		netip.MustParsePrefix("::/96"),          // IPv4-compatible IPv6 (deprecated)
-		netip.MustParsePrefix("64:ff9b:1::/48"), // NAT64 local-use prefix (RFC 8215)
-		netip.MustParsePrefix("2002::/16"),      // 6to4: embeds an IPv4 address (deprecated)
-	}
-)
-
 // ParseCIDRs parses a comma-separated list of CIDRs (for --member-denied-cidrs).
-func ParseCIDRs(list string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, f := range strings.Split(list, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(f)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not a CIDR: %w", f, err)
-		}
-		out = append(out, p.Masked())
-	}
-	return out, nil
+func ParseCIDRs(list string) ([]netip.Prefix, error) { return netpolicy.ParseCIDRs(list) }
+
+// net is the outbound address policy of member servers.
+func (p Policy) net() netpolicy.Policy {
+	return netpolicy.Policy{AllowLoopback: p.AllowLoopback, DeniedCIDRs: p.DeniedCIDRs,
+		LoopbackFlag: "--allow-loopback-members", DeniedCIDRsFlag: "--member-denied-cidrs"}
 }
 
 // PolicyError is a kubeconfig the policy refuses. Reason is a MemberCluster condition reason and
@@ -206,7 +182,7 @@ func (p Policy) checkCluster(name string, c *clientcmdapi.Cluster) error {
 		// A query would be sent with every request and shown in every error that quotes a URL.
 		return refuse(clustersv1.ReasonInvalidKubeconfig, "%s.server must not have a query or fragment", field)
 	}
-	if err := p.checkHost(u.Hostname()); err != nil {
+	if err := p.net().CheckHost(u.Hostname()); err != nil {
 		return refuse(clustersv1.ReasonServerAddressNotAllowed, "%s.server: %s", field, err)
 	}
 	return nil
@@ -249,72 +225,8 @@ func checkTLSMaterial(clusterName, userName string, c *clientcmdapi.Cluster, u *
 	return nil
 }
 
-// checkHost refuses literal addresses the policy forbids. Names are checked again at dial time,
-// after resolution (see dialer), so a DNS name cannot smuggle in a forbidden address.
-func (p Policy) checkHost(host string) error {
-	h := strings.TrimSuffix(strings.ToLower(host), ".")
-	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
-		if !p.AllowLoopback {
-			return errors.New("loopback servers are not allowed (the manager runs without --allow-loopback-members)")
-		}
-		return nil
-	}
-	if addr, err := netip.ParseAddr(h); err == nil {
-		return p.checkAddr(addr)
-	}
-	return nil
-}
-
-func (p Policy) checkAddr(addr netip.Addr) error {
-	// A zone (fe80::1%eth0) must not make an address miss the checks below.
-	addr = addr.Unmap().WithZone("")
-	for _, pre := range p.DeniedCIDRs {
-		if pre.Contains(addr) {
-			return fmt.Errorf("address %s is in a denied network (--member-denied-cidrs %s)", addr, pre)
-		}
-	}
-	for _, d := range deniedAddrs {
-		if addr == d {
-			return fmt.Errorf("address %s is a cloud metadata service", addr)
-		}
-	}
-	for _, pre := range deniedPrefixes {
-		if addr.Is6() && !addr.IsUnspecified() && !addr.IsLoopback() && pre.Contains(addr) {
-			return fmt.Errorf("address %s embeds an IPv4 address (%s) and is not allowed", addr, pre)
-		}
-	}
-	switch {
-	case addr.IsLinkLocalUnicast() || addr.IsLinkLocalMulticast():
-		return fmt.Errorf("link-local address %s is not allowed (cloud metadata services live there)", addr)
-	case addr.IsUnspecified() || addr.IsMulticast() || addr.IsInterfaceLocalMulticast():
-		return fmt.Errorf("address %s is not a server address", addr)
-	case addr.IsLoopback() && !p.AllowLoopback:
-		return errors.New("loopback servers are not allowed (the manager runs without --allow-loopback-members)")
-	}
-	return nil
-}
-
 // dialer checks every address after DNS resolution, right before connecting.
-func (p Policy) dialer() *net.Dialer {
-	return &net.Dialer{
-		Timeout:   10 * time.Second,
-		KeepAlive: 30 * time.Second,
-		Control: func(_, address string, _ syscall.RawConn) error {
-			host, _, err := net.SplitHostPort(address)
-			if err != nil {
-				return err
-			}
-			addr, err := netip.ParseAddr(host)
-			if err != nil {
-				return fmt.Errorf("refusing to dial %q: not an IP address", host)
-			}
-			if err := p.checkAddr(addr); err != nil {
-				return fmt.Errorf("refusing to dial: %w", err)
-			}
-			return nil
-		},
-	}
-}
+func (p Policy) dialer() *net.Dialer { return p.net().Dialer(10 * time.Second) }
 
 // dialContext is the signature rest.Config.Dial expects.
 var _ func(ctx context.Context, network, address string) (net.Conn, error) = (&net.Dialer{}).DialContext
