@@ -11,7 +11,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
-		"time"
+	"time"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
