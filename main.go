@@ -25,8 +25,10 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/paddock-dev/paddock/controllers"
+	"github.com/paddock-dev/paddock/internal/chartrepo"
 	"github.com/paddock-dev/paddock/internal/clustercache"
 	"github.com/paddock-dev/paddock/internal/flags"
+	"github.com/paddock-dev/paddock/internal/netpolicy"
 	paddockscheme "github.com/paddock-dev/paddock/internal/scheme"
 )
 
@@ -57,6 +59,11 @@ func run() int {
 		secretNamespaces          string
 		deniedCIDRs               string
 		memberMaxResponseBytes    int64
+		allowLoopbackRepos        bool
+		repoDeniedCIDRs           string
+		maxIndexBytes             int64
+		repoTimeout               time.Duration
+		repoSecretNamespace       string
 	)
 	fs := flag.CommandLine
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; \"0\" disables it.")
@@ -81,6 +88,11 @@ func run() int {
 	fs.StringVar(&secretNamespaces, "kubeconfig-secret-namespaces", "", "Comma-separated namespaces whose Secrets may hold member kubeconfigs; the manager reads and caches Secrets only there. Default: the manager's own namespace.")
 	fs.StringVar(&deniedCIDRs, "member-denied-cidrs", "", "Comma-separated networks no member server may be in (the management cluster's own pod, service and node CIDRs).")
 	fs.Int64Var(&memberMaxResponseBytes, "member-max-response-bytes", clustercache.DefaultMaxResponseBytes, "Largest response read from a member by work clients (probes have their own, smaller caps).")
+	fs.BoolVar(&allowLoopbackRepos, "allow-loopback-repositories", false, "Accept chart repository URLs on loopback addresses (local development and tests only).")
+	fs.StringVar(&repoDeniedCIDRs, "repository-denied-cidrs", "", "Comma-separated networks no chart repository may be in (link-local and metadata addresses are always refused).")
+	fs.Int64Var(&maxIndexBytes, "max-repository-index-bytes", chartrepo.DefaultMaxIndexBytes, "Largest Helm repository index.yaml accepted.")
+	fs.DurationVar(&repoTimeout, "repository-timeout", chartrepo.DefaultTimeout, "Timeout of every request to a chart repository, body included.")
+	fs.StringVar(&repoSecretNamespace, "repository-secret-namespace", "", "Namespace of the Secrets PluginRepositories' spec.secretRef names. Default: the manager's own namespace.")
 	fs.BoolVar(&enableHTTP2, "enable-http2", false, "Serve metrics over HTTP/2 (off by default: CVE-2023-44487, CVE-2023-39325).")
 	zapOpts := zap.Options{Development: false, TimeEncoder: zapcore.ISO8601TimeEncoder}
 	zapOpts.BindFlags(fs)
@@ -119,8 +131,24 @@ func run() int {
 		setupLog.Error(err, "Invalid --member-denied-cidrs")
 		return 1
 	}
+	repoDenied, err := netpolicy.ParseCIDRs(repoDeniedCIDRs)
+	if err != nil {
+		setupLog.Error(err, "Invalid --repository-denied-cidrs")
+		return 1
+	}
+	if repoSecretNamespace == "" {
+		repoSecretNamespace = ownNamespace()
+	}
+	if repoSecretNamespace == "" {
+		setupLog.Error(errors.New("the manager's own namespace is unknown outside a pod"), "Set --repository-secret-namespace")
+		return 1
+	}
+	if errs := validation.IsDNS1123Label(repoSecretNamespace); len(errs) > 0 {
+		setupLog.Error(errors.New(strings.Join(errs, "; ")), "Invalid --repository-secret-namespace")
+		return 1
+	}
 	secretCache := map[string]cache.Config{}
-	for _, ns := range namespaces {
+	for _, ns := range append(namespaces, repoSecretNamespace) {
 		secretCache[ns] = cache.Config{}
 	}
 
@@ -161,6 +189,12 @@ func run() int {
 		KubeconfigSecretNamespaces: namespaces,
 		MemberDeletionGracePeriod:  memberDeletionGrace,
 		MaxConcurrentProbes:        maxConcurrentProbes,
+		Repositories: chartrepo.Options{
+			Policy: netpolicy.Policy{AllowLoopback: allowLoopbackRepos, DeniedCIDRs: repoDenied,
+				LoopbackFlag: "--allow-loopback-repositories", DeniedCIDRsFlag: "--repository-denied-cidrs"},
+			Timeout: repoTimeout, MaxIndexBytes: maxIndexBytes, UserAgent: "paddock-manager",
+		},
+		RepositorySecretNamespace: repoSecretNamespace,
 	}); err != nil {
 		setupLog.Error(err, "Failed to set up controllers")
 		return 1
@@ -175,6 +209,9 @@ func run() int {
 	}
 	if allowLoopback {
 		setupLog.Info("Accepting loopback member servers (--allow-loopback-members): for local development only")
+	}
+	if allowLoopbackRepos {
+		setupLog.Info("Accepting loopback chart repositories (--allow-loopback-repositories): for local development only")
 	}
 	setupLog.Info("Starting manager", "leaderElection", leaderElect, "metrics", metricsAddr, "probes", probeAddr,
 		"kubeconfigSecretNamespaces", namespaces)
@@ -208,11 +245,20 @@ func kubeconfigSecretNamespaces(flagValue string) ([]string, error) {
 	if len(out) > 0 {
 		return out, nil
 	}
-	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+	if ns := ownNamespace(); ns != "" {
 		return []string{ns}, nil
 	}
-	if b, err := os.ReadFile(serviceAccountNamespaceFile); err == nil && strings.TrimSpace(string(b)) != "" {
-		return []string{strings.TrimSpace(string(b))}, nil
-	}
 	return nil, errors.New("set --kubeconfig-secret-namespaces: the manager's own namespace is unknown outside a pod")
+}
+
+// ownNamespace is the manager's namespace (POD_NAMESPACE, else the service account's namespace
+// file), or "" outside a pod.
+func ownNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile(serviceAccountNamespaceFile); err == nil {
+		return strings.TrimSpace(string(b))
+	}
+	return ""
 }

@@ -13,6 +13,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/paddock-dev/paddock/controllers/membercluster"
+	"github.com/paddock-dev/paddock/controllers/pluginrepository"
+	"github.com/paddock-dev/paddock/internal/chartrepo"
 	"github.com/paddock-dev/paddock/internal/clustercache"
 	"github.com/paddock-dev/paddock/internal/flags"
 )
@@ -33,6 +35,12 @@ type Options struct {
 	MaxConcurrentProbes int
 	// KubeconfigSecretNamespaces are where member kubeconfig Secrets may live.
 	KubeconfigSecretNamespaces []string
+	// Repositories are the settings of every chart repository connection.
+	Repositories chartrepo.Options
+	// RepositorySecretNamespace is where repository credentials Secrets live.
+	RepositorySecretNamespace string
+	// Charts holds every repository's last good index (shared by the plugins controllers).
+	Charts *chartrepo.Store
 }
 
 // defaultConcurrency of controllers whose work is mostly waiting on member clusters.
@@ -57,6 +65,19 @@ var registry = []registration{
 			DeletionGracePeriod: o.MemberDeletionGracePeriod,
 			MaxConcurrentProbes: o.MaxConcurrentProbes,
 			SecretNamespaces:    o.KubeconfigSecretNamespaces,
+		}).SetupWithManager(ctx, mgr, co)
+	}},
+	{"pluginrepository", func(ctx context.Context, mgr ctrl.Manager, o Options, co controller.Options) error {
+		if o.Charts == nil {
+			o.Charts = chartrepo.NewStore()
+		}
+		return (&pluginrepository.Reconciler{
+			Client:          mgr.GetClient(),
+			APIReader:       mgr.GetAPIReader(),
+			Recorder:        mgr.GetEventRecorder("pluginrepository-controller"),
+			Fetcher:         &chartrepo.Fetcher{Options: o.Repositories},
+			Store:           o.Charts,
+			SecretNamespace: o.RepositorySecretNamespace,
 		}).SetupWithManager(ctx, mgr, co)
 	}},
 }

@@ -1,12 +1,10 @@
 package membercluster
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -55,26 +53,8 @@ var (
 	// suiteReconciler is the Reconciler the suite's manager runs.
 	suiteReconciler *Reconciler
 	// suiteLogs holds everything the manager and the controller logged (debug level included).
-	suiteLogs syncBuffer
+	suiteLogs envs.SyncBuffer
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func TestMain(m *testing.M) {
 	os.Exit(runSuite(m))

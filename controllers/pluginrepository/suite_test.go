@@ -3,18 +3,39 @@ package pluginrepository
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"testing"
+	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/paddock-dev/paddock/internal/chartrepo"
+	"github.com/paddock-dev/paddock/internal/netpolicy"
+	"github.com/paddock-dev/paddock/internal/scheme"
 	"github.com/paddock-dev/paddock/test/envs"
 )
 
+const (
+	secretNS       = "paddock-system"
+	testMaxIndex   = 256 << 10
+	eventuallyWait = 20 * time.Second
+	poll           = 100 * time.Millisecond
+)
+
 var (
-	env  *envs.Env
-	mgmt client.Client
-	ctx  = context.Background()
+	env   *envs.Env
+	mgmt  client.Client
+	ctx   = context.Background()
+	store = chartrepo.NewStore()
+	logs  envs.SyncBuffer
 )
 
 func TestMain(m *testing.M) {
@@ -30,5 +51,47 @@ func runSuite(m *testing.M) int {
 	}
 	defer func() { _ = env.Stop() }()
 	mgmt = env.Management.Client
+	ctrl.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(os.Stderr, &logs)), zap.UseDevMode(true)))
+	mgr, err := ctrl.NewManager(env.Management.Config, ctrl.Options{
+		Scheme: scheme.New(),
+		Cache: crcache.Options{ByObject: map[client.Object]crcache.ByObject{
+			&corev1.Secret{}: {Namespaces: map[string]crcache.Config{secretNS: {}}},
+		}},
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: ptrTo(true)},
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r := &Reconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(),
+		Recorder: mgr.GetEventRecorder("pluginrepository-controller"),
+		Fetcher: &chartrepo.Fetcher{Options: chartrepo.Options{
+			// As the tests' and make dev's manager: --allow-loopback-repositories.
+			Policy:        netpolicy.Policy{AllowLoopback: true, LoopbackFlag: "--allow-loopback-repositories"},
+			Timeout:       5 * time.Second,
+			MaxIndexBytes: testMaxIndex,
+		}},
+		Store: store, SecretNamespace: secretNS, RetryInterval: 2 * time.Second,
+	}
+	if err := r.SetupWithManager(mctx, mgr, controller.Options{MaxConcurrentReconciles: 4}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := envs.EnsureNamespace(ctx, mgmt, secretNS); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	go func() {
+		if err := mgr.Start(mctx); err != nil {
+			fmt.Fprintln(os.Stderr, "manager:", err)
+		}
+	}()
 	return m.Run()
 }
+
+func ptrTo[T any](v T) *T { return &v }

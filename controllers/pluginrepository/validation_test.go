@@ -29,6 +29,10 @@ func TestAdmissionValidation(t *testing.T) {
 			"a helm repository's url must start with https:// or http://"},
 		{"fragment", pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: "https://charts.example.com/#x"},
 			"the url must not contain a fragment or spaces"},
+		{"credentials-in-url", pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: "https://user:pass@charts.example.com/"},
+			"the url must not carry credentials"},
+		{"insecure-helm", pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: "https://charts.example.com", Insecure: true},
+			"insecure is for oci registries only"},
 		{"interval-too-short", pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: "https://charts.example.com", Interval: d("10s")},
 			"interval must be between 1m and 24h"},
 		{"bad-secret-name", pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: "https://charts.example.com",
@@ -49,8 +53,9 @@ func TestAdmissionValidation(t *testing.T) {
 	for _, spec := range []pluginsv1.PluginRepositorySpec{
 		{Type: pluginsv1.RepositoryTypeHelm, URL: "https://charts.example.com/stable"},
 		{Type: pluginsv1.RepositoryTypeOCI, URL: "oci://registry.example.com/charts"},
+		{Type: pluginsv1.RepositoryTypeOCI, URL: "oci://registry.local:5000/charts", Insecure: true},
 	} {
-		repo := &pluginsv1.PluginRepository{ObjectMeta: metav1.ObjectMeta{Name: "valid-" + string(spec.Type)}, Spec: spec}
+		repo := &pluginsv1.PluginRepository{ObjectMeta: metav1.ObjectMeta{GenerateName: "valid-" + string(spec.Type) + "-"}, Spec: spec}
 		g.Expect(mgmt.Create(ctx, repo)).To(Succeed())
 		t.Cleanup(func() { _ = mgmt.Delete(ctx, repo) })
 		g.Expect(repo.Spec.Interval).NotTo(BeNil())

@@ -89,7 +89,8 @@ func run() error {
 	}
 	defer func() { _ = logFile.Close() }()
 	mgr := exec.Command(*managerBin, "--kubeconfig", kubeconfig, "--allow-loopback-members",
-		"--kubeconfig-secret-namespaces", "paddock-system",
+		"--allow-loopback-repositories",
+		"--kubeconfig-secret-namespaces", "paddock-system", "--repository-secret-namespace", "paddock-system",
 		"--metrics-bind-address", "127.0.0.1:8080", "--health-probe-bind-address", "127.0.0.1:8081")
 	mgr.Stdout, mgr.Stderr = logFile, logFile
 	mgr.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}

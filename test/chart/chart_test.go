@@ -117,7 +117,7 @@ func TestChartDefaultsApplyToARealAPIServer(t *testing.T) {
 	g.Expect(k).To(HaveKeyWithValue("ServiceAccount", 1))
 	g.Expect(k).To(HaveKeyWithValue("ClusterRole", 1))
 	g.Expect(k).To(HaveKeyWithValue("ClusterRoleBinding", 1))
-	g.Expect(k).To(HaveKeyWithValue("Role", 2), "leader election, kubeconfig Secrets")
+	g.Expect(k).To(HaveKeyWithValue("Role", 3), "leader election, kubeconfig Secrets, repository Secrets")
 	applyDryRun(t, objs)
 
 	d := deployment(t, objs)
@@ -125,6 +125,8 @@ func TestChartDefaultsApplyToARealAPIServer(t *testing.T) {
 	g.Expect(c.Args).To(ContainElement("--leader-elect=true"), "leader election is on by default in the chart")
 	g.Expect(c.Args).To(ContainElement("--max-concurrent-probes=500"))
 	g.Expect(c.Args).To(ContainElement("--kubeconfig-secret-namespaces="+releaseNamespace(objs)), "the release namespace by default")
+	g.Expect(c.Args).To(ContainElements("--repository-secret-namespace="+releaseNamespace(objs), "--max-repository-index-bytes=52428800"))
+	g.Expect(c.Args).NotTo(ContainElement(HavePrefix("--allow-loopback")), "never in a real deployment")
 	g.Expect(c.LivenessProbe).NotTo(BeNil())
 	g.Expect(c.ReadinessProbe).NotTo(BeNil())
 	g.Expect(c.Resources.Requests).NotTo(BeEmpty())
@@ -141,7 +143,7 @@ func TestChartDefaultsApplyToARealAPIServer(t *testing.T) {
 			g.Expect(rules).NotTo(ContainElement(HaveKeyWithValue("resources", ContainElement("secrets"))), "no cluster-wide Secret read")
 		}
 	}
-	g.Expect(secretRoleNamespaces(objs)).To(ConsistOf(releaseNamespace(objs)))
+	g.Expect(secretRoleNamespaces(objs)).To(ConsistOf(releaseNamespace(objs), releaseNamespace(objs)), "kubeconfig and repository Secrets")
 }
 
 // secretRoleNamespaces lists the namespaces of the Roles that grant reading Secrets.
@@ -177,16 +179,18 @@ func TestChartVariantsApply(t *testing.T) {
 		"metrics":        map[string]any{"secure": true},
 		"manager": map[string]any{"concurrency": []any{"membercluster=100"},
 			"kubeconfigSecretNamespaces": []any{releaseNamespace(render(t, nil)), "default"},
-			"memberDeniedCIDRs":          []any{"10.96.0.0/12", "10.244.0.0/16"}},
+			"memberDeniedCIDRs":          []any{"10.96.0.0/12", "10.244.0.0/16"},
+			"repositoryDeniedCIDRs":      []any{"10.96.0.0/12"}},
 	})
 	k := kinds(objs)
-	g.Expect(k).To(HaveKeyWithValue("Role", 2), "kubeconfig Secrets in two namespaces; no leader election Role")
-	g.Expect(secretRoleNamespaces(objs)).To(ConsistOf(releaseNamespace(objs), "default"))
+	g.Expect(k).To(HaveKeyWithValue("Role", 3), "kubeconfig Secrets in two namespaces, repository Secrets; no leader election Role")
+	g.Expect(secretRoleNamespaces(objs)).To(ConsistOf(releaseNamespace(objs), "default", releaseNamespace(objs)))
 	g.Expect(k).To(HaveKeyWithValue("ClusterRole", 3), "manager, metrics-auth, metrics-reader")
 	applyDryRun(t, objs)
 	c := deployment(t, objs).Spec.Template.Spec.Containers[0]
 	g.Expect(c.Args).To(ContainElements("--leader-elect=false", "--metrics-secure=true", "--concurrency=membercluster=100",
-		"--kubeconfig-secret-namespaces="+releaseNamespace(objs)+",default", "--member-denied-cidrs=10.96.0.0/12,10.244.0.0/16"))
+		"--kubeconfig-secret-namespaces="+releaseNamespace(objs)+",default", "--member-denied-cidrs=10.96.0.0/12,10.244.0.0/16",
+		"--repository-denied-cidrs=10.96.0.0/12"))
 }
 
 // A chart that renders something the apiserver rejects must fail the dry-run: proves the check

@@ -24,6 +24,7 @@ const DefaultRepositoryInterval = 10 * time.Minute
 // PluginRepositorySpec is the desired state of a PluginRepository.
 // +kubebuilder:validation:XValidation:rule="self.type != 'helm' || self.url.startsWith('https://') || self.url.startsWith('http://')",message="a helm repository's url must start with https:// or http://"
 // +kubebuilder:validation:XValidation:rule="self.type != 'oci' || self.url.startsWith('oci://')",message="an oci repository's url must start with oci://"
+// +kubebuilder:validation:XValidation:rule="!has(self.insecure) || !self.insecure || self.type == 'oci'",message="insecure is for oci registries only; a helm repository says http:// in its url"
 type PluginRepositorySpec struct {
 	// Type is helm (an index.yaml over HTTP(S)) or oci (an OCI registry).
 	Type RepositoryType `json:"type"`
@@ -33,7 +34,13 @@ type PluginRepositorySpec struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="!self.contains('#') && !self.contains(' ')",message="the url must not contain a fragment or spaces"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^[a-z]+://[^/]*@')",message="the url must not carry credentials; put them in the Secret named by spec.secretRef"
 	URL string `json:"url"`
+
+	// Insecure reaches an oci registry over plain http instead of https. Credentials are never
+	// sent over plain http: a secretRef with credentials and insecure is refused.
+	// +optional
+	Insecure bool `json:"insecure,omitempty"`
 
 	// SecretRef names a Secret in the manager's namespace with the repository's credentials:
 	// username and password (basic auth), or token (bearer); tls.crt and tls.key (a client
