@@ -261,7 +261,7 @@ func TestRefusedConfigurationStalls(t *testing.T) {
 		g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, pluginsv1.StalledCondition)).To(BeTrue(), tc.name)
 		g.Expect(kstatusOf(t, got)).To(Equal(status.FailedStatus), tc.name)
 	}
-	g.Expect(plain.Hits("/index.yaml") + plain.Denied()).To(BeZero(), "no request reached the plain-http repository")
+	g.Expect(plain.Hits("/index.yaml")+plain.Denied()).To(BeZero(), "no request reached the plain-http repository")
 
 	// A Secret created later un-stalls the repository (the Secret watch).
 	repo := createRepo(t, pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: plain.URL(),
