@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -162,12 +163,12 @@ entries:
 // A body without Content-Length is cut at the cap, not read to its end.
 func TestIndexWithoutLengthIsCutAtTheCap(t *testing.T) {
 	g := NewWithT(t)
-	var written int
+	var written atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		chunk := bytes.Repeat([]byte("# padding\n"), 1000)
 		for i := 0; i < 10000; i++ {
 			n, err := w.Write(chunk)
-			written += n
+			written.Add(int64(n))
 			if err != nil {
 				return
 			}
@@ -179,7 +180,7 @@ func TestIndexWithoutLengthIsCutAtTheCap(t *testing.T) {
 	opts.MaxIndexBytes = 1 << 20
 	_, _, err := (&Fetcher{Options: opts}).FetchIndex(ctx, srv.URL, Credentials{}, nil)
 	g.Expect(reasonOf(err)).To(Equal(pluginsv1.ReasonIndexTooLarge))
-	g.Expect(written).To(BeNumerically("<", 20<<20), "the server was stopped long before it sent 100 MB")
+	g.Expect(written.Load()).To(BeNumerically("<", 20<<20), "the server was stopped long before it sent 100 MB")
 }
 
 func TestRedirectsKeepCredentialsAtHome(t *testing.T) {
@@ -189,9 +190,11 @@ func TestRedirectsKeepCredentialsAtHome(t *testing.T) {
 	other := chartrepos.NewHelmRepo(chartrepos.Options{TLS: true})
 	defer other.Close()
 	g.Expect(other.Add(hello(t, "0.1.0")...)).To(Succeed())
-	var sawAuth bool
+	var sawAuth atomic.Bool
 	redirector := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sawAuth = sawAuth || r.Header.Get("Authorization") != ""
+		if r.Header.Get("Authorization") != "" {
+			sawAuth.Store(true)
+		}
 		http.Redirect(w, r, other.URL()+"/index.yaml", http.StatusFound)
 	}))
 	defer redirector.Close()
@@ -202,7 +205,7 @@ func TestRedirectsKeepCredentialsAtHome(t *testing.T) {
 	_, _, err = f.FetchIndex(ctx, redirector.URL, creds, nil)
 	g.Expect(reasonOf(err)).To(Equal(pluginsv1.ReasonInsecureCredentials), "%v", err)
 	g.Expect(err.Error()).NotTo(ContainSubstring("secret-token"))
-	g.Expect(sawAuth).To(BeTrue())
+	g.Expect(sawAuth.Load()).To(BeTrue())
 	g.Expect(other.Hits("/index.yaml")).To(BeZero(), "the redirect was not followed")
 
 	// Anonymous: redirects to another host are followed (GitHub Pages, CDNs).

@@ -86,10 +86,24 @@ type server struct {
 	mu     sync.Mutex
 	hits   map[string]int
 	denied int
+	onReq  func(authorization string)
+}
+
+// OnRequest calls f with the Authorization header of every request that arrives.
+func (s *server) OnRequest(f func(authorization string)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onReq = f
 }
 
 func (s *server) start(h http.Handler) {
 	wrapped := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		on := s.onReq
+		s.mu.Unlock()
+		if on != nil {
+			on(r.Header.Get("Authorization"))
+		}
 		if s.opts.Username != "" {
 			u, p, ok := r.BasicAuth()
 			if !ok || subtle.ConstantTimeCompare([]byte(u), []byte(s.opts.Username)) != 1 ||

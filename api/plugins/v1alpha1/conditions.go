@@ -39,3 +39,16 @@ const (
 	// ReasonSecretInvalid: the Secret's keys do not make a usable credential.
 	ReasonSecretInvalid = "SecretInvalid"
 )
+
+// Condition reasons about a chart (PluginRelease).
+const (
+	// ReasonChartNotFound: the repository has no chart of that name.
+	ReasonChartNotFound = "ChartNotFound"
+	// ReasonVersionNotFound: no version of the chart satisfies spec.chart.version.
+	ReasonVersionNotFound = "VersionNotFound"
+	// ReasonChartInvalid: the chart archive is malformed or exceeds the archive limits (size,
+	// files, expansion ratio, nesting).
+	ReasonChartInvalid = "ChartInvalid"
+	// ReasonChartDigestMismatch: the downloaded archive is not the one the index lists.
+	ReasonChartDigestMismatch = "ChartDigestMismatch"
+)

@@ -1,0 +1,194 @@
+package chartrepo
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	. "github.com/onsi/gomega"
+
+	pluginsv1 "github.com/paddock-dev/paddock/api/plugins/v1alpha1"
+	"github.com/paddock-dev/paddock/test/chartrepos"
+)
+
+func helmSource(t *testing.T, r *chartrepos.HelmRepo, creds Credentials) *Source {
+	t.Helper()
+	idx, _, err := (&Fetcher{Options: loopback()}).FetchIndex(ctx, r.URL(), creds, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Source{Index: idx, Credentials: creds}
+}
+
+func TestEveryChartVersionIsDownloadedOnce(t *testing.T) {
+	g := NewWithT(t)
+	r := chartrepos.NewHelmRepo(chartrepos.Options{})
+	defer r.Close()
+	g.Expect(r.Add(hello(t, "0.1.0", "0.1.1", "0.2.0", "1.0.0-rc.1")...)).To(Succeed())
+	src := helmSource(t, r, Credentials{})
+	c := &ChartCache{Options: loopback()}
+
+	var wg sync.WaitGroup
+	results := make([]*Resolved, 20)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := c.Get(ctx, src, "hello", "0.1.x")
+			g.Expect(err).NotTo(HaveOccurred())
+			results[i] = res
+		}()
+	}
+	wg.Wait()
+	g.Expect(c.Downloads()).To(Equal(int64(1)))
+	g.Expect(r.Hits("/charts/hello-0.1.1.tgz")).To(Equal(1))
+	for _, res := range results {
+		g.Expect(res).To(BeIdenticalTo(results[0]))
+	}
+	g.Expect(results[0].Version).To(Equal("0.1.1"))
+	g.Expect(results[0].Chart.Metadata.Name).To(Equal("hello"))
+
+	for version, want := range map[string]string{"0.2.0": "0.2.0", ">=0.1 <0.2": "0.1.1", "*": "0.2.0", "1.0.0-rc.1": "1.0.0-rc.1"} {
+		res, err := c.Get(ctx, src, "hello", version)
+		g.Expect(err).NotTo(HaveOccurred(), version)
+		g.Expect(res.Version).To(Equal(want), version)
+	}
+	g.Expect(c.Downloads()).To(Equal(int64(3)), "0.1.1, 0.2.0, 1.0.0-rc.1")
+
+	_, err := c.Get(ctx, src, "nope", "1.0.0")
+	g.Expect(reasonOf(err)).To(Equal(pluginsv1.ReasonChartNotFound))
+	_, err = c.Get(ctx, src, "hello", ">=5")
+	g.Expect(reasonOf(err)).To(Equal(pluginsv1.ReasonVersionNotFound))
+	g.Expect(err.Error()).To(ContainSubstring("newest: 1.0.0-rc.1, 0.2.0"))
+	_, err = c.Get(ctx, src, "hello", "not a range!")
+	g.Expect(reasonOf(err)).To(Equal(pluginsv1.ReasonVersionNotFound))
+}
+
+func TestTamperedArchiveIsRefused(t *testing.T) {
+	g := NewWithT(t)
+	r := chartrepos.NewHelmRepo(chartrepos.Options{})
+	defer r.Close()
+	charts := hello(t, "0.1.0")
+	g.Expect(r.Add(charts...)).To(Succeed())
+	// An index that lists another digest for the same archive.
+	r.SetRawIndex([]byte(fmt.Sprintf(`apiVersion: v1
+entries:
+  hello:
+  - {name: hello, version: 0.1.0, urls: [%s/charts/hello-0.1.0.tgz], digest: %s}
+`, r.URL(), strings.Repeat("ab", 32))))
+	c := &ChartCache{Options: loopback()}
+	_, err := c.Get(ctx, helmSource(t, r, Credentials{}), "hello", "0.1.0")
+	g.Expect(reasonOf(err)).To(Equal(pluginsv1.ReasonChartDigestMismatch))
+}
+
+// Credentials go with chart downloads only to the repository's own origin.
+func TestChartCredentialsStayOnTheRepositoryOrigin(t *testing.T) {
+	g := NewWithT(t)
+	home := chartrepos.NewHelmRepo(chartrepos.Options{Username: "u", Password: "p", TLS: true})
+	defer home.Close()
+	cdn := chartrepos.NewHelmRepo(chartrepos.Options{TLS: true})
+	defer cdn.Close()
+	ch := hello(t, "0.1.0")[0]
+	g.Expect(cdn.Add(ch)).To(Succeed())
+	home.SetRawIndex([]byte(fmt.Sprintf(`apiVersion: v1
+entries:
+  hello:
+  - {name: hello, version: 0.1.0, urls: [%s/charts/hello-0.1.0.tgz], digest: %s}
+`, cdn.URL(), ch.Digest())))
+	creds, err := CredentialsFromSecret("s", map[string][]byte{KeyCA: home.CAPEM(), KeyUsername: []byte("u"), KeyPassword: []byte("p")})
+	g.Expect(err).NotTo(HaveOccurred())
+	var sawAuth atomic.Bool
+	cdn.OnRequest(func(auth string) {
+		if auth != "" {
+			sawAuth.Store(true)
+		}
+	})
+	res, err := (&ChartCache{Options: loopback()}).Get(ctx, helmSource(t, home, creds), "hello", "0.1.0")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Version).To(Equal("0.1.0"))
+	g.Expect(sawAuth.Load()).To(BeFalse(), "no Authorization header reached the other origin")
+}
+
+func TestOCIChartsResolveRangesAndDownloadOnce(t *testing.T) {
+	g := NewWithT(t)
+	reg := chartrepos.NewOCIRegistry(chartrepos.Options{Username: "u", Password: "p", TLS: true})
+	defer reg.Close()
+	g.Expect(reg.Push(hello(t, "0.1.0", "0.2.0", "0.2.1")...)).To(Succeed())
+	creds, err := CredentialsFromSecret("s", map[string][]byte{KeyCA: reg.CAPEM(), KeyUsername: []byte("u"), KeyPassword: []byte("p")})
+	g.Expect(err).NotTo(HaveOccurred())
+	r, err := NewRegistry(loopback(), reg.URL(), creds, false)
+	g.Expect(err).NotTo(HaveOccurred())
+	src := &Source{Registry: r, Credentials: creds}
+	c := &ChartCache{Options: loopback()}
+	for i := 0; i < 3; i++ {
+		res, err := c.Get(ctx, src, "hello", "0.2.x")
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(res.Version).To(Equal("0.2.1"))
+	}
+	g.Expect(c.Downloads()).To(Equal(int64(1)))
+	_, err = c.Get(ctx, src, "hello", "3.x")
+	g.Expect(reasonOf(err)).To(Equal(pluginsv1.ReasonVersionNotFound))
+	_, err = c.Get(ctx, src, "missing", "1.0.0")
+	g.Expect(reasonOf(err)).To(Equal(pluginsv1.ReasonChartNotFound), "%v", err)
+}
+
+// tgz builds a gzipped tar of files (name -> content).
+func tgz(files map[string][]byte) []byte {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for name, b := range files {
+		_ = tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg})
+		_, _ = tw.Write(b)
+	}
+	_ = tw.Close()
+	_ = zw.Close()
+	return buf.Bytes()
+}
+
+func TestArchiveLimits(t *testing.T) {
+	g := NewWithT(t)
+	chartYAML := []byte("apiVersion: v2\nname: x\nversion: 0.1.0\n")
+	ok := tgz(map[string][]byte{"x/Chart.yaml": chartYAML})
+	ch, err := LoadArchive(ok, ArchiveLimits{})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(ch.Metadata.Name).To(Equal("x"))
+
+	many := map[string][]byte{"x/Chart.yaml": chartYAML}
+	for i := 0; i < 50; i++ {
+		many[fmt.Sprintf("x/templates/f%d.yaml", i)] = []byte("a: b\n")
+	}
+	bomb := tgz(map[string][]byte{"x/Chart.yaml": chartYAML, "x/templates/zeros.yaml": make([]byte, 8<<20)})
+	nested := ok
+	for i := 0; i < 4; i++ {
+		nested = tgz(map[string][]byte{"x/Chart.yaml": chartYAML, "x/charts/inner.tgz": nested})
+	}
+	// Each nested archive alone is under the expanded limit; together they are not.
+	wide := map[string][]byte{"x/Chart.yaml": chartYAML}
+	for i := 0; i < 8; i++ {
+		wide[fmt.Sprintf("x/charts/sub%d.tgz", i)] = tgz(map[string][]byte{"sub/values.yaml": bytes.Repeat([]byte("# pad\n"), 200000)})
+	}
+	for name, tc := range map[string]struct {
+		archive []byte
+		limits  ArchiveLimits
+		want    string
+	}{
+		"too large":     {ok, ArchiveLimits{MaxArchiveBytes: 10}, "more than the limit of 10"},
+		"too many":      {tgz(many), ArchiveLimits{MaxFiles: 20}, "more than 20 files"},
+		"bomb":          {bomb, ArchiveLimits{}, "compression bomb"},
+		"expanded":      {bomb, ArchiveLimits{MaxExpandedBytes: 1 << 20, MaxRatio: 1 << 30}, "expands beyond"},
+		"deep":          {nested, ArchiveLimits{MaxDepth: 3}, "more than 3 deep"},
+		"shared budget": {tgz(wide), ArchiveLimits{MaxExpandedBytes: 4 << 20, MaxRatio: 1 << 30}, "expands beyond"},
+		"not gzip":      {[]byte("PK\x03\x04 zip"), ArchiveLimits{}, "not gzip"},
+		"no chart":      {tgz(map[string][]byte{"x/values.yaml": []byte("a: 1")}), ArchiveLimits{}, "does not load"},
+	} {
+		_, err := LoadArchive(tc.archive, tc.limits)
+		g.Expect(reasonOf(err)).To(Equal(pluginsv1.ReasonChartInvalid), name)
+		g.Expect(err.Error()).To(ContainSubstring(tc.want), name)
+	}
+}
