@@ -1,0 +1,211 @@
+// Package rollout is the wave engine shared by every Paddock kind that changes many clusters:
+// PluginRelease rolls charts with it, ClusterUpgrade rolls Kubernetes versions. It is pure logic:
+// callers freeze their targets into waves once per change (Plan), then on every reconcile report
+// each cluster's state and act on what Decide returns. Nothing here talks to a cluster.
+package rollout
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// DefaultMaxConcurrency is the concurrency when none is set.
+const DefaultMaxConcurrency = 10
+
+// Target is a cluster that a change may apply to.
+type Target struct {
+	Name   string
+	Labels map[string]string
+}
+
+// WaveSpec is one wave as the user wrote it.
+type WaveSpec struct {
+	Name     string
+	Selector labels.Selector
+	// MaxConcurrency overrides Spec.MaxConcurrency for this wave.
+	MaxConcurrency *intstr.IntOrString
+}
+
+// Spec is a rollout as the user wrote it.
+type Spec struct {
+	// MaxConcurrency: clusters acted on at once per wave (a number or a percentage of the wave,
+	// rounded up; default DefaultMaxConcurrency).
+	MaxConcurrency *intstr.IntOrString
+	Waves          []WaveSpec
+	// MaxFailures: failures each wave may have (a number or a percentage, rounded down; default 0).
+	MaxFailures *intstr.IntOrString
+	// BakeTime: how long a completed wave must stay healthy before the next starts.
+	BakeTime time.Duration
+}
+
+// RestWave names the wave of the targets no wave selects (all targets when there are no waves).
+const RestWave = "rest"
+
+// Wave is one wave with its targets frozen. CompletedAt is when every target of the wave last
+// reached the desired state (nil while it has not, or since it stopped being so).
+type Wave struct {
+	Name        string
+	Clusters    []string
+	CompletedAt *time.Time
+}
+
+// Plan freezes targets into waves: each target goes to the first wave whose selector matches it;
+// the rest form a last wave named RestWave. Waves with no target are kept (so that status shows
+// them) and complete at once. Clusters are sorted by name within a wave, so the order is stable.
+func Plan(spec Spec, targets []Target) []Wave {
+	waves := make([]Wave, len(spec.Waves), len(spec.Waves)+1)
+	var rest []string
+	for i, w := range spec.Waves {
+		waves[i].Name = w.Name
+	}
+	for _, t := range targets {
+		placed := false
+		for i, w := range spec.Waves {
+			if w.Selector != nil && w.Selector.Matches(labels.Set(t.Labels)) {
+				waves[i].Clusters = append(waves[i].Clusters, t.Name)
+				placed = true
+				break
+			}
+		}
+		if !placed {
+			rest = append(rest, t.Name)
+		}
+	}
+	if len(rest) > 0 || len(waves) == 0 {
+		waves = append(waves, Wave{Name: RestWave, Clusters: rest})
+	}
+	for i := range waves {
+		sort.Strings(waves[i].Clusters)
+	}
+	return waves
+}
+
+// State is where one cluster stands in the change being rolled out.
+type State int
+
+const (
+	// Pending: not started.
+	Pending State = iota
+	// Running: being acted on.
+	Running
+	// Succeeded: at the desired state and healthy.
+	Succeeded
+	// Failed: the action failed (and its remediation, if any).
+	Failed
+	// Gone: the cluster left the fleet (deleted) after the waves were frozen; it no longer
+	// counts in its wave.
+	Gone
+)
+
+// Decision is what the caller does now.
+type Decision struct {
+	// Wave is the index of the current wave (len(waves) when complete).
+	Wave int
+	// Start lists the clusters to start now, in order.
+	Start []string
+	// Complete: every wave is done.
+	Complete bool
+	// Halted: a wave exceeded its failure budget; nothing more starts until that changes.
+	Halted bool
+	// Waiting says, for people, why nothing (more) starts: bake time, concurrency, a halt.
+	Waiting string
+	// RequeueAfter is when the decision may change by time alone (bake time ending).
+	RequeueAfter time.Duration
+	// CompletedAt is every wave's completion time as of now: store it in the waves.
+	CompletedAt []*time.Time
+}
+
+// Decide looks at the frozen waves and each cluster's state and says what to start. A cluster
+// missing from states is Pending. Only the current wave ever starts clusters: the first wave not
+// complete, or the one after a completed wave whose bake time has passed.
+func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Decision {
+	d := Decision{CompletedAt: make([]*time.Time, len(waves))}
+	for i := range waves {
+		d.CompletedAt[i] = waves[i].CompletedAt
+	}
+	for i, w := range waves {
+		var pending []string
+		running, succeeded, failed, size := 0, 0, 0, 0
+		for _, c := range w.Clusters {
+			switch states[c] {
+			case Gone:
+				continue
+			case Running:
+				running++
+			case Succeeded:
+				succeeded++
+			case Failed:
+				failed++
+			default:
+				pending = append(pending, c)
+			}
+			size++
+		}
+		budget := resolve(spec.MaxFailures, size, false, 0)
+		if failed > budget {
+			d.Wave, d.Halted = i, true
+			d.CompletedAt[i] = nil
+			d.Waiting = fmt.Sprintf("halted: %d of %d clusters of wave %s failed, more than maxFailures (%d); later waves are not started",
+				failed, size, w.Name, budget)
+			return d
+		}
+		if len(pending) > 0 || running > 0 {
+			d.Wave = i
+			d.CompletedAt[i] = nil
+			mc := spec.MaxConcurrency
+			if i < len(spec.Waves) && spec.Waves[i].Name == w.Name && spec.Waves[i].MaxConcurrency != nil {
+				mc = spec.Waves[i].MaxConcurrency
+			}
+			limit := resolve(mc, size, true, DefaultMaxConcurrency)
+			if limit < 1 {
+				limit = 1
+			}
+			free := limit - running
+			if free > len(pending) {
+				free = len(pending)
+			}
+			if free > 0 {
+				d.Start = pending[:free]
+			}
+			if len(pending) > len(d.Start) {
+				d.Waiting = fmt.Sprintf("wave %s: %d running (maxConcurrency %d), %d waiting", w.Name, running+len(d.Start), limit, len(pending)-len(d.Start))
+			}
+			return d
+		}
+		// Complete (every cluster succeeded, or failed within the budget).
+		if d.CompletedAt[i] == nil {
+			t := now
+			d.CompletedAt[i] = &t
+		}
+		if i == len(waves)-1 {
+			d.Wave, d.Complete = len(waves), true
+			return d
+		}
+		if until := d.CompletedAt[i].Add(spec.BakeTime); now.Before(until) {
+			d.Wave = i
+			d.RequeueAfter = until.Sub(now)
+			d.Waiting = fmt.Sprintf("bake time: wave %s completed at %s; wave %s starts at %s if it stays healthy",
+				w.Name, d.CompletedAt[i].UTC().Format(time.RFC3339), waves[i+1].Name, until.UTC().Format(time.RFC3339))
+			return d
+		}
+	}
+	d.Wave, d.Complete = len(waves), true
+	return d
+}
+
+// resolve turns a number-or-percentage into a count of size; percentages round up or down.
+func resolve(v *intstr.IntOrString, size int, roundUp bool, def int) int {
+	if v == nil {
+		return def
+	}
+	n, err := intstr.GetScaledValueFromIntOrPercent(v, size, roundUp)
+	if err != nil {
+		return def
+	}
+	return n
+}
+

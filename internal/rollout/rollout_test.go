@@ -1,0 +1,128 @@
+package rollout
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+func sel(s string) labels.Selector {
+	l, err := labels.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return l
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func fleet(n int, canaries ...string) []Target {
+	var out []Target
+	for i := 0; i < n; i++ {
+		out = append(out, Target{Name: fmt.Sprintf("c%02d", i), Labels: map[string]string{}})
+	}
+	for _, c := range canaries {
+		for i := range out {
+			if out[i].Name == c {
+				out[i].Labels["canary"] = "true"
+			}
+		}
+	}
+	return out
+}
+
+func TestPlanFreezesTargetsIntoWaves(t *testing.T) {
+	g := NewWithT(t)
+	spec := Spec{Waves: []WaveSpec{{Name: "canary", Selector: sel("canary=true")}, {Name: "empty", Selector: sel("nope=1")}}}
+	waves := Plan(spec, fleet(4, "c02"))
+	g.Expect(waves).To(Equal([]Wave{{Name: "canary", Clusters: []string{"c02"}}, {Name: "empty"}, {Name: RestWave, Clusters: []string{"c00", "c01", "c03"}}}))
+	g.Expect(Plan(Spec{}, nil)).To(Equal([]Wave{{Name: RestWave}}))
+}
+
+func TestCanaryThenBakeThenRest(t *testing.T) {
+	g := NewWithT(t)
+	now := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	spec := Spec{MaxConcurrency: ptr(intstr.FromInt32(2)), BakeTime: 5 * time.Minute,
+		Waves: []WaveSpec{{Name: "canary", Selector: sel("canary=true")}}}
+	waves := Plan(spec, fleet(5, "c03"))
+	st := map[string]State{}
+
+	d := Decide(spec, waves, st, now)
+	g.Expect(d.Wave).To(Equal(0))
+	g.Expect(d.Start).To(Equal([]string{"c03"}), "the canary alone")
+	st["c03"] = Running
+	d = Decide(spec, waves, st, now)
+	g.Expect(d.Start).To(BeEmpty())
+
+	st["c03"] = Succeeded
+	d = Decide(spec, waves, st, now)
+	g.Expect(d.Start).To(BeEmpty(), "baking")
+	g.Expect(d.RequeueAfter).To(Equal(5 * time.Minute))
+	g.Expect(d.Waiting).To(ContainSubstring("bake time: wave canary completed"))
+	waves[0].CompletedAt = d.CompletedAt[0]
+
+	// The canary regresses during the bake: the bake starts again once it is back.
+	st["c03"] = Running
+	d = Decide(spec, waves, st, now.Add(4*time.Minute))
+	g.Expect(d.CompletedAt[0]).To(BeNil())
+	waves[0].CompletedAt = nil
+	st["c03"] = Succeeded
+	d = Decide(spec, waves, st, now.Add(5*time.Minute))
+	waves[0].CompletedAt = d.CompletedAt[0]
+	g.Expect(d.Start).To(BeEmpty())
+	g.Expect(*waves[0].CompletedAt).To(Equal(now.Add(5 * time.Minute)))
+
+	d = Decide(spec, waves, st, now.Add(10*time.Minute))
+	g.Expect(d.Wave).To(Equal(1))
+	g.Expect(d.Start).To(Equal([]string{"c00", "c01"}), "maxConcurrency 2")
+	g.Expect(d.Waiting).To(ContainSubstring("2 waiting"))
+	st["c00"], st["c01"] = Running, Succeeded
+	d = Decide(spec, waves, st, now.Add(10*time.Minute))
+	g.Expect(d.Start).To(Equal([]string{"c02"}))
+	st["c00"], st["c02"], st["c04"] = Succeeded, Succeeded, Succeeded
+	d = Decide(spec, waves, st, now.Add(11*time.Minute))
+	g.Expect(d.Complete).To(BeTrue())
+}
+
+func TestAFailedCanaryHaltsAndNothingElseStarts(t *testing.T) {
+	g := NewWithT(t)
+	spec := Spec{Waves: []WaveSpec{{Name: "canary", Selector: sel("canary=true")}}}
+	waves := Plan(spec, fleet(10, "c00", "c01"))
+	st := map[string]State{"c00": Failed, "c01": Succeeded}
+	d := Decide(spec, waves, st, time.Now())
+	g.Expect(d.Halted).To(BeTrue())
+	g.Expect(d.Start).To(BeEmpty())
+	g.Expect(d.Waiting).To(ContainSubstring("1 of 2 clusters of wave canary failed, more than maxFailures (0)"))
+
+	// Within the budget (50% of 2 = 1) the rollout goes on.
+	spec.MaxFailures = ptr(intstr.FromString("50%"))
+	d = Decide(spec, waves, st, time.Now())
+	g.Expect(d.Halted).To(BeFalse())
+	g.Expect(d.Wave).To(Equal(1))
+	g.Expect(d.Start).To(HaveLen(8), "default concurrency 10 covers the rest")
+}
+
+func TestFleetChangesDoNotReorderOrAbort(t *testing.T) {
+	g := NewWithT(t)
+	spec := Spec{MaxConcurrency: ptr(intstr.FromString("50%"))}
+	waves := Plan(spec, fleet(4))
+	// c01 is deleted mid-rollout; c99 joins (not in the frozen waves, so never started here).
+	st := map[string]State{"c00": Succeeded, "c01": Gone, "c99": Pending}
+	d := Decide(spec, waves, st, time.Now())
+	g.Expect(d.Start).To(Equal([]string{"c02", "c03"}), "50% of the 3 remaining, rounded up")
+	st["c02"], st["c03"] = Succeeded, Succeeded
+	g.Expect(Decide(spec, waves, st, time.Now()).Complete).To(BeTrue())
+}
+
+func TestWaveConcurrencyOverridesTheRollouts(t *testing.T) {
+	g := NewWithT(t)
+	spec := Spec{MaxConcurrency: ptr(intstr.FromInt32(10)),
+		Waves: []WaveSpec{{Name: "first", Selector: sel("canary=true"), MaxConcurrency: ptr(intstr.FromInt32(1))}}}
+	waves := Plan(spec, fleet(6, "c00", "c01", "c02"))
+	d := Decide(spec, waves, map[string]State{}, time.Now())
+	g.Expect(d.Start).To(Equal([]string{"c00"}))
+}
