@@ -208,4 +208,3 @@ func resolve(v *intstr.IntOrString, size int, roundUp bool, def int) int {
 	}
 	return n
 }
-
