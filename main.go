@@ -64,6 +64,7 @@ func run() int {
 		maxIndexBytes             int64
 		repoTimeout               time.Duration
 		repoSecretNamespace       string
+		maxHelmActions            int
 	)
 	fs := flag.CommandLine
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; \"0\" disables it.")
@@ -93,6 +94,7 @@ func run() int {
 	fs.Int64Var(&maxIndexBytes, "max-repository-index-bytes", chartrepo.DefaultMaxIndexBytes, "Largest Helm repository index.yaml accepted.")
 	fs.DurationVar(&repoTimeout, "repository-timeout", chartrepo.DefaultTimeout, "Timeout of every request to a chart repository, body included.")
 	fs.StringVar(&repoSecretNamespace, "repository-secret-namespace", "", "Namespace of the Secrets PluginRepositories' spec.secretRef names. Default: the manager's own namespace.")
+	fs.IntVar(&maxHelmActions, "max-concurrent-helm-actions", 50, "Helm actions (install, upgrade, uninstall) in flight at once across all PluginReleases and members.")
 	fs.BoolVar(&enableHTTP2, "enable-http2", false, "Serve metrics over HTTP/2 (off by default: CVE-2023-44487, CVE-2023-39325).")
 	zapOpts := zap.Options{Development: false, TimeEncoder: zapcore.ISO8601TimeEncoder}
 	zapOpts.BindFlags(fs)
@@ -195,6 +197,7 @@ func run() int {
 			Timeout: repoTimeout, MaxIndexBytes: maxIndexBytes, UserAgent: "paddock-manager",
 		},
 		RepositorySecretNamespace: repoSecretNamespace,
+		MaxConcurrentHelmActions:  maxHelmActions,
 	}); err != nil {
 		setupLog.Error(err, "Failed to set up controllers")
 		return 1

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/paddock-dev/paddock/controllers/membercluster"
+	"github.com/paddock-dev/paddock/controllers/pluginrelease"
 	"github.com/paddock-dev/paddock/controllers/pluginrepository"
 	"github.com/paddock-dev/paddock/internal/chartrepo"
 	"github.com/paddock-dev/paddock/internal/clustercache"
@@ -39,13 +40,18 @@ type Options struct {
 	Repositories chartrepo.Options
 	// RepositorySecretNamespace is where repository credentials Secrets live.
 	RepositorySecretNamespace string
-	// Charts holds every repository's last good index (shared by the plugins controllers).
-	Charts *chartrepo.Store
+	// Repositories holds every repository's last good index (shared by the plugins controllers).
+	RepositoryStore *chartrepo.Store
+	// Charts downloads every chart version once, for every release and cluster.
+	Charts *chartrepo.ChartCache
+	// MaxConcurrentHelmActions bounds Helm actions in flight across all PluginReleases.
+	MaxConcurrentHelmActions int
 }
 
 // defaultConcurrency of controllers whose work is mostly waiting on member clusters.
 var defaultConcurrency = map[string]int{
 	"membercluster": 20,
+	"pluginrelease": 10,
 }
 
 type registration struct {
@@ -68,16 +74,24 @@ var registry = []registration{
 		}).SetupWithManager(ctx, mgr, co)
 	}},
 	{"pluginrepository", func(ctx context.Context, mgr ctrl.Manager, o Options, co controller.Options) error {
-		if o.Charts == nil {
-			o.Charts = chartrepo.NewStore()
-		}
 		return (&pluginrepository.Reconciler{
 			Client:          mgr.GetClient(),
 			APIReader:       mgr.GetAPIReader(),
 			Recorder:        mgr.GetEventRecorder("pluginrepository-controller"),
 			Fetcher:         &chartrepo.Fetcher{Options: o.Repositories},
-			Store:           o.Charts,
+			Store:           o.RepositoryStore,
 			SecretNamespace: o.RepositorySecretNamespace,
+		}).SetupWithManager(ctx, mgr, co)
+	}},
+	{"pluginrelease", func(ctx context.Context, mgr ctrl.Manager, o Options, co controller.Options) error {
+		return (&pluginrelease.Reconciler{
+			Client:               mgr.GetClient(),
+			APIReader:            mgr.GetAPIReader(),
+			Cache:                o.ClusterCache,
+			Repositories:         o.RepositoryStore,
+			Charts:               o.Charts,
+			Recorder:             mgr.GetEventRecorder("pluginrelease-controller"),
+			MaxConcurrentActions: o.MaxConcurrentHelmActions,
 		}).SetupWithManager(ctx, mgr, co)
 	}},
 }
@@ -102,6 +116,12 @@ func failureRateLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
 
 // Setup registers every controller with mgr.
 func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
+	if o.RepositoryStore == nil {
+		o.RepositoryStore = chartrepo.NewStore()
+	}
+	if o.Charts == nil {
+		o.Charts = &chartrepo.ChartCache{Options: o.Repositories}
+	}
 	for name := range o.Concurrency {
 		if !known(name) {
 			return fmt.Errorf("--concurrency names unknown controller %q (known: %v)", name, Names())

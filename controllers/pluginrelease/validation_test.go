@@ -2,6 +2,7 @@ package pluginrelease
 
 import (
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -36,7 +37,9 @@ func TestAdmissionValidation(t *testing.T) {
 		{"no chart name", func(s *pluginsv1.PluginReleaseSpec) { s.Chart.Name = "" }, "spec.chart.name"},
 		{"no version", func(s *pluginsv1.PluginReleaseSpec) { s.Chart.Version = "" }, "spec.chart.version"},
 		{"path in chart name", func(s *pluginsv1.PluginReleaseSpec) { s.Chart.Name = "../etc" }, "spec.chart.name"},
-		{"long release name", func(s *pluginsv1.PluginReleaseSpec) { s.ReleaseName = "a123456789012345678901234567890123456789012345678901234" }, "spec.releaseName"},
+		{"long release name", func(s *pluginsv1.PluginReleaseSpec) {
+			s.ReleaseName = "a123456789012345678901234567890123456789012345678901234"
+		}, "spec.releaseName"},
 		{"bad namespace", func(s *pluginsv1.PluginReleaseSpec) { s.TargetNamespace = "Kube_System" }, "spec.targetNamespace"},
 		{"zero concurrency", func(s *pluginsv1.PluginReleaseSpec) {
 			s.Rollout = &pluginsv1.Rollout{MaxConcurrency: ptrTo(num(0))}
@@ -113,17 +116,21 @@ func TestAdmissionAcceptsAFullSpecAndDefaults(t *testing.T) {
 		func(p *pluginsv1.PluginRelease) { p.Spec.ReleaseName = "other" },
 		func(p *pluginsv1.PluginRelease) { p.Spec.TargetNamespace = "other" },
 	} {
-		cur := &pluginsv1.PluginRelease{}
-		g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(rel), cur)).To(Succeed())
-		edit(cur)
-		err := mgmt.Update(ctx, cur)
-		g.Expect(err).To(MatchError(ContainSubstring("is immutable")))
+		// The controller adds its finalizer meanwhile: retry conflicts, expect the refusal.
+		g.Eventually(func() error {
+			cur := &pluginsv1.PluginRelease{}
+			g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(rel), cur)).To(Succeed())
+			edit(cur)
+			return mgmt.Update(ctx, cur)
+		}, 10*time.Second, 100*time.Millisecond).Should(MatchError(ContainSubstring("is immutable")))
 	}
 	// The version is not.
-	cur := &pluginsv1.PluginRelease{}
-	g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(rel), cur)).To(Succeed())
-	cur.Spec.Chart.Version = "3.14.0"
-	g.Expect(mgmt.Update(ctx, cur)).To(Succeed())
+	g.Eventually(func() error {
+		cur := &pluginsv1.PluginRelease{}
+		g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(rel), cur)).To(Succeed())
+		cur.Spec.Chart.Version = "3.14.0"
+		return mgmt.Update(ctx, cur)
+	}, 10*time.Second, 100*time.Millisecond).Should(Succeed())
 }
 
 func TestPrinterColumns(t *testing.T) {
@@ -136,5 +143,3 @@ func TestPrinterColumns(t *testing.T) {
 	g.Expect(string(out)).To(MatchRegexp(`NAME\s+CHART\s+VERSION\s+READY\s+CLUSTERS\s+WAVE\s+AGE`))
 	g.Expect(string(out)).To(ContainSubstring("metrics-server"))
 }
-
-func ptrTo[T any](v T) *T { return &v }

@@ -1,6 +1,7 @@
 package chartrepo
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -18,6 +19,7 @@ import (
 	"github.com/Masterminds/semver/v3"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/registry"
 	"helm.sh/helm/v3/pkg/repo"
 	"oras.land/oras-go/v2/content"
@@ -38,8 +40,21 @@ type Resolved struct {
 	Name, Version, AppVersion string
 	// Digest is "sha256:<hex>" of the archive.
 	Digest string
-	// Chart is shared by every release and cluster using this version: never modify it.
+	// Chart is shared by every release and cluster using this version: never modify it. Helm's
+	// actions modify the chart they install (dependencies disabled by values are removed), so
+	// give each action its own from Fresh.
 	Chart *chart.Chart
+	// archive is the verified archive, for Fresh.
+	archive []byte
+}
+
+// Fresh returns a private copy of the chart, loaded again from the verified archive.
+func (r *Resolved) Fresh() (*chart.Chart, error) {
+	ch, err := loader.LoadArchive(bytes.NewReader(r.archive))
+	if err != nil {
+		return nil, fail(pluginsv1.ReasonChartInvalid, "the chart archive does not load: %s", firstLine(err.Error()))
+	}
+	return ch, nil
 }
 
 // ChartCache downloads every chart version once and keeps it, keyed by the archive's digest,
@@ -344,7 +359,7 @@ func (c *ChartCache) fetchAndLoad(name, version string, download func() ([]byte,
 	}
 	sum := sha256.Sum256(b)
 	return &Resolved{Name: name, Version: version, AppVersion: ch.Metadata.AppVersion,
-		Digest: "sha256:" + hex.EncodeToString(sum[:]), Chart: ch}, int64(len(b)), nil
+		Digest: "sha256:" + hex.EncodeToString(sum[:]), Chart: ch, archive: b}, int64(len(b)), nil
 }
 
 // evictLocked drops the least recently used charts until the cache fits, never keep.

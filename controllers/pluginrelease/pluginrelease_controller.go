@@ -1,0 +1,221 @@
+package pluginrelease
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
+	pluginsv1 "github.com/paddock-dev/paddock/api/plugins/v1alpha1"
+	"github.com/paddock-dev/paddock/internal/chartrepo"
+	"github.com/paddock-dev/paddock/internal/clustercache"
+)
+
+// Finalizer makes deleting a PluginRelease uninstall it from every target first.
+const Finalizer = "plugins.paddock.dev/uninstall"
+
+// repositoryIndex indexes PluginReleases by spec.chart.repository.
+const repositoryIndex = "spec.chart.repository"
+
+// Defaults of the Reconciler's knobs.
+const (
+	DefaultMaxConcurrentActions = 50
+	DefaultDeletionGracePeriod  = 2 * time.Minute
+	DefaultResync               = 10 * time.Minute
+)
+
+// Reconciler reconciles PluginReleases. Helm actions run in goroutines of their own (at most
+// MaxConcurrentActions at once across all releases), never in a reconcile worker: a reconcile
+// decides what to start, folds in what finished, and writes status.
+type Reconciler struct {
+	// Client reads PluginReleases, MemberClusters and values ConfigMaps from the cache and writes
+	// status.
+	Client client.Client
+	// APIReader reads values Secrets uncached (the manager caches no Secret outside its own
+	// namespaces).
+	APIReader client.Reader
+	// Cache is the access layer's read side.
+	Cache clustercache.Reader
+	// Repositories holds every PluginRepository's last good index.
+	Repositories *chartrepo.Store
+	// Charts downloads each chart version once.
+	Charts *chartrepo.ChartCache
+	// Recorder emits events.
+	Recorder events.EventRecorder
+	// MaxConcurrentActions bounds Helm actions in flight across all PluginReleases.
+	MaxConcurrentActions int
+	// DeletionGracePeriod bounds how long deleting waits for unreachable targets.
+	DeletionGracePeriod time.Duration
+	// Resync is how often a settled release is looked at again (drift backstop).
+	Resync time.Duration
+	// RetryDelay is the pause before retrying a failed target (doubled per failure; default 10s).
+	RetryDelay time.Duration
+
+	ctx   context.Context
+	log   logr.Logger
+	slots chan struct{}
+	wake  chan event.GenericEvent
+
+	mu      sync.Mutex
+	running map[actionKey]*runningAction
+	done    map[actionKey]outcome
+}
+
+type actionKey struct {
+	uid     types.UID
+	cluster string
+}
+
+type runningAction struct {
+	action string
+	cancel context.CancelFunc
+	digest string
+}
+
+// +kubebuilder:rbac:groups=plugins.paddock.dev,resources=pluginreleases,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=plugins.paddock.dev,resources=pluginreleases/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=plugins.paddock.dev,resources=pluginreleases/finalizers,verbs=update
+// +kubebuilder:rbac:groups=plugins.paddock.dev,resources=pluginrepositories,verbs=get;list;watch
+// +kubebuilder:rbac:groups=clusters.paddock.dev,resources=memberclusters,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch
+
+// SetupWithManager registers the controller.
+func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts controller.Options) error {
+	if r.Repositories == nil || r.Charts == nil || r.Cache == nil {
+		return fmt.Errorf("the PluginRelease controller needs Repositories, Charts and Cache")
+	}
+	r.ctx, r.log = ctx, mgr.GetLogger().WithName("pluginrelease-actions")
+	n := r.MaxConcurrentActions
+	if n <= 0 {
+		n = DefaultMaxConcurrentActions
+	}
+	r.slots = make(chan struct{}, n)
+	r.wake = make(chan event.GenericEvent, 1024)
+	r.running, r.done = map[actionKey]*runningAction{}, map[actionKey]outcome{}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &pluginsv1.PluginRelease{}, repositoryIndex, func(o client.Object) []string {
+		return []string{o.(*pluginsv1.PluginRelease).Spec.Chart.Repository}
+	}); err != nil {
+		return fmt.Errorf("indexing PluginReleases by repository: %w", err)
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("pluginrelease").
+		For(&pluginsv1.PluginRelease{}, builder.WithPredicates(predicate.Or(
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		Watches(&pluginsv1.PluginRepository{}, handler.EnqueueRequestsFromMapFunc(r.releasesForRepository)).
+		Watches(&clustersv1.MemberCluster{}, handler.EnqueueRequestsFromMapFunc(r.allReleases)).
+		WatchesRawSource(source.Channel(r.Cache.Subscribe(), handler.EnqueueRequestsFromMapFunc(r.allReleases))).
+		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
+		WithOptions(opts).
+		Complete(r)
+}
+
+func (r *Reconciler) releasesForRepository(ctx context.Context, o client.Object) []reconcile.Request {
+	var list pluginsv1.PluginReleaseList
+	if err := r.Client.List(ctx, &list, client.MatchingFields{repositoryIndex: o.GetName()}); err != nil {
+		return nil
+	}
+	return requests(list.Items)
+}
+
+func (r *Reconciler) allReleases(ctx context.Context, _ client.Object) []reconcile.Request {
+	var list pluginsv1.PluginReleaseList
+	if err := r.Client.List(ctx, &list); err != nil {
+		return nil
+	}
+	return requests(list.Items)
+}
+
+func requests(items []pluginsv1.PluginRelease) []reconcile.Request {
+	out := make([]reconcile.Request, 0, len(items))
+	for _, p := range items {
+		out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}})
+	}
+	return out
+}
+
+// Reconcile drives one PluginRelease.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
+	prel := &pluginsv1.PluginRelease{}
+	if err := r.Client.Get(ctx, req.NamespacedName, prel); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if prel.DeletionTimestamp.IsZero() && !controllerutil.ContainsFinalizer(prel, Finalizer) {
+		orig := prel.DeepCopy()
+		controllerutil.AddFinalizer(prel, Finalizer)
+		if err := r.Client.Patch(ctx, prel, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	s := newScope(prel)
+	r.fold(s)
+	defer func() {
+		if err := r.patchStatus(ctx, s); err != nil {
+			if apierrors.IsConflict(err) {
+				res, retErr = ctrl.Result{Requeue: true}, nil
+				return
+			}
+			if retErr == nil {
+				retErr = err
+			}
+			return
+		}
+		r.forgetFolded(s)
+	}()
+	if !prel.DeletionTimestamp.IsZero() {
+		return r.reconcileDelete(ctx, s)
+	}
+	if prel.Spec.Suspend {
+		s.suspended = true
+		return ctrl.Result{}, nil
+	}
+	return r.reconcileNormal(ctx, s)
+}
+
+// targets lists the MemberClusters the release selects, by name.
+func (r *Reconciler) targets(ctx context.Context, prel *pluginsv1.PluginRelease) (map[string]*clustersv1.MemberCluster, error) {
+	var list clustersv1.MemberClusterList
+	if err := r.Client.List(ctx, &list); err != nil {
+		return nil, err
+	}
+	var sel labels.Selector
+	if prel.Spec.Targets.ClusterSelector != nil {
+		var err error
+		sel, err = metav1.LabelSelectorAsSelector(prel.Spec.Targets.ClusterSelector)
+		if err != nil {
+			return nil, &valuesError{fmt.Sprintf("spec.targets.clusterSelector: %s", err)}
+		}
+	}
+	names := map[string]bool{}
+	for _, n := range prel.Spec.Targets.ClusterNames {
+		names[n] = true
+	}
+	out := map[string]*clustersv1.MemberCluster{}
+	for i := range list.Items {
+		mc := &list.Items[i]
+		if !mc.DeletionTimestamp.IsZero() {
+			continue
+		}
+		if names[mc.Name] || (sel != nil && sel.Matches(labels.Set(mc.Labels))) {
+			out[mc.Name] = mc
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,748 @@
+package pluginrelease
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"helm.sh/helm/v3/pkg/release"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
+	pluginsv1 "github.com/paddock-dev/paddock/api/plugins/v1alpha1"
+	"github.com/paddock-dev/paddock/internal/chartrepo"
+	"github.com/paddock-dev/paddock/internal/clustercache"
+	"github.com/paddock-dev/paddock/internal/helm"
+	"github.com/paddock-dev/paddock/internal/rollout"
+)
+
+// Reasons of a PluginRelease's Ready condition, beside the chart and repository ones.
+const (
+	ReasonSucceeded          = "Succeeded"
+	ReasonProgressing        = "Progressing"
+	ReasonSuspended          = "Suspended"
+	ReasonRepositoryNotReady = "RepositoryNotReady"
+	ReasonValuesInvalid      = "ValuesInvalid"
+	ReasonRolloutHalted      = "RolloutHalted"
+	ReasonClustersFailed     = "ClustersFailed"
+	ReasonUninstalling       = "Uninstalling"
+)
+
+// Operations recorded in history and lastOperation.
+const (
+	opInstall   = "install"
+	opUpgrade   = "upgrade"
+	opRollback  = "rollback"
+	opUninstall = "uninstall"
+)
+
+// failure is why this pass cannot proceed.
+type failure struct {
+	reason, msg string
+	stalled     bool
+}
+
+type scope struct {
+	prel, orig *pluginsv1.PluginRelease
+	clusters   map[string]*pluginsv1.ClusterReleaseStatus
+	history    []pluginsv1.HistoryEntry
+	folded     []actionKey
+	resolved   *chartrepo.Resolved
+	failure    *failure
+	decision   *rollout.Decision
+	suspended  bool
+	// targets are the clusters the release selects now; desired their config digests.
+	targets map[string]*clustersv1.MemberCluster
+	desired map[string]string
+	// unreachable are targets that could not be started because the member is not usable.
+	unreachable []string
+	events      []func()
+	// deleted: the finalizer is gone; there is no status to write.
+	deleted bool
+}
+
+func newScope(prel *pluginsv1.PluginRelease) *scope {
+	s := &scope{prel: prel, orig: prel.DeepCopy(), clusters: map[string]*pluginsv1.ClusterReleaseStatus{}}
+	for i := range prel.Status.Clusters {
+		c := prel.Status.Clusters[i]
+		s.clusters[c.Name] = &c
+	}
+	return s
+}
+
+func (s *scope) cluster(name string) *pluginsv1.ClusterReleaseStatus {
+	c, ok := s.clusters[name]
+	if !ok {
+		c = &pluginsv1.ClusterReleaseStatus{Name: name, Phase: pluginsv1.PhasePending}
+		s.clusters[name] = c
+	}
+	return c
+}
+
+func setPhase(c *pluginsv1.ClusterReleaseStatus, phase pluginsv1.ClusterPhase, msg string) {
+	if c.Phase != phase || c.LastTransitionTime == nil {
+		c.LastTransitionTime = &metav1.Time{Time: time.Now()}
+	}
+	c.Phase, c.Message = phase, truncate(msg, 512)
+}
+
+// outcome is a finished action.
+type outcome struct {
+	action, digest            string
+	fromVersion, version, app string
+	revision                  int
+	phase                     pluginsv1.ClusterPhase
+	msg                       string
+	failed, unreachable, gone bool
+	started, finished         time.Time
+}
+
+// fold moves the finished actions of this release into the scope's status.
+func (r *Reconciler) fold(s *scope) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for key, o := range r.done {
+		if key.uid != s.prel.UID {
+			continue
+		}
+		s.folded = append(s.folded, key)
+		c := s.cluster(key.cluster)
+		if o.action == opUninstall && !o.failed {
+			delete(s.clusters, key.cluster)
+		} else {
+			setPhase(c, o.phase, o.msg)
+			c.LastOperation = o.action
+			if !o.failed {
+				c.ChartVersion, c.AppVersion, c.Revision, c.ConfigDigest, c.Failures = o.version, o.app, int32(o.revision), o.digest, 0
+			} else {
+				if c.ConfigDigest != o.digest || c.Phase != pluginsv1.PhaseFailed {
+					c.Failures = 0
+				}
+				c.Failures++
+				c.ConfigDigest = o.digest
+				c.Phase = o.phase
+			}
+		}
+		result := "Succeeded"
+		if o.failed {
+			result = "Failed"
+		}
+		dur := o.finished.Sub(o.started).Round(100 * time.Millisecond)
+		s.history = append(s.history, pluginsv1.HistoryEntry{Time: metav1.Time{Time: o.finished}, Cluster: key.cluster,
+			Action: o.action, FromVersion: o.fromVersion, ToVersion: o.version, Revision: int32(o.revision),
+			Result: result, Duration: dur.String(), Message: truncate(o.msg, 256)})
+		s.events = append(s.events, r.eventFor(s.prel, key.cluster, o, dur))
+	}
+}
+
+// forgetFolded drops the outcomes that are now in status.
+func (r *Reconciler) forgetFolded(s *scope) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, k := range s.folded {
+		delete(r.done, k)
+	}
+}
+
+func (r *Reconciler) isRunning(uid types.UID, cluster string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.running[actionKey{uid, cluster}]
+	return ok
+}
+
+func (r *Reconciler) anyRunning(uid types.UID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k := range r.running {
+		if k.uid == uid {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result, error) {
+	prel := s.prel
+	src, ok := r.Repositories.Get(prel.Spec.Chart.Repository)
+	if !ok {
+		s.failure = &failure{reason: ReasonRepositoryNotReady,
+			msg: fmt.Sprintf("PluginRepository %s has no index yet (missing, or not fetched successfully)", prel.Spec.Chart.Repository)}
+		return ctrl.Result{}, nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	resolved, err := r.Charts.Get(rctx, src, prel.Spec.Chart.Name, prel.Spec.Chart.Version)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctrl.Result{}, ctx.Err()
+		}
+		e := chartrepo.AsError(err)
+		s.failure = &failure{reason: e.Reason, msg: e.Message}
+		return ctrl.Result{RequeueAfter: time.Minute}, nil
+	}
+	s.resolved = resolved
+
+	targets, err := r.targets(ctx, prel)
+	if err != nil {
+		var ve *valuesError
+		if errors.As(err, &ve) {
+			s.failure = &failure{reason: ReasonValuesInvalid, msg: ve.msg, stalled: true}
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	s.targets = targets
+	base, err := baseValues(ctx, r.valuesReader(), prel)
+	if err != nil {
+		var ve *valuesError
+		if errors.As(err, &ve) {
+			s.failure = &failure{reason: ReasonValuesInvalid, msg: ve.msg, stalled: true}
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	values := map[string]map[string]any{}
+	s.desired = map[string]string{}
+	for name, mc := range targets {
+		v, err := clusterValues(prel, base, mc)
+		if err != nil {
+			s.failure = &failure{reason: ReasonValuesInvalid, msg: err.Error(), stalled: true}
+			return ctrl.Result{}, nil
+		}
+		values[name] = v
+		s.desired[name] = configDigest(resolved.Digest, v, prel)
+	}
+
+	// The rollout: its waves are frozen when its change starts; clusters that join later go
+	// into the next pass, once this one is complete.
+	spec, err := rolloutSpec(prel)
+	if err != nil {
+		s.failure = &failure{reason: ReasonValuesInvalid, msg: err.Error(), stalled: true}
+		return ctrl.Result{}, nil
+	}
+	change := rolloutDigest(resolved.Digest, base, prel)
+	st := prel.Status.Rollout
+	if st == nil || st.ConfigDigest != change || (r.passComplete(spec, st, s) && hasNewTargets(st, targets)) {
+		st = freeze(spec, targets, change)
+		prel.Status.Rollout = st
+	}
+	waves := make([]rollout.Wave, len(st.Waves))
+	for i, w := range st.Waves {
+		waves[i] = rollout.Wave{Name: w.Name, Clusters: w.Clusters}
+		if w.CompletedAt != nil {
+			t := w.CompletedAt.Time
+			waves[i].CompletedAt = &t
+		}
+	}
+	now := time.Now()
+	states, retryAt := r.states(s, waves, now)
+	d := rollout.Decide(spec, waves, states, now)
+	s.decision = &d
+	for i := range st.Waves {
+		if d.CompletedAt[i] != nil {
+			st.Waves[i].CompletedAt = &metav1.Time{Time: *d.CompletedAt[i]}
+		} else {
+			st.Waves[i].CompletedAt = nil
+		}
+	}
+	st.WaveIndex = int32(min(d.Wave, len(st.Waves)-1))
+	st.Wave = st.Waves[st.WaveIndex].Name
+	st.Waiting = d.Waiting
+
+	for _, name := range d.Start {
+		if _, err := r.Cache.Get(ctx, name); err != nil {
+			s.unreachable = append(s.unreachable, name)
+			setPhase(s.cluster(name), pluginsv1.PhaseUnreachable, notUsable(name, err))
+			continue
+		}
+		r.startInstallOrUpgrade(s, name, values[name])
+	}
+	// Clusters still frozen in a wave the rollout has not reached wait.
+	for _, w := range st.Waves {
+		for _, name := range w.Clusters {
+			if _, ok := targets[name]; !ok {
+				continue
+			}
+			c := s.cluster(name)
+			if states[name] == rollout.Pending && !r.isRunning(prel.UID, name) && c.Phase == pluginsv1.PhasePending {
+				setPhase(c, pluginsv1.PhaseWaiting, "held by the rollout: "+d.Waiting)
+			}
+		}
+	}
+	// Targets not in this pass (joined meanwhile) wait for the next.
+	for name := range targets {
+		if !inWaves(st, name) {
+			setPhase(s.cluster(name), pluginsv1.PhaseWaiting, "joined during the rollout; handled by the next pass")
+		}
+	}
+	// Clusters that are no longer targets lose the release.
+	for name := range s.clusters {
+		if _, ok := targets[name]; ok || r.isRunning(prel.UID, name) {
+			continue
+		}
+		r.startUninstall(ctx, s, name, false)
+	}
+
+	next := r.resync()
+	if d.RequeueAfter > 0 && d.RequeueAfter < next {
+		next = d.RequeueAfter
+	}
+	if !retryAt.IsZero() && retryAt.Sub(now) < next {
+		next = max(retryAt.Sub(now), time.Second)
+	}
+	if len(s.unreachable) > 0 && next > 30*time.Second {
+		next = 30 * time.Second
+	}
+	return ctrl.Result{RequeueAfter: next}, nil
+}
+
+func (r *Reconciler) resync() time.Duration {
+	if r.Resync > 0 {
+		return r.Resync
+	}
+	return DefaultResync
+}
+
+func (r *Reconciler) retryDelay(failures int32) time.Duration {
+	d := r.RetryDelay
+	if d <= 0 {
+		d = 10 * time.Second
+	}
+	for i := int32(1); i < failures && d < 5*time.Minute; i++ {
+		d *= 2
+	}
+	return d
+}
+
+// states maps every frozen cluster to the rollout engine's view, and says when the earliest
+// failed target becomes due for a retry.
+func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[string]rollout.State, time.Time) {
+	retries := int32(0)
+	if rem := remediationFor(s.prel, true); rem != nil {
+		retries = rem.Retries
+	}
+	if rem := remediationFor(s.prel, false); rem != nil && rem.Retries > retries {
+		retries = rem.Retries
+	}
+	out := map[string]rollout.State{}
+	var retryAt time.Time
+	for _, w := range waves {
+		for _, name := range w.Clusters {
+			want, ok := s.desired[name]
+			if !ok {
+				out[name] = rollout.Gone
+				continue
+			}
+			if r.isRunning(s.prel.UID, name) {
+				out[name] = rollout.Running
+				continue
+			}
+			c, ok := s.clusters[name]
+			switch {
+			case !ok:
+				out[name] = rollout.Pending
+			case c.Phase == pluginsv1.PhaseDeployed && c.ConfigDigest == want:
+				out[name] = rollout.Succeeded
+			case (c.Phase == pluginsv1.PhaseFailed || c.Phase == pluginsv1.PhaseConflict) && c.ConfigDigest == want:
+				due := c.LastTransitionTime.Add(r.retryDelay(c.Failures))
+				if c.Phase == pluginsv1.PhaseFailed && c.Failures <= retries && !now.Before(due) {
+					out[name] = rollout.Pending
+				} else {
+					out[name] = rollout.Failed
+					if c.Phase == pluginsv1.PhaseFailed && c.Failures <= retries && (retryAt.IsZero() || due.Before(retryAt)) {
+						retryAt = due
+					}
+				}
+			default:
+				// Unreachable targets are retried when the member is back: Pending again.
+				out[name] = rollout.Pending
+			}
+		}
+	}
+	return out, retryAt
+}
+
+func (r *Reconciler) passComplete(spec rollout.Spec, st *pluginsv1.RolloutStatus, s *scope) bool {
+	for _, w := range st.Waves {
+		for _, name := range w.Clusters {
+			want, ok := s.desired[name]
+			if !ok {
+				continue
+			}
+			c, ok := s.clusters[name]
+			if !ok || c.ConfigDigest != want || (c.Phase != pluginsv1.PhaseDeployed && c.Phase != pluginsv1.PhaseFailed) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func hasNewTargets(st *pluginsv1.RolloutStatus, targets map[string]*clustersv1.MemberCluster) bool {
+	for name := range targets {
+		if !inWaves(st, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func inWaves(st *pluginsv1.RolloutStatus, name string) bool {
+	for _, w := range st.Waves {
+		for _, c := range w.Clusters {
+			if c == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// freeze plans a new rollout pass over targets.
+func freeze(spec rollout.Spec, targets map[string]*clustersv1.MemberCluster, change string) *pluginsv1.RolloutStatus {
+	ts := make([]rollout.Target, 0, len(targets))
+	for name, mc := range targets {
+		ts = append(ts, rollout.Target{Name: name, Labels: mc.Labels})
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i].Name < ts[j].Name })
+	st := &pluginsv1.RolloutStatus{ConfigDigest: change, StartedAt: &metav1.Time{Time: time.Now()}}
+	for _, w := range rollout.Plan(spec, ts) {
+		st.Waves = append(st.Waves, pluginsv1.WaveStatus{Name: w.Name, Clusters: append([]string{}, w.Clusters...)})
+	}
+	return st
+}
+
+func rolloutSpec(prel *pluginsv1.PluginRelease) (rollout.Spec, error) {
+	var spec rollout.Spec
+	ro := prel.Spec.Rollout
+	if ro == nil {
+		return spec, nil
+	}
+	spec.MaxConcurrency, spec.MaxFailures = ro.MaxConcurrency, ro.MaxFailures
+	if ro.BakeTime != nil {
+		spec.BakeTime = ro.BakeTime.Duration
+	}
+	for i, w := range ro.Waves {
+		sel, err := metav1.LabelSelectorAsSelector(&w.ClusterSelector)
+		if err != nil {
+			return spec, fmt.Errorf("spec.rollout.waves[%d].clusterSelector: %s", i, err)
+		}
+		if sel.Empty() {
+			sel = labels.Everything()
+		}
+		spec.Waves = append(spec.Waves, rollout.WaveSpec{Name: w.Name, Selector: sel, MaxConcurrency: w.MaxConcurrency})
+	}
+	return spec, nil
+}
+
+// rolloutDigest identifies a change as the rollout sees it: the chart, the shared values and the
+// template (per-cluster renders differ, the change is the same).
+func rolloutDigest(chartDigest string, base map[string]any, prel *pluginsv1.PluginRelease) string {
+	b, _ := json.Marshal(base)
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%s\n%s\n", chartDigest, prel.Spec.ValuesTemplate, prel.GetTargetNamespace())
+	h.Write(b)
+	return "sha256:" + hex.EncodeToString(h.Sum(nil))[:32]
+}
+
+func remediationFor(prel *pluginsv1.PluginRelease, install bool) *pluginsv1.Remediation {
+	a := prel.Spec.Upgrade
+	if install {
+		a = prel.Spec.Install
+	}
+	if a == nil {
+		return nil
+	}
+	return a.Remediation
+}
+
+func notUsable(name string, err error) string {
+	var nre *clustercache.NotReadyError
+	if errors.As(err, &nre) {
+		return fmt.Sprintf("member %s is not usable (%s); the release is applied when it is Ready", name, nre.Reason)
+	}
+	return fmt.Sprintf("member %s is not connected; the release is applied when it is Ready", name)
+}
+
+// ownerValue is the OwnerLabel value of this PluginRelease's releases.
+func ownerValue(prel *pluginsv1.PluginRelease) string { return prel.Namespace + "." + prel.Name }
+
+// startInstallOrUpgrade runs the action for one target in its own goroutine.
+func (r *Reconciler) startInstallOrUpgrade(s *scope, name string, vals map[string]any) {
+	prel, resolved, digest := s.prel.DeepCopy(), s.resolved, s.desired[name]
+	c := s.cluster(name)
+	from := c.ChartVersion
+	phase := pluginsv1.PhaseUpgrading
+	if c.Revision == 0 {
+		phase = pluginsv1.PhaseInstalling
+	}
+	setPhase(c, phase, fmt.Sprintf("%s %s", strings.ToLower(string(phase)), resolved))
+	r.run(prel, name, digest, string(phase), func(ctx context.Context) outcome {
+		return r.installOrUpgrade(ctx, prel, name, resolved, vals, digest, from)
+	})
+}
+
+// run starts job for (prel, cluster) unless one is running, holding a global action slot.
+func (r *Reconciler) run(prel *pluginsv1.PluginRelease, cluster, digest, action string, job func(ctx context.Context) outcome) {
+	key := actionKey{prel.UID, cluster}
+	ctx, cancel := context.WithCancel(r.ctx)
+	r.mu.Lock()
+	if _, ok := r.running[key]; ok {
+		r.mu.Unlock()
+		cancel()
+		return
+	}
+	r.running[key] = &runningAction{action: action, cancel: cancel, digest: digest}
+	r.mu.Unlock()
+	obj := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Namespace: prel.Namespace, Name: prel.Name}}
+	go func() {
+		defer cancel()
+		var o outcome
+		select {
+		case r.slots <- struct{}{}:
+			o = job(ctx)
+			<-r.slots
+		case <-ctx.Done():
+			o = outcome{action: action, failed: true, phase: pluginsv1.PhasePending, msg: "cancelled: the manager is stopping"}
+		}
+		if ctx.Err() != nil && r.ctx.Err() != nil {
+			// Shutting down: nothing is recorded; the next manager recovers the release.
+			r.mu.Lock()
+			delete(r.running, key)
+			r.mu.Unlock()
+			return
+		}
+		r.mu.Lock()
+		delete(r.running, key)
+		r.done[key] = o
+		r.mu.Unlock()
+		select {
+		case r.wake <- event.GenericEvent{Object: obj}:
+		case <-r.ctx.Done():
+		}
+	}()
+}
+
+func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.PluginRelease, cluster string,
+	resolved *chartrepo.Resolved, vals map[string]any, digest, from string) outcome {
+	o := outcome{digest: digest, fromVersion: from, version: resolved.Version, app: resolved.AppVersion, started: time.Now()}
+	finish := func(phase pluginsv1.ClusterPhase, failed bool, msg string) outcome {
+		o.phase, o.failed, o.msg, o.finished = phase, failed, msg, time.Now()
+		return o
+	}
+	o.action = opInstall
+	acc, err := r.Cache.Get(ctx, cluster)
+	if err != nil {
+		o.unreachable = true
+		return finish(pluginsv1.PhaseUnreachable, true, notUsable(cluster, err))
+	}
+	log := r.log.WithValues("pluginRelease", prel.Namespace+"/"+prel.Name, "member", cluster)
+	hc, err := helm.New(acc, prel.GetReleaseName(), prel.GetTargetNamespace(), log)
+	if err != nil {
+		return finish(pluginsv1.PhaseFailed, true, err.Error())
+	}
+	if recovered, err := hc.RecoverPending(); err != nil {
+		return finish(pluginsv1.PhaseFailed, true, sanitize(err))
+	} else if recovered {
+		log.Info("Recovered a pending release left by an interrupted action")
+	}
+	last, err := hc.Last()
+	if err != nil {
+		return finish(pluginsv1.PhaseFailed, true, sanitize(err))
+	}
+	owner := ownerValue(prel)
+	if last != nil && last.Labels[helm.OwnerLabel] != owner && !prel.Spec.Adopt {
+		return finish(pluginsv1.PhaseConflict, true, fmt.Sprintf("a release %s/%s exists that this PluginRelease did not install; set spec.adopt: true to take it over",
+			prel.GetTargetNamespace(), prel.GetReleaseName()))
+	}
+	ch, err := resolved.Fresh()
+	if err != nil {
+		return finish(pluginsv1.PhaseFailed, true, err.Error())
+	}
+	opts := helm.Options{CreateNamespace: prel.Spec.CreateNamespace, MaxHistory: prel.Spec.GetMaxHistory(),
+		Labels: map[string]string{helm.OwnerLabel: owner}, Description: "Paddock PluginRelease " + prel.Namespace + "/" + prel.Name}
+	install := last == nil || last.Info == nil || last.Info.Status == release.StatusUninstalled
+	var rel *release.Release
+	if install {
+		opts.Timeout, opts.Wait = prel.Spec.Install.TimeoutOr(pluginsv1.DefaultActionTimeout), prel.Spec.Install != nil && prel.Spec.Install.Wait
+		rel, err = hc.Install(ctx, ch, vals, opts)
+		if err != nil {
+			msg := "install failed: " + sanitize(err)
+			// A failed install is uninstalled, so that the next attempt starts clean.
+			if uerr := hc.Uninstall(opts.Timeout, false); uerr != nil {
+				msg += "; cleaning it up failed too: " + sanitize(uerr)
+			}
+			return finish(pluginsv1.PhaseFailed, true, msg)
+		}
+	} else {
+		o.action = opUpgrade
+		if from == "" && last.Chart != nil && last.Chart.Metadata != nil {
+			o.fromVersion = last.Chart.Metadata.Version
+		}
+		opts.Timeout, opts.Wait = prel.Spec.Upgrade.TimeoutOr(pluginsv1.DefaultActionTimeout), prel.Spec.Upgrade != nil && prel.Spec.Upgrade.Wait
+		rel, err = hc.Upgrade(ctx, ch, vals, opts)
+		if err != nil {
+			msg := "upgrade failed: " + sanitize(err)
+			if rem := remediationFor(prel, false); rem != nil && ctx.Err() == nil {
+				switch rem.Strategy {
+				case pluginsv1.RemediationUninstall:
+					if uerr := hc.Uninstall(opts.Timeout, false); uerr != nil {
+						msg += "; uninstalling failed too: " + sanitize(uerr)
+					} else {
+						msg += "; uninstalled (remediation)"
+					}
+				default:
+					if rerr := hc.Rollback(opts.Timeout, opts.MaxHistory); rerr != nil {
+						msg += "; rolling back failed too: " + sanitize(rerr)
+					} else {
+						msg += "; rolled back to the previous revision (remediation)"
+					}
+				}
+			}
+			return finish(pluginsv1.PhaseFailed, true, msg)
+		}
+	}
+	o.revision = rel.Version
+	return finish(pluginsv1.PhaseDeployed, false, fmt.Sprintf("%s %s, revision %d", resolved.Name, resolved.Version, rel.Version))
+}
+
+// startUninstall removes the release from a cluster that is no longer a target (or from every
+// cluster when the PluginRelease is deleted).
+func (r *Reconciler) startUninstall(ctx context.Context, s *scope, name string, deleting bool) {
+	prel := s.prel.DeepCopy()
+	c := s.cluster(name)
+	from := c.ChartVersion
+	if c.Revision == 0 && c.Phase != pluginsv1.PhaseDeployed && c.Phase != pluginsv1.PhaseFailed && c.Phase != pluginsv1.PhaseUninstalling {
+		// Never installed there (waiting, unreachable, conflict): nothing to remove.
+		delete(s.clusters, name)
+		return
+	}
+	setPhase(c, pluginsv1.PhaseUninstalling, "uninstalling")
+	r.run(prel, name, c.ConfigDigest, opUninstall, func(ctx context.Context) outcome {
+		o := outcome{action: opUninstall, fromVersion: from, started: time.Now(), digest: c.ConfigDigest}
+		done := func(failed bool, msg string) outcome {
+			o.failed, o.msg, o.finished = failed, msg, time.Now()
+			o.phase = pluginsv1.PhaseUninstalling
+			return o
+		}
+		acc, err := r.Cache.Get(ctx, name)
+		if err != nil {
+			acc, err = r.Cache.GetForCleanup(ctx, name)
+		}
+		if err != nil {
+			o.unreachable = true
+			return done(true, notUsable(name, err))
+		}
+		hc, err := helm.New(acc, prel.GetReleaseName(), prel.GetTargetNamespace(), r.log)
+		if err != nil {
+			return done(true, err.Error())
+		}
+		if _, err := hc.RecoverPending(); err != nil {
+			return done(true, sanitize(err))
+		}
+		last, err := hc.Last()
+		if err != nil {
+			return done(true, sanitize(err))
+		}
+		if last != nil && last.Labels[helm.OwnerLabel] != ownerValue(prel) {
+			// Not ours (adopted releases carry our label after their first upgrade): leave it.
+			return done(false, "the release there is not this PluginRelease's; left in place")
+		}
+		keep := prel.Spec.Uninstall != nil && prel.Spec.Uninstall.KeepHistory
+		timeout := pluginsv1.DefaultUninstallTimeout
+		if prel.Spec.Uninstall != nil && prel.Spec.Uninstall.Timeout != nil {
+			timeout = prel.Spec.Uninstall.Timeout.Duration
+		}
+		if err := hc.Uninstall(timeout, keep); err != nil {
+			return done(true, "uninstall failed: "+sanitize(err))
+		}
+		return done(false, "uninstalled")
+	})
+}
+
+func (r *Reconciler) reconcileDelete(ctx context.Context, s *scope) (ctrl.Result, error) {
+	prel := s.prel
+	if r.anyRunning(prel.UID) {
+		return ctrl.Result{RequeueAfter: 2 * time.Second}, nil
+	}
+	grace := r.DeletionGracePeriod
+	if grace <= 0 {
+		grace = DefaultDeletionGracePeriod
+	}
+	expired := time.Since(prel.DeletionTimestamp.Time) > grace
+	for name, c := range s.clusters {
+		if expired && c.Phase == pluginsv1.PhaseUninstalling && c.Message != "uninstalling" {
+			// Unreachable beyond the grace period: give up on it, loudly.
+			msg := c.Message
+			delete(s.clusters, name)
+			s.events = append(s.events, func() {
+				r.Recorder.Eventf(prel, nil, "Warning", "UninstallSkipped", "Uninstall",
+					"left %s in %s: %s (after %s)", prel.GetReleaseName(), name, truncate(msg, 300), grace)
+			})
+			continue
+		}
+		r.startUninstall(ctx, s, name, true)
+	}
+	if len(s.clusters) > 0 {
+		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
+	}
+	orig := prel.DeepCopy()
+	controllerutil.RemoveFinalizer(prel, Finalizer)
+	if err := r.Client.Patch(ctx, prel, client.MergeFrom(orig)); err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, err
+	}
+	s.deleted = true
+	return ctrl.Result{}, nil
+}
+
+// valuesReader reads values ConfigMaps from the cache and Secrets uncached.
+func (r *Reconciler) valuesReader() client.Reader {
+	return splitReader{cached: r.Client, secrets: r.APIReader}
+}
+
+type splitReader struct{ cached, secrets client.Reader }
+
+func (s splitReader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, ok := obj.(*corev1.Secret); ok && s.secrets != nil {
+		return s.secrets.Get(ctx, key, obj, opts...)
+	}
+	return s.cached.Get(ctx, key, obj, opts...)
+}
+
+func (s splitReader) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	return s.cached.List(ctx, list, opts...)
+}
+
+// sanitize keeps an action error short: Helm's errors may quote rendered manifests.
+func sanitize(err error) string {
+	return truncate(firstLine(err.Error()), 400)
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}

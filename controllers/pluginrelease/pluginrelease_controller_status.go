@@ -1,0 +1,200 @@
+package pluginrelease
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	pluginsv1 "github.com/paddock-dev/paddock/api/plugins/v1alpha1"
+)
+
+// patchStatus computes the status of this pass and writes it; every condition is set here.
+func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
+	if s.deleted {
+		r.emit(s)
+		return nil
+	}
+	prel := s.prel
+	st := &prel.Status
+	gen := prel.Generation
+	set := func(t string, status metav1.ConditionStatus, reason, msg string) {
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: status, Reason: reason,
+			Message: truncate(msg, 1024), ObservedGeneration: gen})
+	}
+
+	st.Clusters = st.Clusters[:0]
+	names := make([]string, 0, len(s.clusters))
+	for n := range s.clusters {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		st.Clusters = append(st.Clusters, *s.clusters[n])
+	}
+	if len(st.Clusters) == 0 {
+		st.Clusters = nil
+	}
+	for i := len(s.history) - 1; i >= 0; i-- {
+		st.History = append([]pluginsv1.HistoryEntry{s.history[i]}, st.History...)
+	}
+	sort.SliceStable(st.History, func(i, j int) bool { return st.History[i].Time.After(st.History[j].Time.Time) })
+	if len(st.History) > pluginsv1.MaxHistoryEntries {
+		st.History = st.History[:pluginsv1.MaxHistoryEntries]
+	}
+	if s.resolved != nil {
+		st.ChartVersion = s.resolved.Version
+	}
+
+	var ready, failed []string
+	var removing int
+	if s.targets != nil {
+		for name := range s.targets {
+			c, ok := s.clusters[name]
+			switch {
+			case !ok:
+			case c.Phase == pluginsv1.PhaseDeployed && c.ConfigDigest == s.desired[name]:
+				ready = append(ready, name)
+			case c.Phase == pluginsv1.PhaseFailed || c.Phase == pluginsv1.PhaseConflict:
+				failed = append(failed, name)
+			}
+		}
+		for name := range s.clusters {
+			if _, ok := s.targets[name]; !ok {
+				removing++
+			}
+		}
+		st.Desired, st.ReadyCount, st.Failed = int32(len(s.targets)), int32(len(ready)), int32(len(failed))
+		st.ClusterSummary = fmt.Sprintf("%d/%d", len(ready), len(s.targets))
+	}
+	sort.Strings(failed)
+
+	switch {
+	case s.suspended:
+		// Suspended: Ready keeps its last verdict; kstatus stays Current.
+		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)
+		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
+		if c := meta.FindStatusCondition(st.Conditions, pluginsv1.ReadyCondition); c != nil {
+			c.ObservedGeneration = gen
+		} else {
+			set(pluginsv1.ReadyCondition, metav1.ConditionFalse, ReasonSuspended, "suspended before anything was installed")
+		}
+	case !prel.DeletionTimestamp.IsZero():
+		set(pluginsv1.ReadyCondition, metav1.ConditionFalse, ReasonUninstalling,
+			fmt.Sprintf("uninstalling from %d clusters", len(s.clusters)))
+		set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, ReasonUninstalling, "uninstalling")
+	case s.failure != nil:
+		set(pluginsv1.ReadyCondition, metav1.ConditionFalse, s.failure.reason, s.failure.msg)
+		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)
+		if s.failure.stalled {
+			set(pluginsv1.StalledCondition, metav1.ConditionTrue, s.failure.reason, s.failure.msg)
+		} else {
+			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
+		}
+	case s.decision != nil && s.decision.Halted:
+		set(pluginsv1.ReadyCondition, metav1.ConditionFalse, ReasonRolloutHalted, s.decision.Waiting+failedList(s, failed))
+		set(pluginsv1.StalledCondition, metav1.ConditionTrue, ReasonRolloutHalted, s.decision.Waiting)
+		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)
+	case len(failed) > 0:
+		// Never hidden behind progress: a failed target makes Ready False with its error.
+		set(pluginsv1.ReadyCondition, metav1.ConditionFalse, ReasonClustersFailed,
+			fmt.Sprintf("%d of %d clusters failed%s", len(failed), len(s.targets), failedList(s, failed)))
+		if r.anyRunning(prel.UID) || (s.decision != nil && len(s.decision.Start) > 0) {
+			set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, ReasonProgressing, "other clusters are progressing")
+		} else {
+			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)
+		}
+		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
+	case len(ready) == len(s.targets) && removing == 0:
+		msg := fmt.Sprintf("%s %s deployed to %d clusters", prel.Spec.Chart.Name, st.ChartVersion, len(ready))
+		set(pluginsv1.ReadyCondition, metav1.ConditionTrue, ReasonSucceeded, msg)
+		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)
+		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
+	default:
+		msg := fmt.Sprintf("%d/%d clusters at %s %s", len(ready), len(s.targets), prel.Spec.Chart.Name, st.ChartVersion)
+		if removing > 0 {
+			msg += fmt.Sprintf("; removing from %d", removing)
+		}
+		if len(s.unreachable) > 0 {
+			sort.Strings(s.unreachable)
+			msg += "; waiting for unreachable " + strings.Join(s.unreachable, ", ")
+		}
+		if s.decision != nil && s.decision.Waiting != "" {
+			msg += "; " + s.decision.Waiting
+		}
+		set(pluginsv1.ReadyCondition, metav1.ConditionFalse, ReasonProgressing, msg)
+		set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, ReasonProgressing, msg)
+		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
+	}
+	st.ObservedGeneration = gen
+
+	if !equality.Semantic.DeepEqual(s.orig.Status, prel.Status) {
+		if err := r.Client.Status().Patch(ctx, prel, client.MergeFromWithOptions(s.orig, client.MergeFromWithOptimisticLock{})); err != nil {
+			if apierrors.IsNotFound(err) {
+				return nil
+			}
+			return err
+		}
+	}
+	r.emit(s)
+	return nil
+}
+
+func failedList(s *scope, failed []string) string {
+	if len(failed) == 0 {
+		return ""
+	}
+	var parts []string
+	for i, n := range failed {
+		if i == 3 {
+			parts = append(parts, fmt.Sprintf("and %d more", len(failed)-3))
+			break
+		}
+		parts = append(parts, n+": "+truncate(s.clusters[n].Message, 200))
+	}
+	return ": " + strings.Join(parts, "; ")
+}
+
+// emit sends the events of this pass, once its status is written.
+func (r *Reconciler) emit(s *scope) {
+	if r.Recorder == nil {
+		return
+	}
+	for _, e := range s.events {
+		e()
+	}
+}
+
+// eventFor words an operation for an operator: "upgraded hello 0.1.0 → 0.2.0 on prod-a,
+// revision 3, in 4.2s".
+func (r *Reconciler) eventFor(prel *pluginsv1.PluginRelease, cluster string, o outcome, dur time.Duration) func() {
+	return func() {
+		if r.Recorder == nil {
+			return
+		}
+		chart := prel.Spec.Chart.Name
+		switch {
+		case o.failed:
+			r.Recorder.Eventf(prel, nil, corev1.EventTypeWarning, failedReasons[o.action], o.action,
+				"%s of %s %s on %s failed after %s: %s", o.action, chart, o.version, cluster, dur, truncate(o.msg, 400))
+		case o.action == opUninstall:
+			r.Recorder.Eventf(prel, nil, corev1.EventTypeNormal, "Uninstalled", o.action, "uninstalled %s from %s in %s", chart, cluster, dur)
+		case o.action == opUpgrade:
+			r.Recorder.Eventf(prel, nil, corev1.EventTypeNormal, "Upgraded", o.action,
+				"upgraded %s %s → %s on %s, revision %d, in %s", chart, o.fromVersion, o.version, cluster, o.revision, dur)
+		default:
+			r.Recorder.Eventf(prel, nil, corev1.EventTypeNormal, "Installed", o.action,
+				"installed %s %s on %s, revision %d, in %s", chart, o.version, cluster, o.revision, dur)
+		}
+	}
+}
+
+var failedReasons = map[string]string{opInstall: "InstallFailed", opUpgrade: "UpgradeFailed", opRollback: "RollbackFailed", opUninstall: "UninstallFailed"}

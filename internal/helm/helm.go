@@ -1,0 +1,115 @@
+// Package helm runs Helm SDK actions in a member cluster through the access layer: every action
+// uses the member's shared, policy-checked transport (clustercache.Accessor.RESTClientGetter),
+// stores releases as Secrets in the release namespace (Helm's default driver), never reads a
+// kubeconfig, HOME or the environment, and never writes to disk.
+package helm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/release"
+	"helm.sh/helm/v3/pkg/storage/driver"
+
+	"github.com/paddock-dev/paddock/internal/clustercache"
+)
+
+// OwnerLabel is the Helm release label (stored on the release Secret) naming the PluginRelease
+// that installed it, as "<namespace>/<name>" is not a label value: "<namespace>.<name>".
+const OwnerLabel = "plugins.paddock.dev/owner"
+
+// Client runs actions on one release in one member.
+type Client struct {
+	cfg       *action.Configuration
+	Name      string
+	Namespace string
+}
+
+// New returns a Client for release name in namespace of the member acc reaches. Helm's debug
+// output goes to log at V(2).
+func New(acc *clustercache.Accessor, name, namespace string, log logr.Logger) (*Client, error) {
+	cfg := &action.Configuration{}
+	debug := func(format string, v ...any) { log.V(2).Info(fmt.Sprintf(format, v...)) }
+	if err := cfg.Init(acc.RESTClientGetter(namespace), namespace, "secret", debug); err != nil {
+		return nil, fmt.Errorf("initialising Helm for %s/%s: %w", namespace, name, err)
+	}
+	return &Client{cfg: cfg, Name: name, Namespace: namespace}, nil
+}
+
+// Last returns the release's latest revision, or nil when there is none.
+func (c *Client) Last() (*release.Release, error) {
+	rel, err := c.cfg.Releases.Last(c.Name)
+	if errors.Is(err, driver.ErrReleaseNotFound) {
+		return nil, nil
+	}
+	return rel, err
+}
+
+// RecoverPending marks a release left pending-install, pending-upgrade or pending-rollback (by a
+// manager that died, or an action cut off mid-way) as failed, so that the next action may run:
+// Helm treats a pending release as a lock that nothing else clears. Only call it when no action
+// of this process is running on the release. It reports whether it recovered anything.
+func (c *Client) RecoverPending() (bool, error) {
+	rel, err := c.Last()
+	if err != nil || rel == nil || rel.Info == nil || !rel.Info.Status.IsPending() {
+		return false, err
+	}
+	was := rel.Info.Status
+	rel.SetStatus(release.StatusFailed, fmt.Sprintf("Paddock: the %s was interrupted (manager restart or cancellation) and marked failed", was))
+	if err := c.cfg.Releases.Update(rel); err != nil {
+		return false, fmt.Errorf("recovering release %s from %s: %w", c.Name, was, err)
+	}
+	return true, nil
+}
+
+// Options of Install and Upgrade.
+type Options struct {
+	Timeout         time.Duration
+	Wait            bool
+	CreateNamespace bool
+	MaxHistory      int
+	Labels          map[string]string
+	Description     string
+}
+
+// Install installs ch with vals.
+func (c *Client) Install(ctx context.Context, ch *chart.Chart, vals map[string]any, o Options) (*release.Release, error) {
+	in := action.NewInstall(c.cfg)
+	in.ReleaseName, in.Namespace = c.Name, c.Namespace
+	in.CreateNamespace, in.Wait, in.Timeout = o.CreateNamespace, o.Wait, o.Timeout
+	in.Labels, in.Description = o.Labels, o.Description
+	return in.RunWithContext(ctx, ch, vals)
+}
+
+// Upgrade upgrades the release to ch with vals (the values replace the previous ones).
+func (c *Client) Upgrade(ctx context.Context, ch *chart.Chart, vals map[string]any, o Options) (*release.Release, error) {
+	up := action.NewUpgrade(c.cfg)
+	up.Namespace, up.Wait, up.Timeout, up.MaxHistory = c.Namespace, o.Wait, o.Timeout, o.MaxHistory
+	up.Labels, up.Description = o.Labels, o.Description
+	up.ResetValues = true
+	return up.RunWithContext(ctx, c.Name, ch, vals)
+}
+
+// Rollback rolls back to the last deployed revision before the current one.
+func (c *Client) Rollback(timeout time.Duration, maxHistory int) error {
+	rb := action.NewRollback(c.cfg)
+	rb.Timeout, rb.MaxHistory = timeout, maxHistory
+	return rb.Run(c.Name)
+}
+
+// Uninstall removes the release; a release that does not exist is not an error.
+func (c *Client) Uninstall(timeout time.Duration, keepHistory bool) error {
+	un := action.NewUninstall(c.cfg)
+	un.Timeout, un.KeepHistory, un.IgnoreNotFound = timeout, keepHistory, true
+	_, err := un.Run(c.Name)
+	if err != nil && strings.Contains(err.Error(), "not found") {
+		return nil
+	}
+	return err
+}
