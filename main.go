@@ -64,6 +64,7 @@ func run() int {
 		maxIndexBytes             int64
 		repoTimeout               time.Duration
 		repoSecretNamespace       string
+		valuesSecretNamespaces    string
 		maxHelmActions            int
 	)
 	fs := flag.CommandLine
@@ -94,6 +95,7 @@ func run() int {
 	fs.Int64Var(&maxIndexBytes, "max-repository-index-bytes", chartrepo.DefaultMaxIndexBytes, "Largest Helm repository index.yaml accepted.")
 	fs.DurationVar(&repoTimeout, "repository-timeout", chartrepo.DefaultTimeout, "Timeout of every request to a chart repository, body included.")
 	fs.StringVar(&repoSecretNamespace, "repository-secret-namespace", "", "Namespace of the Secrets PluginRepositories' spec.secretRef names. Default: the manager's own namespace.")
+	fs.StringVar(&valuesSecretNamespaces, "values-secret-namespaces", "*", "Comma-separated namespaces whose PluginReleases may read values from Secrets (spec.valuesFrom kind: Secret); \"*\" means any namespace (RBAC decides), empty means none.")
 	fs.IntVar(&maxHelmActions, "max-concurrent-helm-actions", 50, "Helm actions (install, upgrade, uninstall) in flight at once across all PluginReleases and members.")
 	fs.BoolVar(&enableHTTP2, "enable-http2", false, "Serve metrics over HTTP/2 (off by default: CVE-2023-44487, CVE-2023-39325).")
 	zapOpts := zap.Options{Development: false, TimeEncoder: zapcore.ISO8601TimeEncoder}
@@ -123,6 +125,11 @@ func run() int {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 
+	valuesNamespaces, err := namespaceList(valuesSecretNamespaces)
+	if err != nil {
+		setupLog.Error(err, "Invalid --values-secret-namespaces")
+		return 1
+	}
 	namespaces, err := kubeconfigSecretNamespaces(secretNamespaces)
 	if err != nil {
 		setupLog.Error(err, "Invalid --kubeconfig-secret-namespaces")
@@ -198,6 +205,7 @@ func run() int {
 		},
 		RepositorySecretNamespace: repoSecretNamespace,
 		MaxConcurrentHelmActions:  maxHelmActions,
+		ValuesSecretNamespaces:    valuesNamespaces,
 	}); err != nil {
 		setupLog.Error(err, "Failed to set up controllers")
 		return 1
@@ -224,6 +232,27 @@ func run() int {
 	}
 	setupLog.Info("Manager stopped")
 	return 0
+}
+
+// namespaceList parses --values-secret-namespaces: "*" is any namespace (nil), "" none (empty).
+func namespaceList(flagValue string) ([]string, error) {
+	if strings.TrimSpace(flagValue) == "*" {
+		return nil, nil
+	}
+	out := []string{}
+	for _, ns := range strings.Split(flagValue, ",") {
+		ns = strings.TrimSpace(ns)
+		if ns == "" {
+			continue
+		}
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			return nil, fmt.Errorf("%q is not a namespace name: %s", ns, strings.Join(errs, "; "))
+		}
+		if !slices.Contains(out, ns) {
+			out = append(out, ns)
+		}
+	}
+	return out, nil
 }
 
 // serviceAccountNamespaceFile is where a pod finds its own namespace.

@@ -46,6 +46,9 @@ type Options struct {
 	Charts *chartrepo.ChartCache
 	// MaxConcurrentHelmActions bounds Helm actions in flight across all PluginReleases.
 	MaxConcurrentHelmActions int
+	// ValuesSecretNamespaces are the namespaces whose PluginReleases may read values Secrets
+	// (nil: any).
+	ValuesSecretNamespaces []string
 }
 
 // defaultConcurrency of controllers whose work is mostly waiting on member clusters.
@@ -92,6 +95,7 @@ var registry = []registration{
 			Charts:               o.Charts,
 			Recorder:             mgr.GetEventRecorder("pluginrelease-controller"),
 			MaxConcurrentActions: o.MaxConcurrentHelmActions,
+			SecretNamespaces:     o.ValuesSecretNamespaces,
 		}).SetupWithManager(ctx, mgr, co)
 	}},
 }

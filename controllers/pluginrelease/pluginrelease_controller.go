@@ -52,6 +52,10 @@ type Reconciler struct {
 	// APIReader reads values Secrets uncached (the manager caches no Secret outside its own
 	// namespaces).
 	APIReader client.Reader
+	// SecretNamespaces are the namespaces whose PluginReleases may read values from Secrets
+	// (nil: any namespace, RBAC decides). Elsewhere a Secret in valuesFrom is refused with a
+	// condition naming the manager flag, before any read.
+	SecretNamespaces []string
 	// Cache is the access layer's read side.
 	Cache clustercache.Reader
 	// Repositories holds every PluginRepository's last good index.
@@ -200,7 +204,7 @@ func (r *Reconciler) targets(ctx context.Context, prel *pluginsv1.PluginRelease)
 		var err error
 		sel, err = metav1.LabelSelectorAsSelector(prel.Spec.Targets.ClusterSelector)
 		if err != nil {
-			return nil, &valuesError{fmt.Sprintf("spec.targets.clusterSelector: %s", err)}
+			return nil, &valuesError{msg: fmt.Sprintf("spec.targets.clusterSelector: %s", err)}
 		}
 	}
 	names := map[string]bool{}

@@ -207,11 +207,14 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 		return ctrl.Result{}, err
 	}
 	s.targets = targets
-	base, err := baseValues(ctx, r.valuesReader(), prel)
+	base, err := baseValues(ctx, r.valuesReader(), prel, r.SecretNamespaces)
 	if err != nil {
 		var ve *valuesError
 		if errors.As(err, &ve) {
-			s.failure = &failure{reason: ReasonValuesInvalid, msg: ve.msg, stalled: true}
+			s.failure = &failure{reason: ReasonValuesInvalid, msg: ve.msg, stalled: !ve.retry}
+			if ve.retry {
+				return ctrl.Result{RequeueAfter: time.Minute}, nil
+			}
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err

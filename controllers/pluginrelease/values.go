@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"text/template"
 
 	"github.com/Masterminds/sprig/v3"
@@ -26,12 +27,16 @@ import (
 const maxValuesBytes = 1 << 20
 
 // valuesError is bad values input: a condition and an event, no retry until something changes.
-type valuesError struct{ msg string }
+type valuesError struct {
+	msg string
+	// retry: the input may be fine and the cause outside the object (RBAC): not stalled.
+	retry bool
+}
 
 func (e *valuesError) Error() string { return e.msg }
 
 // baseValues merges valuesFrom (in order) and then values. It never puts a value in an error.
-func baseValues(ctx context.Context, c client.Reader, prel *pluginsv1.PluginRelease) (map[string]any, error) {
+func baseValues(ctx context.Context, c client.Reader, prel *pluginsv1.PluginRelease, secretNamespaces []string) (map[string]any, error) {
 	out := map[string]any{}
 	for i, ref := range prel.Spec.ValuesFrom {
 		key := ref.Key
@@ -43,11 +48,19 @@ func baseValues(ctx context.Context, c client.Reader, prel *pluginsv1.PluginRele
 		var found bool
 		switch ref.Kind {
 		case "Secret":
+			if secretNamespaces != nil && !slices.Contains(secretNamespaces, prel.Namespace) {
+				return nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: the manager does not read values Secrets in namespace %s "+
+					"(an administrator adds it to --values-secret-namespaces, the chart's manager.valuesSecretNamespaces)", i, prel.Namespace)}
+			}
 			s := &corev1.Secret{}
 			err := c.Get(ctx, nn, s)
-			if err == nil {
+			switch {
+			case err == nil:
 				data, found = s.Data[key]
-			} else if !apierrors.IsNotFound(err) {
+			case apierrors.IsForbidden(err):
+				return nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: the manager is not allowed to read Secret %s (RBAC); "+
+					"an administrator grants it with the chart's manager.valuesSecretNamespaces", i, nn), retry: true}
+			case !apierrors.IsNotFound(err):
 				return nil, fmt.Errorf("reading Secret %s: %w", nn, err)
 			}
 		default:
@@ -65,22 +78,22 @@ func baseValues(ctx context.Context, c client.Reader, prel *pluginsv1.PluginRele
 			if ref.Optional {
 				continue
 			}
-			return nil, &valuesError{fmt.Sprintf("spec.valuesFrom[%d]: %s %s has no key %q (mark it optional: true to skip)", i, ref.Kind, nn, key)}
+			return nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: %s %s has no key %q (mark it optional: true to skip)", i, ref.Kind, nn, key)}
 		}
 		if len(data) > maxValuesBytes {
-			return nil, &valuesError{fmt.Sprintf("spec.valuesFrom[%d]: %s %s key %q is larger than %d bytes", i, ref.Kind, nn, key, maxValuesBytes)}
+			return nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: %s %s key %q is larger than %d bytes", i, ref.Kind, nn, key, maxValuesBytes)}
 		}
 		m := map[string]any{}
 		if err := yaml.Unmarshal(data, &m); err != nil {
 			// The YAML error may quote the document: name the source only.
-			return nil, &valuesError{fmt.Sprintf("spec.valuesFrom[%d]: %s %s key %q is not a YAML map of values", i, ref.Kind, nn, key)}
+			return nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: %s %s key %q is not a YAML map of values", i, ref.Kind, nn, key)}
 		}
 		out = merge(out, m)
 	}
 	if prel.Spec.Values != nil && len(prel.Spec.Values.Raw) > 0 {
 		m := map[string]any{}
 		if err := json.Unmarshal(prel.Spec.Values.Raw, &m); err != nil {
-			return nil, &valuesError{"spec.values is not a map of values"}
+			return nil, &valuesError{msg: "spec.values is not a map of values"}
 		}
 		out = merge(out, m)
 	}
@@ -144,7 +157,7 @@ func clusterValues(prel *pluginsv1.PluginRelease, base map[string]any, mc *clust
 	}
 	tmpl, err := template.New("valuesTemplate").Funcs(templateFuncs()).Option("missingkey=zero").Parse(prel.Spec.ValuesTemplate)
 	if err != nil {
-		return nil, &valuesError{fmt.Sprintf("spec.valuesTemplate does not parse: %s", err)}
+		return nil, &valuesError{msg: fmt.Sprintf("spec.valuesTemplate does not parse: %s", err)}
 	}
 	var data clusterData
 	data.Cluster.Name, data.Cluster.Labels, data.Cluster.Annotations = mc.Name, mc.Labels, mc.Annotations
@@ -154,13 +167,13 @@ func clusterValues(prel *pluginsv1.PluginRelease, base map[string]any, mc *clust
 	out := &cappedBuffer{max: maxValuesBytes}
 	if err := tmpl.Execute(out, data); err != nil {
 		if errors.Is(err, errTooLarge) {
-			return nil, &valuesError{fmt.Sprintf("spec.valuesTemplate renders more than %d bytes for cluster %s", maxValuesBytes, mc.Name)}
+			return nil, &valuesError{msg: fmt.Sprintf("spec.valuesTemplate renders more than %d bytes for cluster %s", maxValuesBytes, mc.Name)}
 		}
-		return nil, &valuesError{fmt.Sprintf("spec.valuesTemplate fails for cluster %s: %s", mc.Name, err)}
+		return nil, &valuesError{msg: fmt.Sprintf("spec.valuesTemplate fails for cluster %s: %s", mc.Name, err)}
 	}
 	m := map[string]any{}
 	if err := yaml.Unmarshal(out.Bytes(), &m); err != nil {
-		return nil, &valuesError{fmt.Sprintf("spec.valuesTemplate does not render YAML values for cluster %s", mc.Name)}
+		return nil, &valuesError{msg: fmt.Sprintf("spec.valuesTemplate does not render YAML values for cluster %s", mc.Name)}
 	}
 	return merge(vals, m), nil
 }

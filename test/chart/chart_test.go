@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	. "github.com/onsi/gomega"
@@ -126,6 +127,7 @@ func TestChartDefaultsApplyToARealAPIServer(t *testing.T) {
 	g.Expect(c.Args).To(ContainElement("--max-concurrent-probes=500"))
 	g.Expect(c.Args).To(ContainElement("--kubeconfig-secret-namespaces="+releaseNamespace(objs)), "the release namespace by default")
 	g.Expect(c.Args).To(ContainElements("--repository-secret-namespace="+releaseNamespace(objs), "--max-repository-index-bytes=52428800"))
+	g.Expect(c.Args).To(ContainElement("--values-secret-namespaces="), "no PluginRelease reads values Secrets unless the chart says where")
 	g.Expect(c.Args).NotTo(ContainElement(HavePrefix("--allow-loopback")), "never in a real deployment")
 	g.Expect(c.LivenessProbe).NotTo(BeNil())
 	g.Expect(c.ReadinessProbe).NotTo(BeNil())
@@ -180,17 +182,24 @@ func TestChartVariantsApply(t *testing.T) {
 		"manager": map[string]any{"concurrency": []any{"membercluster=100"},
 			"kubeconfigSecretNamespaces": []any{releaseNamespace(render(t, nil)), "default"},
 			"memberDeniedCIDRs":          []any{"10.96.0.0/12", "10.244.0.0/16"},
-			"repositoryDeniedCIDRs":      []any{"10.96.0.0/12"}},
+			"repositoryDeniedCIDRs":      []any{"10.96.0.0/12"},
+			"valuesSecretNamespaces":     []any{"default", "kube-public"}},
 	})
 	k := kinds(objs)
-	g.Expect(k).To(HaveKeyWithValue("Role", 3), "kubeconfig Secrets in two namespaces, repository Secrets; no leader election Role")
-	g.Expect(secretRoleNamespaces(objs)).To(ConsistOf(releaseNamespace(objs), "default", releaseNamespace(objs)))
+	g.Expect(k).To(HaveKeyWithValue("Role", 5), "kubeconfig Secrets in two namespaces, repository Secrets, values Secrets in two; no leader election Role")
+	g.Expect(secretRoleNamespaces(objs)).To(ConsistOf(releaseNamespace(objs), "default", releaseNamespace(objs), "default", "kube-public"))
+	for _, o := range objs {
+		if o.GetKind() == "Role" && strings.HasSuffix(o.GetName(), "-values-secrets") {
+			rules, _, _ := unstructured.NestedSlice(o.Object, "rules")
+			g.Expect(rules).To(ConsistOf(HaveKeyWithValue("verbs", ConsistOf("get"))), "values Secrets are read one by one, never listed or watched")
+		}
+	}
 	g.Expect(k).To(HaveKeyWithValue("ClusterRole", 3), "manager, metrics-auth, metrics-reader")
 	applyDryRun(t, objs)
 	c := deployment(t, objs).Spec.Template.Spec.Containers[0]
 	g.Expect(c.Args).To(ContainElements("--leader-elect=false", "--metrics-secure=true", "--concurrency=membercluster=100",
 		"--kubeconfig-secret-namespaces="+releaseNamespace(objs)+",default", "--member-denied-cidrs=10.96.0.0/12,10.244.0.0/16",
-		"--repository-denied-cidrs=10.96.0.0/12"))
+		"--repository-denied-cidrs=10.96.0.0/12", "--values-secret-namespaces=default,kube-public"))
 }
 
 // A chart that renders something the apiserver rejects must fail the dry-run: proves the check

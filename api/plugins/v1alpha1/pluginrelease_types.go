@@ -22,8 +22,8 @@ const (
 // PluginReleaseSpec is the desired state of a PluginRelease: one chart, installed as one Helm
 // release in every target cluster.
 // +kubebuilder:validation:XValidation:rule="!has(self.rollout) || !has(self.rollout.waves) || self.rollout.waves.all(w, self.rollout.waves.exists_one(x, x.name == w.name))",message="rollout wave names must be unique"
-// +kubebuilder:validation:XValidation:rule="(has(self.releaseName) ? self.releaseName : ”) == (has(oldSelf.releaseName) ? oldSelf.releaseName : ”)",message="releaseName is immutable; create another PluginRelease for another release"
-// +kubebuilder:validation:XValidation:rule="(has(self.targetNamespace) ? self.targetNamespace : ”) == (has(oldSelf.targetNamespace) ? oldSelf.targetNamespace : ”)",message="targetNamespace is immutable; create another PluginRelease for another namespace"
+// +kubebuilder:validation:XValidation:rule="has(self.releaseName) == has(oldSelf.releaseName) && (!has(self.releaseName) || self.releaseName == oldSelf.releaseName)",message="releaseName is immutable; create another PluginRelease for another release"
+// +kubebuilder:validation:XValidation:rule="has(self.targetNamespace) == has(oldSelf.targetNamespace) && (!has(self.targetNamespace) || self.targetNamespace == oldSelf.targetNamespace)",message="targetNamespace is immutable; create another PluginRelease for another namespace"
 type PluginReleaseSpec struct {
 	// Chart is what to install.
 	Chart ChartReference `json:"chart"`
