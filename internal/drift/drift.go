@@ -1,0 +1,374 @@
+// Package drift compares a Helm release's manifest with the objects live in a cluster and builds
+// the patches that put them back, without a new Helm revision.
+//
+// What counts as drift: a field the manifest sets that the live object lacks or holds with another
+// value, or an object of the manifest that is gone. Fields the live object has beyond the manifest
+// (defaults, status, what other controllers add) are not drift, and neither are the paths of
+// ignore rules. Values the apiserver normalises compare equal to their normal form (quantities
+// such as 0.5 and 500m; empty and absent maps, lists and zero values; a Secret's stringData and
+// its data), so a correction never leaves a difference that would be corrected again.
+package drift
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+)
+
+// MaxObjects bounds how many objects of one manifest are checked.
+const MaxObjects = 2000
+
+// ParseManifest splits a release manifest (multi-document YAML) into objects. Empty documents are
+// skipped; a document without apiVersion, kind or metadata.name is an error.
+func ParseManifest(manifest string) ([]*unstructured.Unstructured, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(manifest), 4096)
+	var out []*unstructured.Unstructured
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			if errors.Is(err, io.EOF) {
+				return out, nil
+			}
+			return nil, fmt.Errorf("the release manifest does not parse: %w", err)
+		}
+		if len(m) == 0 {
+			continue
+		}
+		u := &unstructured.Unstructured{Object: m}
+		if u.GetAPIVersion() == "" || u.GetKind() == "" || u.GetName() == "" {
+			return nil, fmt.Errorf("the release manifest holds an object without apiVersion, kind or name")
+		}
+		if len(out) == MaxObjects {
+			return nil, fmt.Errorf("the release manifest holds more than %d objects", MaxObjects)
+		}
+		out = append(out, u)
+	}
+}
+
+// Rule ignores paths (JSON pointers) of the objects it targets: all objects when Kind is empty.
+type Rule struct {
+	Group, Kind, Name string
+	Paths             []string
+}
+
+// IgnoredPaths returns the paths the rules ignore in an object.
+func IgnoredPaths(rules []Rule, gvk schema.GroupVersionKind, name string) []string {
+	var out []string
+	for _, r := range rules {
+		if r.Kind != "" && (r.Kind != gvk.Kind || r.Group != gvk.Group || (r.Name != "" && r.Name != name)) {
+			continue
+		}
+		out = append(out, r.Paths...)
+	}
+	return out
+}
+
+// Normalize returns the desired object as the apiserver would store it where that differs from
+// the manifest's spelling: a Secret's stringData is folded into data.
+func Normalize(desired *unstructured.Unstructured) *unstructured.Unstructured {
+	d := desired.DeepCopy()
+	if d.GetKind() == "Secret" && d.GroupVersionKind().Group == "" {
+		if sd, ok := d.Object["stringData"].(map[string]any); ok {
+			data, _ := d.Object["data"].(map[string]any)
+			if data == nil {
+				data = map[string]any{}
+			}
+			for k, v := range sd {
+				if s, ok := v.(string); ok {
+					data[k] = base64.StdEncoding.EncodeToString([]byte(s))
+				}
+			}
+			d.Object["data"] = data
+			delete(d.Object, "stringData")
+		}
+	}
+	return d
+}
+
+// Diff lists the JSON pointers at which live departs from desired (both as the apiserver stores
+// them: pass Normalize(desired)), ignoring the ignored paths and below. The object's identity and
+// server-owned metadata are not compared, nor is status.
+func Diff(desired, live map[string]any, ignored []string) []string {
+	var out []string
+	for k, dv := range desired {
+		switch k {
+		case "apiVersion", "kind", "status":
+			continue
+		case "metadata":
+			dm, _ := dv.(map[string]any)
+			lm, _ := live["metadata"].(map[string]any)
+			for _, mk := range []string{"labels", "annotations"} {
+				if v, ok := dm[mk]; ok {
+					out = diffValue(out, "/metadata/"+mk, v, lookup(lm, mk), ignored)
+				}
+			}
+			continue
+		}
+		out = diffValue(out, "/"+escape(k), dv, lookup(live, k), ignored)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func lookup(m map[string]any, k string) any {
+	if m == nil {
+		return nil
+	}
+	return m[k]
+}
+
+func diffValue(out []string, path string, desired, live any, ignored []string) []string {
+	if isIgnored(path, ignored) || desired == nil {
+		return out
+	}
+	if live == nil {
+		if isEmpty(desired) {
+			return out
+		}
+		return append(out, path)
+	}
+	switch d := desired.(type) {
+	case map[string]any:
+		l, ok := live.(map[string]any)
+		if !ok {
+			return append(out, path)
+		}
+		keys := make([]string, 0, len(d))
+		for k := range d {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			out = diffValue(out, path+"/"+escape(k), d[k], l[k], ignored)
+		}
+		return out
+	case []any:
+		l, ok := live.([]any)
+		if !ok || len(l) != len(d) {
+			return append(out, path)
+		}
+		for i := range d {
+			out = diffValue(out, path+"/"+strconv.Itoa(i), d[i], l[i], ignored)
+		}
+		return out
+	}
+	if scalarEqual(desired, live) {
+		return out
+	}
+	return append(out, path)
+}
+
+// isEmpty: values the apiserver drops (omitempty) compare equal to absence.
+func isEmpty(v any) bool {
+	switch x := v.(type) {
+	case map[string]any:
+		return len(x) == 0
+	case []any:
+		return len(x) == 0
+	case string:
+		return x == ""
+	case bool:
+		return !x
+	case int64:
+		return x == 0
+	case float64:
+		return x == 0
+	case json.Number:
+		f, err := x.Float64()
+		return err == nil && f == 0
+	}
+	return false
+}
+
+func scalarEqual(a, b any) bool {
+	if fa, ok := number(a); ok {
+		if fb, ok := number(b); ok {
+			return fa == fb
+		}
+	}
+	if reflect.DeepEqual(a, b) {
+		return true
+	}
+	sa, ok1 := a.(string)
+	sb, ok2 := b.(string)
+	if ok1 && ok2 {
+		qa, err1 := resource.ParseQuantity(sa)
+		qb, err2 := resource.ParseQuantity(sb)
+		return err1 == nil && err2 == nil && qa.Cmp(qb) == 0
+	}
+	// A quantity written as a number (cpu: 1) is stored as a string ("1").
+	if ok2 {
+		if fa, ok := number(a); ok {
+			qb, err := resource.ParseQuantity(sb)
+			return err == nil && qb.AsApproximateFloat64() == fa
+		}
+	}
+	return false
+}
+
+func number(v any) (float64, bool) {
+	switch x := v.(type) {
+	case int64:
+		return float64(x), true
+	case int:
+		return float64(x), true
+	case int32:
+		return float64(x), true
+	case float64:
+		return x, true
+	case json.Number:
+		f, err := x.Float64()
+		return f, err == nil
+	}
+	return 0, false
+}
+
+func isIgnored(path string, ignored []string) bool {
+	for _, p := range ignored {
+		if path == p || strings.HasPrefix(path, p+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func escape(k string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(k, "~", "~0"), "/", "~1")
+}
+
+func unescape(k string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(k, "~1", "/"), "~0", "~")
+}
+
+// MergePatch is the JSON merge patch that puts live back to desired (pass Normalize(desired)):
+// desired's fields without status and server-owned metadata, where every ignored path holds the
+// live value (inside a list, which a merge patch replaces whole) or is left out (elsewhere).
+func MergePatch(desired, live map[string]any, ignored []string) ([]byte, error) {
+	// A null in a merge patch deletes the field: the manifest's nulls mean "unset", leave them out.
+	p := stripNulls(desired).(map[string]any)
+	delete(p, "status")
+	if md, ok := p["metadata"].(map[string]any); ok {
+		keep := map[string]any{}
+		for _, k := range []string{"labels", "annotations"} {
+			if v, ok := md[k]; ok {
+				keep[k] = v
+			}
+		}
+		p["metadata"] = keep
+	}
+	for _, path := range ignored {
+		restore(p, live, path)
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(p); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSpace(buf.Bytes()), nil
+}
+
+// restore makes path in p hold live's value: deleted where only maps lead to it (a merge patch
+// leaves an absent key alone), copied from live once the path enters a list.
+func restore(p map[string]any, live map[string]any, path string) {
+	parts := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	var cur any = p
+	var lcur any = live
+	inList := false
+	for i, raw := range parts {
+		last := i == len(parts)-1
+		switch c := cur.(type) {
+		case map[string]any:
+			k := unescape(raw)
+			var lnext any
+			if lm, ok := lcur.(map[string]any); ok {
+				lnext = lm[k]
+			}
+			if last {
+				switch {
+				case !inList:
+					delete(c, k)
+				case lnext != nil:
+					c[k] = deepCopyValue(lnext)
+				default:
+					delete(c, k)
+				}
+				return
+			}
+			next, ok := c[k]
+			if !ok {
+				return
+			}
+			cur, lcur = next, lnext
+		case []any:
+			n, err := strconv.Atoi(raw)
+			if err != nil || n < 0 || n >= len(c) {
+				return
+			}
+			inList = true
+			var lnext any
+			if ll, ok := lcur.([]any); ok && n < len(ll) {
+				lnext = ll[n]
+			}
+			if last {
+				if lnext != nil {
+					c[n] = deepCopyValue(lnext)
+				}
+				return
+			}
+			cur, lcur = c[n], lnext
+		default:
+			return
+		}
+	}
+}
+
+func stripNulls(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			if e != nil {
+				out[k] = stripNulls(e)
+			}
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = stripNulls(e)
+		}
+		return out
+	}
+	return v
+}
+
+func deepCopyValue(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = deepCopyValue(e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = deepCopyValue(e)
+		}
+		return out
+	}
+	return v
+}

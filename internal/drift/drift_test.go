@@ -1,0 +1,177 @@
+package drift
+
+import (
+	"encoding/json"
+	"testing"
+
+	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+)
+
+const manifest = `---
+# Source: hello/templates/configmap.yaml
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: hello
+  labels:
+    app: hello
+data:
+  greeting: hi
+---
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  creationTimestamp: null
+spec:
+  replicas: 2
+  template:
+    spec:
+      hostNetwork: false
+      containers:
+      - name: web
+        image: nginx:1.27
+        resources:
+          requests:
+            cpu: 0.5
+            memory: 1024Mi
+        env: []
+status: {}
+`
+
+func parse(t *testing.T) map[string]map[string]any {
+	t.Helper()
+	objs, err := ParseManifest(manifest)
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	out := map[string]map[string]any{}
+	for _, o := range objs {
+		out[o.GetKind()] = Normalize(o).Object
+	}
+	return out
+}
+
+func live(t *testing.T, js string) map[string]any {
+	t.Helper()
+	m := map[string]any{}
+	NewWithT(t).Expect(json.Unmarshal([]byte(js), &m)).To(Succeed())
+	return m
+}
+
+// As the apiserver stores the Deployment: defaults added, quantities normalised, empty and zero
+// values dropped, status filled.
+const liveDeployment = `{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web","namespace":"apps",
+ "uid":"1","resourceVersion":"7","generation":3,"labels":{"app.kubernetes.io/managed-by":"Helm"}},
+ "spec":{"replicas":2,"revisionHistoryLimit":10,"template":{"spec":{"restartPolicy":"Always",
+  "containers":[{"name":"web","image":"nginx:1.27","imagePullPolicy":"IfNotPresent",
+   "resources":{"requests":{"cpu":"500m","memory":"1Gi"}}}]}}},
+ "status":{"replicas":2}}`
+
+func TestParseManifestSkipsEmptyDocuments(t *testing.T) {
+	g := NewWithT(t)
+	objs, err := ParseManifest(manifest)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(objs).To(HaveLen(2))
+	g.Expect(objs[1].GetName()).To(Equal("web"))
+	_, err = ParseManifest("apiVersion: v1\nkind: ConfigMap\n")
+	g.Expect(err).To(MatchError(ContainSubstring("without apiVersion, kind or name")))
+	_, err = ParseManifest("a: [\n")
+	g.Expect(err).To(HaveOccurred())
+}
+
+func TestNoDriftWhereTheAPIServerOnlyNormalisedOrDefaulted(t *testing.T) {
+	g := NewWithT(t)
+	d := parse(t)["Deployment"]
+	g.Expect(Diff(d, live(t, liveDeployment), nil)).To(BeEmpty())
+}
+
+func TestDriftFindsChangedRemovedAndListFields(t *testing.T) {
+	g := NewWithT(t)
+	d := parse(t)["Deployment"]
+	l := live(t, liveDeployment)
+	spec := l["spec"].(map[string]any)
+	spec["replicas"] = float64(5)
+	c := spec["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)
+	c["image"] = "evil:latest"
+	delete(c["resources"].(map[string]any)["requests"].(map[string]any), "memory")
+	g.Expect(Diff(d, l, nil)).To(Equal([]string{
+		"/spec/replicas",
+		"/spec/template/spec/containers/0/image",
+		"/spec/template/spec/containers/0/resources/requests/memory",
+	}))
+	// Ignore rules hide paths and everything below them.
+	g.Expect(Diff(d, l, []string{"/spec/replicas", "/spec/template/spec/containers/0"})).To(BeEmpty())
+
+	// A container more or less is a different list.
+	spec["template"].(map[string]any)["spec"].(map[string]any)["containers"] = []any{c, c}
+	g.Expect(Diff(d, l, []string{"/spec/replicas"})).To(Equal([]string{"/spec/template/spec/containers"}))
+}
+
+func TestDriftInLabelsButNotInServerMetadata(t *testing.T) {
+	g := NewWithT(t)
+	cm := parse(t)["ConfigMap"]
+	l := live(t, `{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"hello","uid":"x","labels":{"app":"hello","extra":"kept"},
+	  "annotations":{"a":"b"}},"data":{"greeting":"hi"}}`)
+	g.Expect(Diff(cm, l, nil)).To(BeEmpty(), "extra labels and annotations are not drift")
+	l["metadata"].(map[string]any)["labels"] = map[string]any{"extra": "kept"}
+	l["data"].(map[string]any)["greeting"] = "changed"
+	g.Expect(Diff(cm, l, nil)).To(Equal([]string{"/data/greeting", "/metadata/labels/app"}))
+	delete(l, "data")
+	g.Expect(Diff(cm, l, nil)).To(ContainElement("/data"), "a whole map gone is one difference")
+}
+
+func TestSecretStringDataComparesWithData(t *testing.T) {
+	g := NewWithT(t)
+	objs, err := ParseManifest("apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\nstringData:\n  password: hunter2\n")
+	g.Expect(err).NotTo(HaveOccurred())
+	d := Normalize(objs[0]).Object
+	l := live(t, `{"apiVersion":"v1","kind":"Secret","metadata":{"name":"s"},"type":"Opaque","data":{"password":"aHVudGVyMg=="}}`)
+	g.Expect(Diff(d, l, nil)).To(BeEmpty())
+	l["data"].(map[string]any)["password"] = "eA=="
+	g.Expect(Diff(d, l, nil)).To(Equal([]string{"/data/password"}))
+	g.Expect(objs[0].Object).To(HaveKey("stringData"), "Normalize works on a copy")
+}
+
+func TestMergePatchRestoresDesiredAndKeepsIgnoredLiveValues(t *testing.T) {
+	g := NewWithT(t)
+	d := parse(t)["Deployment"]
+	l := live(t, liveDeployment)
+	spec := l["spec"].(map[string]any)
+	spec["replicas"] = float64(5)
+	c := spec["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)
+	c["image"] = "sidecar-injected:1"
+
+	b, err := MergePatch(d, l, []string{"/spec/replicas", "/spec/template/spec/containers/0/image"})
+	g.Expect(err).NotTo(HaveOccurred())
+	p := map[string]any{}
+	g.Expect(json.Unmarshal(b, &p)).To(Succeed())
+	g.Expect(p).NotTo(HaveKey("status"))
+	g.Expect(p["metadata"]).To(Equal(map[string]any{}), "no creationTimestamp: null, no identity")
+	g.Expect(p["spec"]).NotTo(HaveKey("replicas"), "an ignored map field is left out: live keeps its value")
+	pc := p["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)
+	g.Expect(pc["image"]).To(Equal("sidecar-injected:1"), "inside a list, which a merge patch replaces, the live value is kept")
+	g.Expect(string(b)).NotTo(ContainSubstring("null"), "a null would delete a live field")
+
+	// Without ignore rules the patch holds the manifest's values.
+	b, err = MergePatch(d, l, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(string(b)).To(ContainSubstring(`"image":"nginx:1.27"`))
+	g.Expect(string(b)).To(ContainSubstring(`"replicas":2`))
+	// The desired object is untouched.
+	g.Expect(Diff(d, live(t, liveDeployment), nil)).To(BeEmpty())
+}
+
+func TestIgnoredPathsByTarget(t *testing.T) {
+	g := NewWithT(t)
+	rules := []Rule{
+		{Paths: []string{"/metadata/annotations"}},
+		{Group: "apps", Kind: "Deployment", Paths: []string{"/spec/replicas"}},
+		{Kind: "ConfigMap", Name: "other", Paths: []string{"/data"}},
+	}
+	dep := schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}
+	cm := schema.GroupVersionKind{Version: "v1", Kind: "ConfigMap"}
+	g.Expect(IgnoredPaths(rules, dep, "web")).To(ConsistOf("/metadata/annotations", "/spec/replicas"))
+	g.Expect(IgnoredPaths(rules, cm, "hello")).To(ConsistOf("/metadata/annotations"))
+	g.Expect(IgnoredPaths(rules, cm, "other")).To(ConsistOf("/metadata/annotations", "/data"))
+}
