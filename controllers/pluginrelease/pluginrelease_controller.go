@@ -81,6 +81,12 @@ type Reconciler struct {
 	mu      sync.Mutex
 	running map[actionKey]*runningAction
 	done    map[actionKey]outcome
+	// Drift detection (drift.go).
+	drift      map[actionKey]*driftState
+	watches    map[driftWatchKey]*driftWatch
+	byLabel    map[labelKey]map[actionKey]struct{}
+	pokes      map[types.NamespacedName]struct{}
+	pokeSignal chan struct{}
 }
 
 type actionKey struct {
@@ -114,6 +120,9 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	r.slots = make(chan struct{}, n)
 	r.wake = make(chan event.GenericEvent, 1024)
 	r.running, r.done = map[actionKey]*runningAction{}, map[actionKey]outcome{}
+	r.drift, r.watches, r.byLabel = map[actionKey]*driftState{}, map[driftWatchKey]*driftWatch{}, map[labelKey]map[actionKey]struct{}{}
+	r.pokes, r.pokeSignal = map[types.NamespacedName]struct{}{}, make(chan struct{}, 1)
+	go r.pump(ctx)
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &pluginsv1.PluginRelease{}, repositoryIndex, func(o client.Object) []string {
 		return []string{o.(*pluginsv1.PluginRelease).Spec.Chart.Repository}
 	}); err != nil {

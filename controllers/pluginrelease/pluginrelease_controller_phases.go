@@ -109,10 +109,20 @@ type outcome struct {
 	msg                       string
 	failed, unreachable, gone bool
 	started, finished         time.Time
+	// Drift checks: cancelled (superseded by an action), the release is gone (install again),
+	// the drifted objects found.
+	cancelled, reinstall bool
+	driftObjects         []string
 }
 
 // fold moves the finished actions of this release into the scope's status.
 func (r *Reconciler) fold(s *scope) {
+	var forget []string
+	defer func() {
+		for _, c := range forget {
+			r.forgetDrift(s.prel.UID, c)
+		}
+	}()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for key, o := range r.done {
@@ -120,9 +130,14 @@ func (r *Reconciler) fold(s *scope) {
 			continue
 		}
 		s.folded = append(s.folded, key)
+		if o.action == opDriftCheck || o.action == opDriftCorrected {
+			r.foldDrift(s, key.cluster, o)
+			continue
+		}
 		c := s.cluster(key.cluster)
 		if o.action == opUninstall && !o.failed {
 			delete(s.clusters, key.cluster)
+			forget = append(forget, key.cluster)
 		} else {
 			setPhase(c, o.phase, o.msg)
 			c.LastOperation = o.action
@@ -158,18 +173,34 @@ func (r *Reconciler) forgetFolded(s *scope) {
 	}
 }
 
+// isRunning says whether an install, upgrade or uninstall runs on the target (a drift check does
+// not count: it changes nothing the rollout waits for).
 func (r *Reconciler) isRunning(uid types.UID, cluster string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	_, ok := r.running[actionKey{uid, cluster}]
-	return ok
+	a, ok := r.running[actionKey{uid, cluster}]
+	return ok && a.action != opDriftCheck
 }
 
-func (r *Reconciler) anyRunning(uid types.UID) bool {
+// cancelDrift cancels a drift check running on the target, which an action supersedes; it says
+// whether one was running (the action starts once it has ended).
+func (r *Reconciler) cancelDrift(uid types.UID, cluster string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for k := range r.running {
-		if k.uid == uid {
+	a, ok := r.running[actionKey{uid, cluster}]
+	if ok && a.action == opDriftCheck {
+		a.cancel()
+		return true
+	}
+	return false
+}
+
+// anyRunning says whether an action of the release runs (drift checks too when withDrift).
+func (r *Reconciler) anyRunning(uid types.UID, withDrift bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, a := range r.running {
+		if k.uid == uid && (withDrift || a.action != opDriftCheck) {
 			return true
 		}
 	}
@@ -268,6 +299,9 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	st.Waiting = d.Waiting
 
 	for _, name := range d.Start {
+		if r.cancelDrift(prel.UID, name) {
+			continue
+		}
 		if _, err := r.Cache.Get(ctx, name); err != nil {
 			s.unreachable = append(s.unreachable, name)
 			setPhase(s.cluster(name), pluginsv1.PhaseUnreachable, notUsable(name, err))
@@ -295,13 +329,16 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	}
 	// Clusters that are no longer targets lose the release.
 	for name := range s.clusters {
-		if _, ok := targets[name]; ok || r.isRunning(prel.UID, name) {
+		if _, ok := targets[name]; ok || r.isRunning(prel.UID, name) || r.cancelDrift(prel.UID, name) {
 			continue
 		}
 		r.startUninstall(ctx, s, name, false)
 	}
 
 	next := r.resync()
+	if driftAt := r.scheduleDrift(s, states, now); !driftAt.IsZero() && driftAt.Sub(now) < next {
+		next = max(driftAt.Sub(now), time.Second)
+	}
 	if d.RequeueAfter > 0 && d.RequeueAfter < next {
 		next = d.RequeueAfter
 	}
@@ -680,7 +717,14 @@ func (r *Reconciler) startUninstall(ctx context.Context, s *scope, name string, 
 
 func (r *Reconciler) reconcileDelete(ctx context.Context, s *scope) (ctrl.Result, error) {
 	prel := s.prel
-	if r.anyRunning(prel.UID) {
+	r.mu.Lock()
+	for k, a := range r.running {
+		if k.uid == prel.UID && a.action == opDriftCheck {
+			a.cancel()
+		}
+	}
+	r.mu.Unlock()
+	if r.anyRunning(prel.UID, true) {
 		return ctrl.Result{RequeueAfter: 2 * time.Second}, nil
 	}
 	grace := r.DeletionGracePeriod
@@ -704,6 +748,7 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, s *scope) (ctrl.Result
 	if len(s.clusters) > 0 {
 		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
 	}
+	r.forgetDrift(prel.UID, "")
 	orig := prel.DeepCopy()
 	controllerutil.RemoveFinalizer(prel, Finalizer)
 	if err := r.Client.Patch(ctx, prel, client.MergeFrom(orig)); err != nil && !apierrors.IsNotFound(err) {

@@ -107,7 +107,7 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 		// Never hidden behind progress: a failed target makes Ready False with its error.
 		set(pluginsv1.ReadyCondition, metav1.ConditionFalse, ReasonClustersFailed,
 			fmt.Sprintf("%d of %d clusters failed%s", len(failed), len(s.targets), failedList(s, failed)))
-		if r.anyRunning(prel.UID) || (s.decision != nil && len(s.decision.Start) > 0) {
+		if r.anyRunning(prel.UID, false) || (s.decision != nil && len(s.decision.Start) > 0) {
 			set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, ReasonProgressing, "other clusters are progressing")
 		} else {
 			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)
@@ -133,6 +133,29 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 		set(pluginsv1.ReadyCondition, metav1.ConditionFalse, ReasonProgressing, msg)
 		set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, ReasonProgressing, msg)
 		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
+	}
+	var drifted []string
+	for _, n := range names {
+		if c := s.clusters[n]; c.Drift != nil {
+			drifted = append(drifted, n)
+		}
+	}
+	if len(drifted) > 0 && prel.DeletionTimestamp.IsZero() {
+		msg := fmt.Sprintf("drift not corrected in %d clusters: ", len(drifted))
+		for i, n := range drifted {
+			if i == 3 {
+				msg += fmt.Sprintf("; and %d more", len(drifted)-3)
+				break
+			}
+			if i > 0 {
+				msg += "; "
+			}
+			d := s.clusters[n].Drift
+			msg += n + ": " + truncate(strings.Join(d.Objects, ", "), 200) + " (" + truncate(d.Message, 160) + ")"
+		}
+		set(pluginsv1.DriftedCondition, metav1.ConditionTrue, "DriftDetected", msg)
+	} else {
+		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.DriftedCondition)
 	}
 	st.ObservedGeneration = gen
 

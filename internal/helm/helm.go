@@ -5,9 +5,13 @@
 package helm
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -16,6 +20,8 @@ import (
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/release"
 	"helm.sh/helm/v3/pkg/storage/driver"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
 
 	"github.com/paddock-dev/paddock/internal/clustercache"
 )
@@ -23,6 +29,54 @@ import (
 // OwnerLabel is the Helm release label (stored on the release Secret) naming the PluginRelease
 // that installed it, as "<namespace>/<name>" is not a label value: "<namespace>.<name>".
 const OwnerLabel = "plugins.paddock.dev/owner"
+
+// ReleaseLabel is put on every object of a release (by a post-renderer), so that drift detection
+// can watch a release's objects with a label selector. Its value is ReleaseLabelValue.
+const ReleaseLabel = "plugins.paddock.dev/release"
+
+// ReleaseLabelValue identifies a release (namespace and name) within a member, in a label value's
+// 63 characters.
+func ReleaseLabelValue(namespace, name string) string {
+	sum := sha256.Sum256([]byte(namespace + "/" + name))
+	return "r" + hex.EncodeToString(sum[:])[:20]
+}
+
+// labeller is the post-renderer that adds ReleaseLabel to every rendered object.
+type labeller struct{ value string }
+
+func (l labeller) Run(in *bytes.Buffer) (*bytes.Buffer, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(in.Bytes()), 4096)
+	out := &bytes.Buffer{}
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			if errors.Is(err, io.EOF) {
+				return out, nil
+			}
+			return nil, fmt.Errorf("post-rendering: %w", err)
+		}
+		if len(m) == 0 {
+			continue
+		}
+		md, _ := m["metadata"].(map[string]any)
+		if md == nil {
+			md = map[string]any{}
+			m["metadata"] = md
+		}
+		labels, _ := md["labels"].(map[string]any)
+		if labels == nil {
+			labels = map[string]any{}
+			md["labels"] = labels
+		}
+		labels[ReleaseLabel] = l.value
+		b, err := yaml.Marshal(m)
+		if err != nil {
+			return nil, fmt.Errorf("post-rendering: %w", err)
+		}
+		out.WriteString("---\n")
+		out.Write(b)
+	}
+}
 
 // Client runs actions on one release in one member.
 type Client struct {
@@ -84,6 +138,7 @@ func (c *Client) Install(ctx context.Context, ch *chart.Chart, vals map[string]a
 	in.ReleaseName, in.Namespace = c.Name, c.Namespace
 	in.CreateNamespace, in.Wait, in.Timeout = o.CreateNamespace, o.Wait, o.Timeout
 	in.Labels, in.Description = o.Labels, o.Description
+	in.PostRenderer = labeller{ReleaseLabelValue(c.Namespace, c.Name)}
 	return in.RunWithContext(ctx, ch, vals)
 }
 
@@ -93,6 +148,7 @@ func (c *Client) Upgrade(ctx context.Context, ch *chart.Chart, vals map[string]a
 	up.Namespace, up.Wait, up.Timeout, up.MaxHistory = c.Namespace, o.Wait, o.Timeout, o.MaxHistory
 	up.Labels, up.Description = o.Labels, o.Description
 	up.ResetValues = true
+	up.PostRenderer = labeller{ReleaseLabelValue(c.Namespace, c.Name)}
 	return up.RunWithContext(ctx, c.Name, ch, vals)
 }
 

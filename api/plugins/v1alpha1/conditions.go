@@ -6,6 +6,9 @@ const (
 	ReadyCondition       = "Ready"
 	ReconcilingCondition = "Reconciling"
 	StalledCondition     = "Stalled"
+	// DriftedCondition (PluginRelease) is True while some target has drift that is not
+	// corrected; absent otherwise.
+	DriftedCondition = "Drifted"
 )
 
 // Condition reasons of PluginRepository.

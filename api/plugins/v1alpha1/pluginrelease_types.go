@@ -362,6 +362,25 @@ type ClusterReleaseStatus struct {
 	// LastTransitionTime is when the phase last changed.
 	// +optional
 	LastTransitionTime *metav1.Time `json:"lastTransitionTime,omitempty"`
+	// Drift is drift found there and not corrected: driftDetection.mode is warn, correcting it did
+	// not hold (another controller puts it back), or the correction failed. Corrected drift is in
+	// history instead.
+	// +optional
+	Drift *DriftStatus `json:"drift,omitempty"`
+}
+
+// DriftStatus is uncorrected drift in one target.
+type DriftStatus struct {
+	// DetectedAt is when this drift was first seen.
+	DetectedAt metav1.Time `json:"detectedAt"`
+	// Objects lists the drifted objects and fields ("Deployment apps/web: /spec/replicas"), at
+	// most 10.
+	// +optional
+	// +kubebuilder:validation:MaxItems=10
+	Objects []string `json:"objects,omitempty"`
+	// Message says why it is not corrected.
+	// +optional
+	Message string `json:"message,omitempty"`
 }
 
 // RolloutStatus is the progress of a staged rollout.
