@@ -3,6 +3,7 @@ package pluginrelease
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -87,6 +88,10 @@ type Reconciler struct {
 	byLabel    map[labelKey]map[actionKey]struct{}
 	pokes      map[types.NamespacedName]struct{}
 	pokeSignal chan struct{}
+	// written holds, per PluginRelease, the resourceVersion its status was patched from: while
+	// the cache still serves that version, a pass would decide on status older than what it
+	// wrote (and start again an action whose outcome it has just recorded), so it waits.
+	written map[types.UID][]string
 }
 
 type actionKey struct {
@@ -122,6 +127,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	r.running, r.done = map[actionKey]*runningAction{}, map[actionKey]outcome{}
 	r.drift, r.watches, r.byLabel = map[actionKey]*driftState{}, map[driftWatchKey]*driftWatch{}, map[labelKey]map[actionKey]struct{}{}
 	r.pokes, r.pokeSignal = map[types.NamespacedName]struct{}{}, make(chan struct{}, 1)
+	r.written = map[types.UID][]string{}
 	go r.pump(ctx)
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &pluginsv1.PluginRelease{}, repositoryIndex, func(o client.Object) []string {
 		return []string{o.(*pluginsv1.PluginRelease).Spec.Chart.Repository}
@@ -170,6 +176,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.
 	if err := r.Client.Get(ctx, req.NamespacedName, prel); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	if r.cacheBehind(prel) {
+		return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
+	}
+	cachedRV := prel.ResourceVersion
 	if prel.DeletionTimestamp.IsZero() && !controllerutil.ContainsFinalizer(prel, Finalizer) {
 		orig := prel.DeepCopy()
 		controllerutil.AddFinalizer(prel, Finalizer)
@@ -178,6 +188,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.
 		}
 	}
 	s := newScope(prel)
+	s.readRVs = []string{cachedRV, prel.ResourceVersion}
 	r.fold(s)
 	defer func() {
 		if err := r.patchStatus(ctx, s); err != nil {
@@ -200,6 +211,22 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.
 		return ctrl.Result{}, nil
 	}
 	return r.reconcileNormal(ctx, s)
+}
+
+// cacheBehind says whether the cache still serves the version this controller last patched the
+// status from.
+func (r *Reconciler) cacheBehind(prel *pluginsv1.PluginRelease) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rvs, ok := r.written[prel.UID]
+	if !ok {
+		return false
+	}
+	if slices.Contains(rvs, prel.ResourceVersion) {
+		return true
+	}
+	delete(r.written, prel.UID)
+	return false
 }
 
 // targets lists the MemberClusters the release selects, by name.

@@ -73,6 +73,9 @@ type scope struct {
 	events      []func()
 	// deleted: the finalizer is gone; there is no status to write.
 	deleted bool
+	// readRVs are the resourceVersions this pass read (from the cache, and after adding the
+	// finalizer): older than anything its status patch writes.
+	readRVs []string
 }
 
 func newScope(prel *pluginsv1.PluginRelease) *scope {

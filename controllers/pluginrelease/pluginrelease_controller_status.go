@@ -166,6 +166,9 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 			}
 			return err
 		}
+		r.mu.Lock()
+		r.written[prel.UID] = s.readRVs
+		r.mu.Unlock()
 	}
 	r.emit(s)
 	return nil

@@ -61,6 +61,7 @@ func TestInstallUpgradeAndUninstallAcrossTwoMembers(t *testing.T) {
 	g := NewWithT(t)
 	members := attachMembers(t)
 	_, repo := serveHello(t, "0.1.0", "0.2.0")
+	downloads := charts.Downloads()
 	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "hello", Namespace: "apps"},
 		Spec: pluginsv1.PluginReleaseSpec{
 			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.x"},
@@ -84,7 +85,7 @@ func TestInstallUpgradeAndUninstallAcrossTwoMembers(t *testing.T) {
 	}
 	g.Expect(got.Status.History).To(HaveLen(2))
 	g.Expect(got.Status.History[0].Action).To(Equal("install"))
-	g.Expect(charts.Downloads()).To(Equal(int64(1)), "one download for both clusters")
+	g.Expect(charts.Downloads()-downloads).To(BeNumerically("<=", 1), "one download for both clusters (none if another test's identical archive is cached)")
 	g.Eventually(func() []string { return eventNotes(prel) }, eventuallyWait, poll).Should(
 		ContainElement(MatchRegexp(`^installed hello 0\.1\.0 on ` + members[0] + `, revision 1, in [0-9.]+m?s$`)))
 
