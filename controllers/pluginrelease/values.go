@@ -9,9 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"text/template"
-
-	"github.com/Masterminds/sprig/v3"
+	"time"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -114,16 +112,6 @@ func merge(dst, src map[string]any) map[string]any {
 	return dst
 }
 
-// templateFuncs are Sprig's functions without those that reach outside the template: the
-// manager's environment, DNS, and loops whose size the template picks.
-func templateFuncs() template.FuncMap {
-	f := sprig.TxtFuncMap()
-	for _, name := range []string{"env", "expandenv", "getHostByName", "until", "untilStep", "seq"} {
-		delete(f, name)
-	}
-	return f
-}
-
 // clusterData is what valuesTemplate sees.
 type clusterData struct {
 	Cluster struct {
@@ -155,7 +143,7 @@ func clusterValues(prel *pluginsv1.PluginRelease, base map[string]any, mc *clust
 	if prel.Spec.ValuesTemplate == "" {
 		return vals, nil
 	}
-	tmpl, err := template.New("valuesTemplate").Funcs(templateFuncs()).Option("missingkey=zero").Parse(prel.Spec.ValuesTemplate)
+	tmpl, err := parseValuesTemplate(prel.Spec.ValuesTemplate, &renderBudget{})
 	if err != nil {
 		return nil, &valuesError{msg: fmt.Sprintf("spec.valuesTemplate does not parse: %s", err)}
 	}
@@ -165,7 +153,15 @@ func clusterValues(prel *pluginsv1.PluginRelease, base map[string]any, mc *clust
 		data.Cluster.Status = st
 	}
 	out := &cappedBuffer{max: maxValuesBytes}
-	if err := tmpl.Execute(out, data); err != nil {
+	done := make(chan error, 1)
+	go func() { done <- tmpl.Execute(out, data) }()
+	var execErr error
+	select {
+	case execErr = <-done:
+	case <-time.After(templateTimeout):
+		return nil, &valuesError{msg: fmt.Sprintf("spec.valuesTemplate takes longer than %s to render for cluster %s", templateTimeout, mc.Name)}
+	}
+	if err := execErr; err != nil {
 		if errors.Is(err, errTooLarge) {
 			return nil, &valuesError{msg: fmt.Sprintf("spec.valuesTemplate renders more than %d bytes for cluster %s", maxValuesBytes, mc.Name)}
 		}

@@ -1,0 +1,261 @@
+package pluginrelease
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"regexp"
+	"text/template"
+	"text/template/parse"
+	"time"
+
+	"github.com/Masterminds/sprig/v3"
+)
+
+// valuesTemplate is written by whoever may create a PluginRelease in a namespace, and rendered by
+// the manager for every target on every pass: it must neither reach outside the template nor let
+// one author stall or exhaust the manager. So:
+//   - only pure, deterministic functions (a random or clock-dependent value would redeploy every
+//     target on every pass; env, DNS and files reach outside);
+//   - no define, template or block (recursion), no range over an integer, and a budget of range
+//     iterations across the whole render;
+//   - every function's string arguments and result are capped, and so are its integer arguments
+//     (widths, counts), so no single call allocates much;
+//   - the render has a deadline.
+const (
+	maxTemplateIterations = 100000
+	maxFuncBytes          = 256 << 10
+	maxFuncInt            = 10000
+	templateTimeout       = 2 * time.Second
+)
+
+// allowedFuncs are the Sprig functions a valuesTemplate may call.
+var allowedFuncs = []string{
+	// strings
+	"trim", "trimAll", "trimPrefix", "trimSuffix", "upper", "lower", "title", "untitle", "substr",
+	"trunc", "abbrev", "initials", "wrap", "contains", "hasPrefix", "hasSuffix", "quote", "squote",
+	"cat", "indent", "nindent", "replace", "plural", "snakecase", "camelcase", "kebabcase", "swapcase",
+	"toString", "toStrings", "join", "split", "splitList", "splitn", "sortAlpha", "regexMatch",
+	"regexFind", "regexFindAll", "regexReplaceAll", "regexReplaceAllLiteral", "regexSplit", "regexQuoteMeta",
+	// defaults and logic
+	"default", "empty", "coalesce", "all", "any", "ternary", "fail", "required", "typeOf", "kindOf",
+	"typeIs", "kindIs", "deepEqual",
+	// numbers
+	"add", "add1", "sub", "mul", "div", "mod", "max", "min", "floor", "ceil", "round", "int", "int64",
+	"float64", "atoi", "toDecimal",
+	// lists and dicts
+	"list", "first", "last", "rest", "initial", "append", "prepend", "concat", "reverse", "uniq",
+	"without", "has", "compact", "slice", "chunk", "dict", "get", "set", "unset", "hasKey", "pluck",
+	"keys", "pick", "omit", "values", "merge", "mergeOverwrite", "dig", "deepCopy",
+	// encodings and digests
+	"b64enc", "b64dec", "b32enc", "b32dec", "toJson", "toPrettyJson", "toRawJson", "fromJson",
+	"sha1sum", "sha256sum", "adler32sum",
+	// versions
+	"semver", "semverCompare",
+}
+
+var printfWidth = regexp.MustCompile(`%[-+# 0]*([0-9]+|\*)?(\.([0-9]+|\*))?`)
+
+// renderBudget is one render's shared allowance.
+type renderBudget struct{ iterations int }
+
+var (
+	errIterations = fmt.Errorf("the template loops more than %d times in all", maxTemplateIterations)
+	errRangeInt   = errors.New("range over an integer is not allowed; range over a list or a map")
+)
+
+// templateFuncs returns the allowed functions, capped, sharing b.
+func templateFuncs(b *renderBudget) template.FuncMap {
+	all := sprig.TxtFuncMap()
+	f := template.FuncMap{}
+	for _, name := range allowedFuncs {
+		if fn, ok := all[name]; ok {
+			f[name] = capped(name, fn)
+		}
+	}
+	// The builtins that build strings, capped the same way (and printf's widths).
+	f["printf"] = func(format string, args ...any) (string, error) {
+		for _, m := range printfWidth.FindAllStringSubmatch(format, -1) {
+			for _, n := range []string{m[1], m[3]} {
+				if n == "*" || len(n) > 4 {
+					return "", fmt.Errorf("printf: widths and precisions are at most 9999")
+				}
+			}
+		}
+		if err := checkArgs("printf", append([]any{format}, args...)); err != nil {
+			return "", err
+		}
+		return checkResult("printf", fmt.Sprintf(format, args...))
+	}
+	f["print"] = func(args ...any) (string, error) {
+		if err := checkArgs("print", args); err != nil {
+			return "", err
+		}
+		return checkResult("print", fmt.Sprint(args...))
+	}
+	f["println"] = func(args ...any) (string, error) {
+		if err := checkArgs("println", args); err != nil {
+			return "", err
+		}
+		return checkResult("println", fmt.Sprintln(args...))
+	}
+	// Inserted into every range's pipeline by guardRanges.
+	f["paddockRange"] = func(v any) (any, error) {
+		rv := reflect.ValueOf(v)
+		switch rv.Kind() {
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8,
+			reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr, reflect.Chan, reflect.Func:
+			return nil, errRangeInt
+		case reflect.Slice, reflect.Array, reflect.Map, reflect.String:
+			b.iterations += rv.Len()
+			if b.iterations > maxTemplateIterations {
+				return nil, errIterations
+			}
+		}
+		return v, nil
+	}
+	return f
+}
+
+func checkResult(name, s string) (string, error) {
+	if len(s) > maxFuncBytes {
+		return "", fmt.Errorf("%s: the result is larger than %d bytes", name, maxFuncBytes)
+	}
+	return s, nil
+}
+
+func checkArgs(name string, args []any) error {
+	total := 0
+	for _, a := range args {
+		switch x := a.(type) {
+		case string:
+			total += len(x)
+		case int:
+			if x > maxFuncInt || x < -maxFuncInt*1000 {
+				return fmt.Errorf("%s: number %d is out of range for a template", name, x)
+			}
+		case int64:
+			if x > maxFuncInt || x < -maxFuncInt*1000 {
+				return fmt.Errorf("%s: number %d is out of range for a template", name, x)
+			}
+		}
+	}
+	if total > maxFuncBytes {
+		return fmt.Errorf("%s: arguments larger than %d bytes", name, maxFuncBytes)
+	}
+	return nil
+}
+
+var errorType = reflect.TypeOf((*error)(nil)).Elem()
+
+// capped wraps fn (any signature) with checkArgs and, for string results, checkResult. The
+// wrapper returns an error as its last result, as text/template expects.
+func capped(name string, fn any) any {
+	fv := reflect.ValueOf(fn)
+	ft := fv.Type()
+	in := make([]reflect.Type, ft.NumIn())
+	for i := range in {
+		in[i] = ft.In(i)
+	}
+	var out []reflect.Type
+	hasErr := ft.NumOut() == 2 && ft.Out(1) == errorType
+	if ft.NumOut() >= 1 {
+		out = append(out, ft.Out(0))
+	}
+	out = append(out, errorType)
+	wt := reflect.FuncOf(in, out, ft.IsVariadic())
+	return reflect.MakeFunc(wt, func(args []reflect.Value) []reflect.Value {
+		vals := make([]any, 0, len(args))
+		for i, a := range args {
+			if ft.IsVariadic() && i == len(args)-1 {
+				for j := 0; j < a.Len(); j++ {
+					vals = append(vals, a.Index(j).Interface())
+				}
+				continue
+			}
+			vals = append(vals, a.Interface())
+		}
+		fail := func(err error) []reflect.Value {
+			res := []reflect.Value{reflect.Zero(out[0])}
+			if len(out) == 1 {
+				res = nil
+			}
+			return append(res, reflect.ValueOf(&err).Elem())
+		}
+		if err := checkArgs(name, vals); err != nil {
+			return fail(err)
+		}
+		var res []reflect.Value
+		if ft.IsVariadic() {
+			res = fv.CallSlice(args)
+		} else {
+			res = fv.Call(args)
+		}
+		if hasErr && !res[1].IsNil() {
+			return fail(res[1].Interface().(error))
+		}
+		if len(res) > 0 && res[0].Kind() == reflect.String {
+			if _, err := checkResult(name, res[0].String()); err != nil {
+				return fail(err)
+			}
+		}
+		if len(out) == 1 {
+			return []reflect.Value{reflect.Zero(errorType)}
+		}
+		return []reflect.Value{res[0], reflect.Zero(errorType)}
+	}).Interface()
+}
+
+// parseValuesTemplate parses text with the allowed functions, refuses what it must not do, and
+// guards its ranges.
+func parseValuesTemplate(text string, b *renderBudget) (*template.Template, error) {
+	t, err := template.New("valuesTemplate").Funcs(templateFuncs(b)).Option("missingkey=zero").Parse(text)
+	if err != nil {
+		return nil, err
+	}
+	if len(t.Templates()) > 1 {
+		return nil, errors.New("define and block are not allowed")
+	}
+	if t.Tree == nil || t.Tree.Root == nil {
+		return t, nil
+	}
+	if err := guardRanges(t.Tree.Root); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// guardRanges refuses template calls and pipes every range's value through paddockRange.
+func guardRanges(n parse.Node) error {
+	switch x := n.(type) {
+	case *parse.ListNode:
+		if x == nil {
+			return nil
+		}
+		for _, c := range x.Nodes {
+			if err := guardRanges(c); err != nil {
+				return err
+			}
+		}
+	case *parse.TemplateNode:
+		return errors.New("template calls are not allowed")
+	case *parse.RangeNode:
+		x.Pipe.Cmds = append(x.Pipe.Cmds, &parse.CommandNode{NodeType: parse.NodeCommand, Pos: x.Pipe.Pos,
+			Args: []parse.Node{parse.NewIdentifier("paddockRange").SetTree(nil).SetPos(x.Pipe.Pos)}})
+		if err := guardRanges(x.List); err != nil {
+			return err
+		}
+		return guardRanges(x.ElseList)
+	case *parse.IfNode:
+		if err := guardRanges(x.List); err != nil {
+			return err
+		}
+		return guardRanges(x.ElseList)
+	case *parse.WithNode:
+		if err := guardRanges(x.List); err != nil {
+			return err
+		}
+		return guardRanges(x.ElseList)
+	}
+	return nil
+}

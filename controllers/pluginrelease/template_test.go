@@ -1,0 +1,76 @@
+package pluginrelease
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
+	pluginsv1 "github.com/paddock-dev/paddock/api/plugins/v1alpha1"
+)
+
+func render(tmpl string) (map[string]any, error) {
+	prel := &pluginsv1.PluginRelease{Spec: pluginsv1.PluginReleaseSpec{ValuesTemplate: tmpl}}
+	mc := &clustersv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "prod-a",
+		Labels: map[string]string{"region": "eu-west-1", "tier": "prod"}}}
+	return clusterValues(prel, map[string]any{"base": "kept"}, mc)
+}
+
+// Pure time: these are pure-logic checks of the renderer, no apiserver needed.
+func TestValuesTemplateRendersPerCluster(t *testing.T) {
+	g := NewWithT(t)
+	v, err := render(`
+region: {{ index .Cluster.Labels "region" | upper }}
+name: {{ printf "%s-%03d" .Cluster.Name 7 }}
+labels:
+{{- range $k, $v := .Cluster.Labels }}
+  {{ $k }}: {{ $v | quote }}
+{{- end }}
+digest: {{ .Cluster.Name | sha256sum | trunc 8 }}
+fallback: {{ .Cluster.Annotations.missing | default "none" }}`)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(v).To(HaveKeyWithValue("region", "EU-WEST-1"))
+	g.Expect(v).To(HaveKeyWithValue("name", "prod-a-007"))
+	g.Expect(v).To(HaveKeyWithValue("labels", map[string]any{"region": "eu-west-1", "tier": "prod"}))
+	g.Expect(v).To(HaveKeyWithValue("fallback", "none"))
+	g.Expect(v).To(HaveKeyWithValue("base", "kept"))
+	g.Expect(v["digest"]).To(HaveLen(8))
+}
+
+func TestValuesTemplateRefusesWhatCouldHangOrExhaustTheManager(t *testing.T) {
+	for name, tc := range map[string]struct{ tmpl, err string }{
+		"range over an integer":  {`{{ range 1000000000000 }}{{ end }}`, "range over an integer"},
+		"nested loops":           {`{{ $l := splitList "," (trimSuffix "," (cat (printf "%9999s" "") | replace " " "x,")) }}{{ range $l }}{{ range $l }}{{ end }}{{ end }}`, "loops more than"},
+		"define":                 {`{{ define "x" }}a{{ end }}b`, "define and block are not allowed"},
+		"template call":          {`{{ template "valuesTemplate" . }}`, "template calls are not allowed"},
+		"huge printf width":      {`{{ printf "%0999999d" 1 }}`, "widths and precisions"},
+		"star width":             {`{{ printf "%*d" 999999 1 }}`, "widths and precisions"},
+		"large count":            {`{{ indent 999999 "x" }}`, "out of range"},
+		"growing string":         {`{{ $a := printf "%9999s" "" }}{{ $b := cat $a $a $a $a $a $a $a $a $a $a }}{{ $c := cat $b $b $b $b $b $b $b $b $b $b }}{{ $d := cat $c $c $c }}`, "larger than"},
+		"environment":            {`{{ env "HOME" }}`, `function "env" not defined`},
+		"DNS":                    {`{{ getHostByName "example.com" }}`, `function "getHostByName" not defined`},
+		"clock (redeploys)":      {`{{ now }}`, `function "now" not defined`},
+		"randomness (redeploys)": {`{{ randAlphaNum 10 }}`, `function "randAlphaNum" not defined`},
+		"repeat":                 {`{{ repeat 100 "x" }}`, `function "repeat" not defined`},
+		"keys":                   {`{{ genPrivateKey "rsa" }}`, `function "genPrivateKey" not defined`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			start := time.Now()
+			_, err := render(tc.tmpl)
+			g.Expect(err).To(MatchError(ContainSubstring(tc.err)))
+			g.Expect(time.Since(start)).To(BeNumerically("<", templateTimeout), "refused, not timed out")
+		})
+	}
+}
+
+func TestValuesTemplateOutputIsCapped(t *testing.T) {
+	g := NewWithT(t)
+	// 200 KiB lines, 10 of them: each call is within bounds, the output is not.
+	_, err := render(`{{ $a := printf "%9999s" "" }}{{ $b := cat $a $a $a $a $a $a $a $a $a $a $a $a $a $a $a $a $a $a $a $a }}` +
+		strings.Repeat(`{{ $b }}{{ $b }}{{ $b }}{{ $b }}{{ $b }}{{ $b }}`, 10))
+	g.Expect(err).To(MatchError(ContainSubstring("renders more than")))
+}
