@@ -103,7 +103,11 @@ func scan(b []byte, l ArchiveLimits, bud *budget, depth int) (int64, error) {
 		if bud.files < 0 {
 			return 0, fail(pluginsv1.ReasonChartInvalid, "the chart archive holds more than %d files", l.MaxFiles)
 		}
-		if h.Typeflag != tar.TypeReg {
+		switch h.Typeflag {
+		case tar.TypeDir, tar.TypeSymlink, tar.TypeLink, tar.TypeXHeader, tar.TypeXGlobalHeader:
+			// Header only. Every other type is charged and read: tar returns its data, and Helm's
+			// loader takes it as a file (a contiguous-file or unknown type would else skip the
+			// budget).
 			continue
 		}
 		if h.Size > bud.bytes {

@@ -138,12 +138,19 @@ func TestOCIChartsResolveRangesAndDownloadOnce(t *testing.T) {
 }
 
 // tgz builds a gzipped tar of files (name -> content).
-func tgz(files map[string][]byte) []byte {
+func tgz(files map[string][]byte) []byte { return tgzTyped(files, tar.TypeReg) }
+
+// tgzTyped builds a gzipped tar whose entries other than Chart.yaml have the type flag typ.
+func tgzTyped(files map[string][]byte, typ byte) []byte {
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
 	tw := tar.NewWriter(zw)
 	for name, b := range files {
-		_ = tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg})
+		flag := typ
+		if strings.HasSuffix(name, "/Chart.yaml") {
+			flag = tar.TypeReg
+		}
+		_ = tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), Typeflag: flag})
 		_, _ = tw.Write(b)
 	}
 	_ = tw.Close()
@@ -185,7 +192,10 @@ func TestArchiveLimits(t *testing.T) {
 		"deep":          {nested, ArchiveLimits{MaxDepth: 3}, "more than 3 deep"},
 		"shared budget": {tgz(wide), ArchiveLimits{MaxExpandedBytes: 4 << 20, MaxRatio: 1 << 30}, "expands beyond"},
 		"not gzip":      {[]byte("PK\x03\x04 zip"), ArchiveLimits{}, "not gzip"},
-		"no chart":      {tgz(map[string][]byte{"x/values.yaml": []byte("a: 1")}), ArchiveLimits{}, "does not load"},
+		// Entries of another type than regular still hold data that Helm's loader reads.
+		"bomb as contiguous files": {tgzTyped(map[string][]byte{"x/Chart.yaml": chartYAML, "x/templates/zeros.yaml": make([]byte, 8<<20)}, tar.TypeCont), ArchiveLimits{}, "compression bomb"},
+		"subcharts of an odd type": {tgzTyped(wide, '7'), ArchiveLimits{MaxExpandedBytes: 4 << 20, MaxRatio: 1 << 30}, "expands beyond"},
+		"no chart":                 {tgz(map[string][]byte{"x/values.yaml": []byte("a: 1")}), ArchiveLimits{}, "does not load"},
 	} {
 		_, err := LoadArchive(tc.archive, tc.limits)
 		g.Expect(reasonOf(err)).To(Equal(pluginsv1.ReasonChartInvalid), name)
