@@ -40,11 +40,9 @@ type Resolved struct {
 	Name, Version, AppVersion string
 	// Digest is "sha256:<hex>" of the archive.
 	Digest string
-	// Chart is shared by every release and cluster using this version: never modify it. Helm's
-	// actions modify the chart they install (dependencies disabled by values are removed), so
-	// give each action its own from Fresh.
-	Chart *chart.Chart
-	// archive is the verified archive, for Fresh.
+	// archive is the verified archive, for Fresh. Only the archive is kept (what the cache
+	// charges against MaxBytes): the expanded chart is built per action, because Helm's actions
+	// modify the chart they install (dependencies disabled by values are removed).
 	archive []byte
 }
 
@@ -359,7 +357,7 @@ func (c *ChartCache) fetchAndLoad(name, version string, download func() ([]byte,
 	}
 	sum := sha256.Sum256(b)
 	return &Resolved{Name: name, Version: version, AppVersion: ch.Metadata.AppVersion,
-		Digest: "sha256:" + hex.EncodeToString(sum[:]), Chart: ch, archive: b}, int64(len(b)), nil
+		Digest: "sha256:" + hex.EncodeToString(sum[:]), archive: b}, int64(len(b)), nil
 }
 
 // evictLocked drops the least recently used charts until the cache fits, never keep.

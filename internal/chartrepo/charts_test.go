@@ -51,7 +51,7 @@ func TestEveryChartVersionIsDownloadedOnce(t *testing.T) {
 		g.Expect(res).To(BeIdenticalTo(results[0]))
 	}
 	g.Expect(results[0].Version).To(Equal("0.1.1"))
-	g.Expect(results[0].Chart.Metadata.Name).To(Equal("hello"))
+	g.Expect(results[0].Name).To(Equal("hello"))
 
 	for version, want := range map[string]string{"0.2.0": "0.2.0", ">=0.1 <0.2": "0.1.1", "*": "0.2.0", "1.0.0-rc.1": "1.0.0-rc.1"} {
 		res, err := c.Get(ctx, src, "hello", version)
