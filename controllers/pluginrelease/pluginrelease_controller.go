@@ -81,7 +81,7 @@ type Reconciler struct {
 
 	mu      sync.Mutex
 	running map[actionKey]*runningAction
-	done    map[actionKey]outcome
+	done    map[actionKey][]outcome
 	// Drift detection (drift.go).
 	drift      map[actionKey]*driftState
 	watches    map[driftWatchKey]*driftWatch
@@ -92,6 +92,8 @@ type Reconciler struct {
 	// the cache still serves that version, a pass would decide on status older than what it
 	// wrote (and start again an action whose outcome it has just recorded), so it waits.
 	written map[types.UID][]string
+	// uninstallAfter holds back retrying an uninstall that just failed.
+	uninstallAfter map[actionKey]time.Time
 }
 
 type actionKey struct {
@@ -124,15 +126,21 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	}
 	r.slots = make(chan struct{}, n)
 	r.wake = make(chan event.GenericEvent, 1024)
-	r.running, r.done = map[actionKey]*runningAction{}, map[actionKey]outcome{}
+	r.running, r.done = map[actionKey]*runningAction{}, map[actionKey][]outcome{}
 	r.drift, r.watches, r.byLabel = map[actionKey]*driftState{}, map[driftWatchKey]*driftWatch{}, map[labelKey]map[actionKey]struct{}{}
 	r.pokes, r.pokeSignal = map[types.NamespacedName]struct{}{}, make(chan struct{}, 1)
-	r.written = map[types.UID][]string{}
+	r.written, r.uninstallAfter = map[types.UID][]string{}, map[actionKey]time.Time{}
 	go r.pump(ctx)
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &pluginsv1.PluginRelease{}, repositoryIndex, func(o client.Object) []string {
 		return []string{o.(*pluginsv1.PluginRelease).Spec.Chart.Repository}
 	}); err != nil {
 		return fmt.Errorf("indexing PluginReleases by repository: %w", err)
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &pluginsv1.PluginRelease{}, clusterIndex, statusClusters); err != nil {
+		return fmt.Errorf("indexing PluginReleases by cluster: %w", err)
+	}
+	if err := (&memberFinalizer{client: mgr.GetClient()}).setup(mgr); err != nil {
+		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("pluginrelease").

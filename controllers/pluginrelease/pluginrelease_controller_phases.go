@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"sort"
 	"strings"
 	"time"
@@ -60,7 +62,7 @@ type scope struct {
 	prel, orig *pluginsv1.PluginRelease
 	clusters   map[string]*pluginsv1.ClusterReleaseStatus
 	history    []pluginsv1.HistoryEntry
-	folded     []actionKey
+	folded     []foldedRef
 	resolved   *chartrepo.Resolved
 	failure    *failure
 	decision   *rollout.Decision
@@ -73,6 +75,10 @@ type scope struct {
 	events      []func()
 	// deleted: the finalizer is gone; there is no status to write.
 	deleted bool
+	// retrying: some failed target will be retried by time alone.
+	retrying bool
+	// retryAt is when an uninstall that failed may be tried again.
+	retryAt time.Time
 	// readRVs are the resourceVersions this pass read (from the cache, and after adding the
 	// finalizer): older than anything its status patch writes.
 	readRVs []string
@@ -128,51 +134,89 @@ func (r *Reconciler) fold(s *scope) {
 	}()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for key, o := range r.done {
+	for key, list := range r.done {
 		if key.uid != s.prel.UID {
 			continue
 		}
-		s.folded = append(s.folded, key)
-		if o.action == opDriftCheck || o.action == opDriftCorrected {
-			r.foldDrift(s, key.cluster, o)
-			continue
-		}
-		c := s.cluster(key.cluster)
-		if o.action == opUninstall && !o.failed {
-			delete(s.clusters, key.cluster)
-			forget = append(forget, key.cluster)
-		} else {
-			setPhase(c, o.phase, o.msg)
-			c.LastOperation = o.action
-			if !o.failed {
-				c.ChartVersion, c.AppVersion, c.Revision, c.ConfigDigest, c.Failures = o.version, o.app, int32(o.revision), o.digest, 0
-			} else {
-				if c.ConfigDigest != o.digest || c.Phase != pluginsv1.PhaseFailed {
-					c.Failures = 0
-				}
-				c.Failures++
-				c.ConfigDigest = o.digest
-				c.Phase = o.phase
+		s.folded = append(s.folded, foldedRef{key, len(list)})
+		for _, o := range list {
+			if o.action == opDriftCheck || o.action == opDriftCorrected {
+				r.foldDrift(s, key.cluster, o)
+				continue
 			}
+			c := s.cluster(key.cluster)
+			if o.action == opUninstall && !o.failed {
+				delete(s.clusters, key.cluster)
+				forget = append(forget, key.cluster)
+			} else {
+				setPhase(c, o.phase, o.msg)
+				c.LastOperation = o.action
+				c.Reason = outcomeReason(o)
+				if !o.failed {
+					c.ChartVersion, c.AppVersion, c.Revision, c.ConfigDigest, c.Failures = o.version, o.app, int32(o.revision), o.digest, 0
+				} else {
+					if c.ConfigDigest != o.digest || c.Phase != pluginsv1.PhaseFailed {
+						c.Failures = 0
+					}
+					c.Failures++
+					c.ConfigDigest = o.digest
+					c.Phase = o.phase
+				}
+			}
+			if o.action == opUninstall {
+				if o.failed {
+					r.uninstallAfter[key] = o.finished.Add(r.retryDelay(1))
+				} else {
+					delete(r.uninstallAfter, key)
+				}
+			}
+			result := "Succeeded"
+			if o.failed {
+				result = "Failed"
+			}
+			dur := o.finished.Sub(o.started).Round(100 * time.Millisecond)
+			s.history = append(s.history, pluginsv1.HistoryEntry{Time: metav1.Time{Time: o.finished}, Cluster: key.cluster,
+				Action: o.action, FromVersion: o.fromVersion, ToVersion: o.version, Revision: int32(o.revision),
+				Result: result, Duration: dur.String(), Message: truncate(o.msg, 256)})
+			s.events = append(s.events, r.eventFor(s.prel, key.cluster, o, dur))
 		}
-		result := "Succeeded"
-		if o.failed {
-			result = "Failed"
-		}
-		dur := o.finished.Sub(o.started).Round(100 * time.Millisecond)
-		s.history = append(s.history, pluginsv1.HistoryEntry{Time: metav1.Time{Time: o.finished}, Cluster: key.cluster,
-			Action: o.action, FromVersion: o.fromVersion, ToVersion: o.version, Revision: int32(o.revision),
-			Result: result, Duration: dur.String(), Message: truncate(o.msg, 256)})
-		s.events = append(s.events, r.eventFor(s.prel, key.cluster, o, dur))
 	}
+}
+
+// foldedRef is how many outcomes of a key a pass folded.
+type foldedRef struct {
+	key actionKey
+	n   int
+}
+
+// outcomeReason is a target's status reason after o.
+func outcomeReason(o outcome) string {
+	switch {
+	case !o.failed:
+		return ""
+	case o.unreachable:
+		return pluginsv1.ClusterReasonMemberUnreachable
+	case o.phase == pluginsv1.PhaseConflict:
+		return pluginsv1.ClusterReasonReleaseConflict
+	case o.action == opUpgrade:
+		return pluginsv1.ClusterReasonUpgradeFailed
+	case o.action == opUninstall:
+		return pluginsv1.ClusterReasonUninstallFailed
+	}
+	return pluginsv1.ClusterReasonInstallFailed
 }
 
 // forgetFolded drops the outcomes that are now in status.
 func (r *Reconciler) forgetFolded(s *scope) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, k := range s.folded {
-		delete(r.done, k)
+	for _, f := range s.folded {
+		// Outcomes that arrived after the fold stay for the next pass.
+		if rest := r.done[f.key][f.n:]; len(rest) > 0 {
+			r.done[f.key] = rest
+		} else {
+			delete(r.done, f.key)
+		}
 	}
 }
 
@@ -288,6 +332,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	}
 	now := time.Now()
 	states, retryAt := r.states(s, waves, now)
+	s.retrying = !retryAt.IsZero()
 	d := rollout.Decide(spec, waves, states, now)
 	s.decision = &d
 	for i := range st.Waves {
@@ -308,9 +353,26 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 		if _, err := r.Cache.Get(ctx, name); err != nil {
 			s.unreachable = append(s.unreachable, name)
 			setPhase(s.cluster(name), pluginsv1.PhaseUnreachable, notUsable(name, err))
+			s.cluster(name).Reason = pluginsv1.ClusterReasonMemberUnreachable
 			continue
 		}
 		r.startInstallOrUpgrade(s, name, values[name])
+	}
+	// Targets whose member is not usable wait for it (those cut off mid-action stay Failed).
+	for name := range targets {
+		c := s.cluster(name)
+		if states[name] != rollout.Gone || r.isRunning(prel.UID, name) || !inWaves(st, name) {
+			continue
+		}
+		s.unreachable = append(s.unreachable, name)
+		if c.Phase != pluginsv1.PhaseFailed {
+			_, err := r.Cache.Get(ctx, name)
+			if err == nil {
+				err = clustercache.ErrNotConnected
+			}
+			setPhase(c, pluginsv1.PhaseUnreachable, notUsable(name, err))
+			c.Reason = pluginsv1.ClusterReasonMemberUnreachable
+		}
 	}
 	// Clusters still frozen in a wave the rollout has not reached wait.
 	for _, w := range st.Waves {
@@ -331,8 +393,11 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 		}
 	}
 	// Clusters that are no longer targets lose the release.
-	for name := range s.clusters {
+	for name, c := range s.clusters {
 		if _, ok := targets[name]; ok || r.isRunning(prel.UID, name) || r.cancelDrift(prel.UID, name) {
+			continue
+		}
+		if r.giveUpUninstall(s, name, c, now) {
 			continue
 		}
 		r.startUninstall(ctx, s, name, false)
@@ -347,6 +412,9 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	}
 	if !retryAt.IsZero() && retryAt.Sub(now) < next {
 		next = max(retryAt.Sub(now), time.Second)
+	}
+	if !s.retryAt.IsZero() && s.retryAt.Sub(now) < next {
+		next = max(s.retryAt.Sub(now), time.Second)
 	}
 	if len(s.unreachable) > 0 && next > 30*time.Second {
 		next = 30 * time.Second
@@ -396,11 +464,29 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 				continue
 			}
 			c, ok := s.clusters[name]
+			if ok && c.Phase == pluginsv1.PhaseDeployed && c.ConfigDigest == want {
+				out[name] = rollout.Succeeded
+				continue
+			}
+			if !r.usable(name) {
+				// A member that is not usable takes no start slot and does not count in its wave
+				// (it neither blocks nor halts the rollout): it is acted on when it is back.
+				out[name] = rollout.Gone
+				continue
+			}
 			switch {
 			case !ok:
 				out[name] = rollout.Pending
-			case c.Phase == pluginsv1.PhaseDeployed && c.ConfigDigest == want:
-				out[name] = rollout.Succeeded
+			case c.Reason == pluginsv1.ClusterReasonMemberUnreachable && c.ConfigDigest == want:
+				// Cut off by the member going away, and it is back: retried (after the delay).
+				if due := c.LastTransitionTime.Add(r.retryDelay(1)); now.Before(due) {
+					out[name] = rollout.Failed
+					if retryAt.IsZero() || due.Before(retryAt) {
+						retryAt = due
+					}
+				} else {
+					out[name] = rollout.Pending
+				}
 			case (c.Phase == pluginsv1.PhaseFailed || c.Phase == pluginsv1.PhaseConflict) && c.ConfigDigest == want:
 				due := c.LastTransitionTime.Add(r.retryDelay(c.Failures))
 				if c.Phase == pluginsv1.PhaseFailed && c.Failures <= retries && !now.Before(due) {
@@ -418,6 +504,12 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 		}
 	}
 	return out, retryAt
+}
+
+// usable says whether the member may be acted on now.
+func (r *Reconciler) usable(name string) bool {
+	_, err := r.Cache.Get(r.ctx, name)
+	return err == nil
 }
 
 func (r *Reconciler) passComplete(spec rollout.Spec, st *pluginsv1.RolloutStatus, s *scope) bool {
@@ -572,7 +664,9 @@ func (r *Reconciler) run(prel *pluginsv1.PluginRelease, cluster, digest, action 
 		}
 		r.mu.Lock()
 		delete(r.running, key)
-		r.done[key] = o
+		// Appended, never replacing: an outcome not yet in status (its patch failed) must not be
+		// lost to the next action's.
+		r.done[key] = append(r.done[key], o)
 		r.mu.Unlock()
 		select {
 		case r.wake <- event.GenericEvent{Object: obj}:
@@ -599,19 +693,23 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 	if err != nil {
 		return finish(pluginsv1.PhaseFailed, true, err.Error())
 	}
-	if recovered, err := hc.RecoverPending(); err != nil {
-		return finish(pluginsv1.PhaseFailed, true, sanitize(err))
-	} else if recovered {
-		log.Info("Recovered a pending release left by an interrupted action")
-	}
 	last, err := hc.Last()
 	if err != nil {
 		return finish(pluginsv1.PhaseFailed, true, sanitize(err))
 	}
 	owner := ownerValue(prel)
+	// Ownership first: a pending release of someone else's is their lock, not ours to break.
 	if last != nil && last.Labels[helm.OwnerLabel] != owner && !prel.Spec.Adopt {
 		return finish(pluginsv1.PhaseConflict, true, fmt.Sprintf("a release %s/%s exists that this PluginRelease did not install; set spec.adopt: true to take it over",
 			prel.GetTargetNamespace(), prel.GetReleaseName()))
+	}
+	if recovered, err := hc.RecoverPending(); err != nil {
+		return finish(pluginsv1.PhaseFailed, true, sanitize(err))
+	} else if recovered {
+		log.Info("Recovered a pending release left by an interrupted action")
+		if last, err = hc.Last(); err != nil {
+			return finish(pluginsv1.PhaseFailed, true, sanitize(err))
+		}
 	}
 	ch, err := resolved.Fresh()
 	if err != nil {
@@ -624,11 +722,18 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 	if install {
 		opts.Timeout, opts.Wait = prel.Spec.Install.TimeoutOr(pluginsv1.DefaultActionTimeout), prel.Spec.Install != nil && prel.Spec.Install.Wait
 		rel, err = hc.Install(ctx, ch, vals, opts)
+		if err != nil && r.cutOff(cluster, err) {
+			o.unreachable = true
+			return finish(pluginsv1.PhaseFailed, true, "install cut off: the member became unreachable ("+sanitize(err)+"); retried when it is Ready again")
+		}
 		if err != nil {
 			msg := "install failed: " + sanitize(err)
-			// A failed install is uninstalled, so that the next attempt starts clean.
-			if uerr := hc.Uninstall(opts.Timeout, false); uerr != nil {
-				msg += "; cleaning it up failed too: " + sanitize(uerr)
+			// A failed install is uninstalled, so that the next attempt starts clean; not when it
+			// was cancelled (shutdown): Helm may still be working, and the next manager recovers it.
+			if ctx.Err() == nil {
+				if uerr := hc.Uninstall(opts.Timeout, false); uerr != nil {
+					msg += "; cleaning it up failed too: " + sanitize(uerr)
+				}
 			}
 			return finish(pluginsv1.PhaseFailed, true, msg)
 		}
@@ -639,6 +744,10 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 		}
 		opts.Timeout, opts.Wait = prel.Spec.Upgrade.TimeoutOr(pluginsv1.DefaultActionTimeout), prel.Spec.Upgrade != nil && prel.Spec.Upgrade.Wait
 		rel, err = hc.Upgrade(ctx, ch, vals, opts)
+		if err != nil && r.cutOff(cluster, err) {
+			o.unreachable = true
+			return finish(pluginsv1.PhaseFailed, true, "upgrade cut off: the member became unreachable ("+sanitize(err)+"); retried when it is Ready again")
+		}
 		if err != nil {
 			msg := "upgrade failed: " + sanitize(err)
 			if rem := remediationFor(prel, false); rem != nil && ctx.Err() == nil {
@@ -670,9 +779,22 @@ func (r *Reconciler) startUninstall(ctx context.Context, s *scope, name string, 
 	prel := s.prel.DeepCopy()
 	c := s.cluster(name)
 	from := c.ChartVersion
-	if c.Revision == 0 && c.Phase != pluginsv1.PhaseDeployed && c.Phase != pluginsv1.PhaseFailed && c.Phase != pluginsv1.PhaseUninstalling {
-		// Never installed there (waiting, unreachable, conflict): nothing to remove.
+	if c.Revision == 0 && (c.Phase == pluginsv1.PhasePending || c.Phase == pluginsv1.PhaseWaiting || c.Phase == pluginsv1.PhaseConflict) {
+		// Never acted on there (or someone else's release): nothing to remove. An install that
+		// was under way, failed or cut off by the member going away may have left a release:
+		// uninstalled (a missing one is not an error).
 		delete(s.clusters, name)
+		return
+	}
+	key := actionKey{prel.UID, name}
+	r.mu.Lock()
+	after, wait := r.uninstallAfter[key]
+	r.mu.Unlock()
+	if wait && time.Now().Before(after) {
+		// The last attempt failed a moment ago: retried after RetryDelay, not in a loop.
+		if s.retryAt.IsZero() || after.Before(s.retryAt) {
+			s.retryAt = after
+		}
 		return
 	}
 	setPhase(c, pluginsv1.PhaseUninstalling, "uninstalling")
@@ -695,9 +817,6 @@ func (r *Reconciler) startUninstall(ctx context.Context, s *scope, name string, 
 		if err != nil {
 			return done(true, err.Error())
 		}
-		if _, err := hc.RecoverPending(); err != nil {
-			return done(true, sanitize(err))
-		}
 		last, err := hc.Last()
 		if err != nil {
 			return done(true, sanitize(err))
@@ -705,6 +824,9 @@ func (r *Reconciler) startUninstall(ctx context.Context, s *scope, name string, 
 		if last != nil && last.Labels[helm.OwnerLabel] != ownerValue(prel) {
 			// Not ours (adopted releases carry our label after their first upgrade): leave it.
 			return done(false, "the release there is not this PluginRelease's; left in place")
+		}
+		if _, err := hc.RecoverPending(); err != nil {
+			return done(true, sanitize(err))
 		}
 		keep := prel.Spec.Uninstall != nil && prel.Spec.Uninstall.KeepHistory
 		timeout := pluginsv1.DefaultUninstallTimeout
@@ -715,6 +837,37 @@ func (r *Reconciler) startUninstall(ctx context.Context, s *scope, name string, 
 			return done(true, "uninstall failed: "+sanitize(err))
 		}
 		return done(false, "uninstalled")
+	})
+}
+
+func (r *Reconciler) deletionGrace() time.Duration {
+	if r.DeletionGracePeriod > 0 {
+		return r.DeletionGracePeriod
+	}
+	return DefaultDeletionGracePeriod
+}
+
+// giveUpUninstall drops a cluster that left the targets once uninstalling from it has failed for
+// longer than the grace period (its member unreachable or gone): the release is left there, with a
+// Warning event, rather than keeping the PluginRelease unready for ever.
+func (r *Reconciler) giveUpUninstall(s *scope, name string, c *pluginsv1.ClusterReleaseStatus, now time.Time) bool {
+	grace := r.deletionGrace()
+	if c.Phase != pluginsv1.PhaseUninstalling || c.Message == "uninstalling" || c.LastTransitionTime == nil ||
+		now.Sub(c.LastTransitionTime.Time) <= grace {
+		return false
+	}
+	r.skipUninstall(s, name, c, grace)
+	return true
+}
+
+func (r *Reconciler) skipUninstall(s *scope, name string, c *pluginsv1.ClusterReleaseStatus, grace time.Duration) {
+	prel, msg := s.prel, c.Message
+	delete(s.clusters, name)
+	s.events = append(s.events, func() {
+		if r.Recorder != nil {
+			r.Recorder.Eventf(prel, nil, "Warning", "UninstallSkipped", "Uninstall",
+				"left %s in %s: %s (after %s)", prel.GetReleaseName(), name, truncate(msg, 300), grace)
+		}
 	})
 }
 
@@ -730,28 +883,30 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, s *scope) (ctrl.Result
 	if r.anyRunning(prel.UID, true) {
 		return ctrl.Result{RequeueAfter: 2 * time.Second}, nil
 	}
-	grace := r.DeletionGracePeriod
-	if grace <= 0 {
-		grace = DefaultDeletionGracePeriod
-	}
+	grace := r.deletionGrace()
 	expired := time.Since(prel.DeletionTimestamp.Time) > grace
 	for name, c := range s.clusters {
 		if expired && c.Phase == pluginsv1.PhaseUninstalling && c.Message != "uninstalling" {
-			// Unreachable beyond the grace period: give up on it, loudly.
-			msg := c.Message
-			delete(s.clusters, name)
-			s.events = append(s.events, func() {
-				r.Recorder.Eventf(prel, nil, "Warning", "UninstallSkipped", "Uninstall",
-					"left %s in %s: %s (after %s)", prel.GetReleaseName(), name, truncate(msg, 300), grace)
-			})
+			r.skipUninstall(s, name, c, grace)
 			continue
 		}
 		r.startUninstall(ctx, s, name, true)
 	}
 	if len(s.clusters) > 0 {
-		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
+		next := 5 * time.Second
+		if !s.retryAt.IsZero() {
+			next = max(min(time.Until(s.retryAt), next), 500*time.Millisecond)
+		}
+		return ctrl.Result{RequeueAfter: next}, nil
 	}
 	r.forgetDrift(prel.UID, "")
+	r.mu.Lock()
+	for k := range r.uninstallAfter {
+		if k.uid == prel.UID {
+			delete(r.uninstallAfter, k)
+		}
+	}
+	r.mu.Unlock()
 	orig := prel.DeepCopy()
 	controllerutil.RemoveFinalizer(prel, Finalizer)
 	if err := r.Client.Patch(ctx, prel, client.MergeFrom(orig)); err != nil && !apierrors.IsNotFound(err) {
@@ -777,6 +932,31 @@ func (s splitReader) Get(ctx context.Context, key client.ObjectKey, obj client.O
 
 func (s splitReader) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
 	return s.cached.List(ctx, list, opts...)
+}
+
+// connectionErrors are what an action's error says when the member stopped answering (Helm
+// flattens the errors it wraps, so the text is what is left).
+var connectionErrors = []string{"connection refused", "connection reset", "no route to host", "i/o timeout",
+	"http2: client connection lost", "server closed idle connection", "unexpected EOF", ": EOF",
+	"connection is not admitted", "TLS handshake timeout", "network is unreachable", "broken pipe"}
+
+// cutOff says whether an action failed because the member went away rather than because of the
+// chart: a connection error, or the member is not usable any more.
+func (r *Reconciler) cutOff(cluster string, err error) bool {
+	if !r.usable(cluster) || errors.Is(err, clustercache.ErrConnectionNotAdmitted) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	msg := err.Error()
+	for _, s := range connectionErrors {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // sanitize keeps an action error short: Helm's errors may quote rendered manifests.

@@ -93,10 +93,13 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 		set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, ReasonUninstalling, "uninstalling")
 	case s.failure != nil:
 		set(pluginsv1.ReadyCondition, metav1.ConditionFalse, s.failure.reason, s.failure.msg)
-		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)
 		if s.failure.stalled {
+			// Bad input: nothing changes until the spec (or what it names) does.
 			set(pluginsv1.StalledCondition, metav1.ConditionTrue, s.failure.reason, s.failure.msg)
+			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)
 		} else {
+			// Retried (a repository not ready yet, a download that failed): in progress.
+			set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, s.failure.reason, "retrying: "+s.failure.msg)
 			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
 		}
 	case s.decision != nil && s.decision.Halted:
@@ -107,12 +110,19 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 		// Never hidden behind progress: a failed target makes Ready False with its error.
 		set(pluginsv1.ReadyCondition, metav1.ConditionFalse, ReasonClustersFailed,
 			fmt.Sprintf("%d of %d clusters failed%s", len(failed), len(s.targets), failedList(s, failed)))
-		if r.anyRunning(prel.UID, false) || (s.decision != nil && len(s.decision.Start) > 0) {
+		switch {
+		case r.anyRunning(prel.UID, false) || (s.decision != nil && len(s.decision.Start) > 0):
 			set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, ReasonProgressing, "other clusters are progressing")
-		} else {
+			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
+		case s.retrying:
+			set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, ReasonClustersFailed, "failed clusters are retried (remediation retries, or a member that was unreachable)")
+			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
+		default:
+			// Nothing more will happen until the spec, the chart or the fleet changes: kstatus Failed.
+			set(pluginsv1.StalledCondition, metav1.ConditionTrue, ReasonClustersFailed,
+				fmt.Sprintf("%d clusters failed and are not retried (no remediation retries left)", len(failed)))
 			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)
 		}
-		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
 	case len(ready) == len(s.targets) && removing == 0:
 		msg := fmt.Sprintf("%s %s deployed to %d clusters", prel.Spec.Chart.Name, st.ChartVersion, len(ready))
 		set(pluginsv1.ReadyCondition, metav1.ConditionTrue, ReasonSucceeded, msg)

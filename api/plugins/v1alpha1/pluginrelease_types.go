@@ -332,12 +332,27 @@ const (
 	PhaseUnreachable ClusterPhase = "Unreachable"
 )
 
+// Reasons of a target's phase.
+const (
+	ClusterReasonInstallFailed     = "InstallFailed"
+	ClusterReasonUpgradeFailed     = "UpgradeFailed"
+	ClusterReasonUninstallFailed   = "UninstallFailed"
+	ClusterReasonMemberUnreachable = "MemberUnreachable"
+	ClusterReasonReleaseConflict   = "ReleaseConflict"
+)
+
 // ClusterReleaseStatus is the release in one target.
 type ClusterReleaseStatus struct {
 	// Name of the MemberCluster.
 	Name string `json:"name"`
 	// Phase of the release there.
 	Phase ClusterPhase `json:"phase"`
+	// Reason is the cause of a Failed, Conflict or Unreachable phase, for machines:
+	// InstallFailed, UpgradeFailed, UninstallFailed, MemberUnreachable (the member went away
+	// during the action or before it: retried when it is Ready again, whatever the remediation
+	// says), ReleaseConflict.
+	// +optional
+	Reason string `json:"reason,omitempty"`
 	// ChartVersion and AppVersion deployed there.
 	// +optional
 	ChartVersion string `json:"chartVersion,omitempty"`
