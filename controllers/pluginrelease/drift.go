@@ -173,7 +173,7 @@ func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelea
 		o.unreachable = true
 		return fail(notUsable(cluster, err))
 	}
-	hc, err := helm.New(acc, prel.GetReleaseName(), prel.GetTargetNamespace(), r.log)
+	hc, err := helm.New(acc, prel.GetReleaseName(), prel.GetTargetNamespace(), r.log, r.redactor(prel.UID))
 	if err != nil {
 		return fail(err.Error())
 	}

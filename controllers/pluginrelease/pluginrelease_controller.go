@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -35,6 +36,14 @@ const Finalizer = "plugins.paddock.dev/uninstall"
 
 // repositoryIndex indexes PluginReleases by spec.chart.repository.
 const repositoryIndex = "spec.chart.repository"
+
+// configMapIndex indexes PluginReleases by the ConfigMaps their valuesFrom names (a change to one
+// is seen through the cache). Secrets are not cached: a release with values from a Secret reads
+// it again every SecretValuesInterval.
+const configMapIndex = "spec.valuesFrom.configMap"
+
+// SecretValuesInterval is how often values Secrets are read again.
+const SecretValuesInterval = time.Minute
 
 // Defaults of the Reconciler's knobs.
 const (
@@ -92,6 +101,8 @@ type Reconciler struct {
 	// the cache still serves that version, a pass would decide on status older than what it
 	// wrote (and start again an action whose outcome it has just recorded), so it waits.
 	written map[types.UID][]string
+	// secrets are, per PluginRelease, the values read from Secrets, redacted from every message.
+	secrets map[types.UID][]string
 	// uninstallAfter holds back retrying an uninstall that just failed.
 	uninstallAfter map[actionKey]time.Time
 }
@@ -130,11 +141,23 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	r.drift, r.watches, r.byLabel = map[actionKey]*driftState{}, map[driftWatchKey]*driftWatch{}, map[labelKey]map[actionKey]struct{}{}
 	r.pokes, r.pokeSignal = map[types.NamespacedName]struct{}{}, make(chan struct{}, 1)
 	r.written, r.uninstallAfter = map[types.UID][]string{}, map[actionKey]time.Time{}
+	r.secrets = map[types.UID][]string{}
 	go r.pump(ctx)
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &pluginsv1.PluginRelease{}, repositoryIndex, func(o client.Object) []string {
 		return []string{o.(*pluginsv1.PluginRelease).Spec.Chart.Repository}
 	}); err != nil {
 		return fmt.Errorf("indexing PluginReleases by repository: %w", err)
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &pluginsv1.PluginRelease{}, configMapIndex, func(o client.Object) []string {
+		var out []string
+		for _, v := range o.(*pluginsv1.PluginRelease).Spec.ValuesFrom {
+			if v.Kind == "ConfigMap" {
+				out = append(out, v.Name)
+			}
+		}
+		return out
+	}); err != nil {
+		return fmt.Errorf("indexing PluginReleases by values ConfigMap: %w", err)
 	}
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &pluginsv1.PluginRelease{}, clusterIndex, statusClusters); err != nil {
 		return fmt.Errorf("indexing PluginReleases by cluster: %w", err)
@@ -148,6 +171,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Watches(&pluginsv1.PluginRepository{}, handler.EnqueueRequestsFromMapFunc(r.releasesForRepository)).
 		Watches(&clustersv1.MemberCluster{}, handler.EnqueueRequestsFromMapFunc(r.allReleases)).
+		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.releasesForConfigMap)).
 		WatchesRawSource(source.Channel(r.Cache.Subscribe(), handler.EnqueueRequestsFromMapFunc(r.allReleases))).
 		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
 		WithOptions(opts).
@@ -157,6 +181,14 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 func (r *Reconciler) releasesForRepository(ctx context.Context, o client.Object) []reconcile.Request {
 	var list pluginsv1.PluginReleaseList
 	if err := r.Client.List(ctx, &list, client.MatchingFields{repositoryIndex: o.GetName()}); err != nil {
+		return nil
+	}
+	return requests(list.Items)
+}
+
+func (r *Reconciler) releasesForConfigMap(ctx context.Context, o client.Object) []reconcile.Request {
+	var list pluginsv1.PluginReleaseList
+	if err := r.Client.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{configMapIndex: o.GetName()}); err != nil {
 		return nil
 	}
 	return requests(list.Items)

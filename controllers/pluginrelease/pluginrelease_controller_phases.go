@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -75,6 +76,8 @@ type scope struct {
 	events      []func()
 	// deleted: the finalizer is gone; there is no status to write.
 	deleted bool
+	// heldBack counts the targets a halted rollout does not start.
+	heldBack int
 	// retrying: some failed target will be retried by time alone.
 	retrying bool
 	// retryAt is when an uninstall that failed may be tried again.
@@ -140,6 +143,9 @@ func (r *Reconciler) fold(s *scope) {
 		}
 		s.folded = append(s.folded, foldedRef{key, len(list)})
 		for _, o := range list {
+			// Values from Secrets never reach status, events or history (an apiserver error
+			// may quote the value it refused).
+			o.msg = redact(o.msg, r.secrets[key.uid])
 			if o.action == opDriftCheck || o.action == opDriftCorrected {
 				r.foldDrift(s, key.cluster, o)
 				continue
@@ -285,7 +291,14 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 		return ctrl.Result{}, err
 	}
 	s.targets = targets
-	base, err := baseValues(ctx, r.valuesReader(), prel, r.SecretNamespaces)
+	base, secrets, err := baseValues(ctx, r.valuesReader(), prel, r.SecretNamespaces)
+	r.mu.Lock()
+	if len(secrets) > 0 {
+		r.secrets[prel.UID] = secrets
+	} else {
+		delete(r.secrets, prel.UID)
+	}
+	r.mu.Unlock()
 	if err != nil {
 		var ve *valuesError
 		if errors.As(err, &ve) {
@@ -335,6 +348,16 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	s.retrying = !retryAt.IsZero()
 	d := rollout.Decide(spec, waves, states, now)
 	s.decision = &d
+	if d.Halted {
+		// What the halt holds back: targets not acted on yet in this wave and after it.
+		for _, w := range waves[d.Wave:] {
+			for _, name := range w.Clusters {
+				if states[name] == rollout.Pending {
+					s.heldBack++
+				}
+			}
+		}
+	}
 	for i := range st.Waves {
 		if d.CompletedAt[i] != nil {
 			st.Waves[i].CompletedAt = &metav1.Time{Time: *d.CompletedAt[i]}
@@ -415,6 +438,11 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	}
 	if !s.retryAt.IsZero() && s.retryAt.Sub(now) < next {
 		next = max(s.retryAt.Sub(now), time.Second)
+	}
+	for _, v := range prel.Spec.ValuesFrom {
+		if v.Kind == "Secret" && next > SecretValuesInterval {
+			next = SecretValuesInterval
+		}
 	}
 	if len(s.unreachable) > 0 && next > 30*time.Second {
 		next = 30 * time.Second
@@ -682,6 +710,14 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 		o.phase, o.failed, o.msg, o.finished = phase, failed, msg, time.Now()
 		return o
 	}
+	// failWith ends the action on err: cut off if the member went away, else Failed.
+	failWith := func(err error) outcome {
+		if r.cutOff(cluster, err) {
+			o.unreachable = true
+			return finish(pluginsv1.PhaseFailed, true, "cut off: the member became unreachable ("+sanitize(err)+"); retried when it is Ready again")
+		}
+		return finish(pluginsv1.PhaseFailed, true, sanitize(err))
+	}
 	o.action = opInstall
 	acc, err := r.Cache.Get(ctx, cluster)
 	if err != nil {
@@ -689,13 +725,13 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 		return finish(pluginsv1.PhaseUnreachable, true, notUsable(cluster, err))
 	}
 	log := r.log.WithValues("pluginRelease", prel.Namespace+"/"+prel.Name, "member", cluster)
-	hc, err := helm.New(acc, prel.GetReleaseName(), prel.GetTargetNamespace(), log)
+	hc, err := helm.New(acc, prel.GetReleaseName(), prel.GetTargetNamespace(), log, r.redactor(prel.UID))
 	if err != nil {
-		return finish(pluginsv1.PhaseFailed, true, err.Error())
+		return failWith(err)
 	}
 	last, err := hc.Last()
 	if err != nil {
-		return finish(pluginsv1.PhaseFailed, true, sanitize(err))
+		return failWith(err)
 	}
 	owner := ownerValue(prel)
 	// Ownership first: a pending release of someone else's is their lock, not ours to break.
@@ -704,11 +740,11 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 			prel.GetTargetNamespace(), prel.GetReleaseName()))
 	}
 	if recovered, err := hc.RecoverPending(); err != nil {
-		return finish(pluginsv1.PhaseFailed, true, sanitize(err))
+		return failWith(err)
 	} else if recovered {
 		log.Info("Recovered a pending release left by an interrupted action")
 		if last, err = hc.Last(); err != nil {
-			return finish(pluginsv1.PhaseFailed, true, sanitize(err))
+			return failWith(err)
 		}
 	}
 	ch, err := resolved.Fresh()
@@ -813,7 +849,7 @@ func (r *Reconciler) startUninstall(ctx context.Context, s *scope, name string, 
 			o.unreachable = true
 			return done(true, notUsable(name, err))
 		}
-		hc, err := helm.New(acc, prel.GetReleaseName(), prel.GetTargetNamespace(), r.log)
+		hc, err := helm.New(acc, prel.GetReleaseName(), prel.GetTargetNamespace(), r.log, r.redactor(prel.UID))
 		if err != nil {
 			return done(true, err.Error())
 		}
@@ -901,6 +937,7 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, s *scope) (ctrl.Result
 	}
 	r.forgetDrift(prel.UID, "")
 	r.mu.Lock()
+	delete(r.secrets, prel.UID)
 	for k := range r.uninstallAfter {
 		if k.uid == prel.UID {
 			delete(r.uninstallAfter, k)
@@ -959,17 +996,21 @@ func (r *Reconciler) cutOff(cluster string, err error) bool {
 	return false
 }
 
-// sanitize keeps an action error short: Helm's errors may quote rendered manifests.
+// sanitize keeps an action error short and on one line: Helm joins several errors as
+// "N errors occurred:\n\t* a\n\t* b", which becomes "a; b".
 func sanitize(err error) string {
-	return truncate(firstLine(err.Error()), 400)
+	var parts []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "* "))
+		if l == "" || multiErrorHeader.MatchString(l) {
+			continue
+		}
+		parts = append(parts, l)
+	}
+	return truncate(strings.Join(parts, "; "), 400)
 }
 
-func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
-	}
-	return s
-}
+var multiErrorHeader = regexp.MustCompile(`^\d+ errors? occurred:$`)
 
 func truncate(s string, n int) string {
 	if len(s) > n {

@@ -26,9 +26,12 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 	prel := s.prel
 	st := &prel.Status
 	gen := prel.Generation
+	r.mu.Lock()
+	secrets := r.secrets[prel.UID]
+	r.mu.Unlock()
 	set := func(t string, status metav1.ConditionStatus, reason, msg string) {
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: status, Reason: reason,
-			Message: truncate(msg, 1024), ObservedGeneration: gen})
+			Message: truncate(redact(msg, secrets), 1024), ObservedGeneration: gen})
 	}
 
 	st.Clusters = st.Clusters[:0]
@@ -65,6 +68,10 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 				ready = append(ready, name)
 			case c.Phase == pluginsv1.PhaseFailed || c.Phase == pluginsv1.PhaseConflict:
 				failed = append(failed, name)
+				if c.Reason == pluginsv1.ClusterReasonMemberUnreachable {
+					// Retried when the member is back.
+					s.retrying = true
+				}
 			}
 		}
 		for name := range s.clusters {
@@ -102,7 +109,8 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 			set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, s.failure.reason, "retrying: "+s.failure.msg)
 			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
 		}
-	case s.decision != nil && s.decision.Halted:
+	case s.decision != nil && s.decision.Halted && s.heldBack > 0:
+		// A halt that holds targets back; one with nothing left to start is plain failures.
 		set(pluginsv1.ReadyCondition, metav1.ConditionFalse, ReasonRolloutHalted, s.decision.Waiting+failedList(s, failed))
 		set(pluginsv1.StalledCondition, metav1.ConditionTrue, ReasonRolloutHalted, s.decision.Waiting)
 		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -57,7 +58,8 @@ func runSuite(m *testing.M) int {
 	}
 	defer func() { _ = env.Stop() }()
 	mgmt = env.Management.Client
-	ctrl.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(os.Stderr, &logs)), zap.UseDevMode(true)))
+	// V(2): Helm's own debug output too, so that the tests that look for leaks in logs see it.
+	ctrl.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(os.Stderr, &logs)), zap.UseDevMode(true), zap.Level(zapcore.Level(-2))))
 	sch := scheme.New()
 	mgr, err := ctrl.NewManager(env.Management.Config, ctrl.Options{
 		Scheme: sch,

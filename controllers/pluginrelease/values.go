@@ -15,6 +15,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 	"slices"
+	"sort"
+	"strings"
 	"time"
 
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
@@ -34,8 +36,10 @@ type valuesError struct {
 func (e *valuesError) Error() string { return e.msg }
 
 // baseValues merges valuesFrom (in order) and then values. It never puts a value in an error.
-func baseValues(ctx context.Context, c client.Reader, prel *pluginsv1.PluginRelease, secretNamespaces []string) (map[string]any, error) {
+// It also returns the scalar values read from Secrets, so that messages can be redacted.
+func baseValues(ctx context.Context, c client.Reader, prel *pluginsv1.PluginRelease, secretNamespaces []string) (map[string]any, []string, error) {
 	out := map[string]any{}
+	var secrets []string
 	for i, ref := range prel.Spec.ValuesFrom {
 		key := ref.Key
 		if key == "" {
@@ -47,7 +51,7 @@ func baseValues(ctx context.Context, c client.Reader, prel *pluginsv1.PluginRele
 		switch ref.Kind {
 		case "Secret":
 			if secretNamespaces != nil && !slices.Contains(secretNamespaces, prel.Namespace) {
-				return nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: the manager does not read values Secrets in namespace %s "+
+				return nil, nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: the manager does not read values Secrets in namespace %s "+
 					"(an administrator adds it to --values-secret-namespaces, the chart's manager.valuesSecretNamespaces)", i, prel.Namespace)}
 			}
 			s := &corev1.Secret{}
@@ -56,10 +60,10 @@ func baseValues(ctx context.Context, c client.Reader, prel *pluginsv1.PluginRele
 			case err == nil:
 				data, found = s.Data[key]
 			case apierrors.IsForbidden(err):
-				return nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: the manager is not allowed to read Secret %s (RBAC); "+
+				return nil, nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: the manager is not allowed to read Secret %s (RBAC); "+
 					"an administrator grants it with the chart's manager.valuesSecretNamespaces", i, nn), retry: true}
 			case !apierrors.IsNotFound(err):
-				return nil, fmt.Errorf("reading Secret %s: %w", nn, err)
+				return nil, nil, fmt.Errorf("reading Secret %s: %w", nn, err)
 			}
 		default:
 			cm := &corev1.ConfigMap{}
@@ -69,33 +73,82 @@ func baseValues(ctx context.Context, c client.Reader, prel *pluginsv1.PluginRele
 				s, found = cm.Data[key]
 				data = []byte(s)
 			} else if !apierrors.IsNotFound(err) {
-				return nil, fmt.Errorf("reading ConfigMap %s: %w", nn, err)
+				return nil, nil, fmt.Errorf("reading ConfigMap %s: %w", nn, err)
 			}
 		}
 		if !found {
 			if ref.Optional {
 				continue
 			}
-			return nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: %s %s has no key %q (mark it optional: true to skip)", i, ref.Kind, nn, key)}
+			// Not stalled: the object may be created or filled in later (ConfigMaps are watched,
+			// Secrets read again every SecretValuesInterval).
+			return nil, nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: %s %s has no key %q (mark it optional: true to skip)", i, ref.Kind, nn, key), retry: true}
 		}
 		if len(data) > maxValuesBytes {
-			return nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: %s %s key %q is larger than %d bytes", i, ref.Kind, nn, key, maxValuesBytes)}
+			return nil, nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: %s %s key %q is larger than %d bytes", i, ref.Kind, nn, key, maxValuesBytes)}
 		}
 		m := map[string]any{}
 		if err := yaml.Unmarshal(data, &m); err != nil {
 			// The YAML error may quote the document: name the source only.
-			return nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: %s %s key %q is not a YAML map of values", i, ref.Kind, nn, key)}
+			return nil, nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: %s %s key %q is not a YAML map of values", i, ref.Kind, nn, key)}
+		}
+		if ref.Kind == "Secret" {
+			secrets = appendScalars(secrets, m)
 		}
 		out = merge(out, m)
 	}
 	if prel.Spec.Values != nil && len(prel.Spec.Values.Raw) > 0 {
 		m := map[string]any{}
 		if err := json.Unmarshal(prel.Spec.Values.Raw, &m); err != nil {
-			return nil, &valuesError{msg: "spec.values is not a map of values"}
+			return nil, nil, &valuesError{msg: "spec.values is not a map of values"}
 		}
 		out = merge(out, m)
 	}
-	return out, nil
+	return out, secrets, nil
+}
+
+// appendScalars appends the string forms of v's scalar leaves that are long enough to be
+// worth redacting (shorter ones would redact ordinary words).
+func appendScalars(out []string, v any) []string {
+	switch x := v.(type) {
+	case map[string]any:
+		for _, e := range x {
+			out = appendScalars(out, e)
+		}
+	case []any:
+		for _, e := range x {
+			out = appendScalars(out, e)
+		}
+	case nil, bool:
+	default:
+		if s := fmt.Sprint(x); len(s) >= 4 {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// redact replaces every secret in msg with [redacted], longest first.
+func redact(msg string, secrets []string) string {
+	if len(secrets) == 0 || msg == "" {
+		return msg
+	}
+	sorted := append([]string(nil), secrets...)
+	sort.Slice(sorted, func(i, j int) bool { return len(sorted[i]) > len(sorted[j]) })
+	for _, s := range sorted {
+		msg = strings.ReplaceAll(msg, s, "[redacted]")
+	}
+	return msg
+}
+
+// redactor returns a function redacting the release's secret values (read when it is called).
+func (r *Reconciler) redactor(uid types.UID) func(string) string {
+	return func(msg string) string {
+		r.mu.Lock()
+		secrets := r.secrets[uid]
+		r.mu.Unlock()
+		return redact(msg, secrets)
+	}
 }
 
 // merge merges src over dst, recursively for maps (as Helm merges values files).

@@ -86,10 +86,20 @@ type Client struct {
 }
 
 // New returns a Client for release name in namespace of the member acc reaches. Helm's debug
-// output goes to log at V(2).
-func New(acc *clustercache.Accessor, name, namespace string, log logr.Logger) (*Client, error) {
+// output goes to log at V(2), through redact when it is set (Helm logs apiserver errors, which may
+// quote values).
+func New(acc *clustercache.Accessor, name, namespace string, log logr.Logger, redact func(string) string) (*Client, error) {
 	cfg := &action.Configuration{}
-	debug := func(format string, v ...any) { log.V(2).Info(fmt.Sprintf(format, v...)) }
+	debug := func(format string, v ...any) {
+		if !log.V(2).Enabled() {
+			return
+		}
+		msg := fmt.Sprintf(format, v...)
+		if redact != nil {
+			msg = redact(msg)
+		}
+		log.V(2).Info(msg)
+	}
 	if err := cfg.Init(acc.RESTClientGetter(namespace), namespace, "secret", debug); err != nil {
 		return nil, fmt.Errorf("initialising Helm for %s/%s: %w", namespace, name, err)
 	}
