@@ -48,8 +48,13 @@ func waitReleaseReady(t *testing.T, prel *pluginsv1.PluginRelease) *pluginsv1.Pl
 
 // configMapIn reads the hello chart's ConfigMap in a member.
 func configMapIn(g Gomega, member int, name string) *corev1.ConfigMap {
+	return configMapNamed(g, member, name+"-hello")
+}
+
+// configMapNamed reads a ConfigMap in the apps namespace of a member (nil if there is none).
+func configMapNamed(g Gomega, member int, name string) *corev1.ConfigMap {
 	cm := &corev1.ConfigMap{}
-	err := env.Members[member].Client.Get(ctx, client.ObjectKey{Namespace: "apps", Name: name + "-hello"}, cm)
+	err := env.Members[member].Client.Get(ctx, client.ObjectKey{Namespace: "apps", Name: name}, cm)
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
