@@ -1,0 +1,98 @@
+package pluginrelease
+
+import (
+	"testing"
+
+	. "github.com/onsi/gomega"
+	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/release"
+	"helm.sh/helm/v3/pkg/storage"
+	"helm.sh/helm/v3/pkg/storage/driver"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
+	pluginsv1 "github.com/paddock-dev/paddock/api/plugins/v1alpha1"
+	"github.com/paddock-dev/paddock/internal/helm"
+	"github.com/paddock-dev/paddock/test/envs"
+)
+
+// helmStorage is Helm's release storage in a member's apps namespace.
+func helmStorage(g Gomega, member int) *storage.Storage {
+	cs, err := kubernetes.NewForConfig(env.Members[member].Config)
+	g.Expect(err).NotTo(HaveOccurred())
+	return storage.Init(driver.NewSecrets(cs.CoreV1().Secrets("apps")))
+}
+
+// A manager killed in the middle of an install leaves the release pending-install, which Helm
+// treats as a lock: the next manager marks it failed and completes the install.
+func TestAReleaseLeftPendingByAKilledManagerIsRecovered(t *testing.T) {
+	g := NewWithT(t)
+	members := attachMembers(t)
+	_, repo := serveHello(t, "0.1.0")
+	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "crashed", Namespace: "apps"},
+		Spec: pluginsv1.PluginReleaseSpec{
+			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
+			Targets:         pluginsv1.Targets{ClusterNames: members[:1]},
+			CreateNamespace: true,
+		}}
+	// What the killed manager left: revision 1, pending-install, labelled as this PluginRelease's.
+	g.Expect(envs.EnsureNamespace(ctx, env.Members[0].Client, "apps")).To(Succeed())
+	st := helmStorage(g, 0)
+	left := &release.Release{Name: "crashed", Namespace: "apps", Version: 1,
+		Chart:  &chart.Chart{Metadata: &chart.Metadata{Name: "hello", Version: "0.1.0", APIVersion: "v2"}},
+		Info:   &release.Info{Status: release.StatusPendingInstall, Description: "Install in progress"},
+		Labels: map[string]string{helm.OwnerLabel: "apps.crashed"}}
+	g.Expect(st.Create(left)).To(Succeed())
+
+	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+	got := waitReleaseReady(t, prel)
+	c := clusterStatus(got, members[0])
+	g.Expect(c.Phase).To(Equal(pluginsv1.PhaseDeployed))
+	g.Expect(c.Revision).To(Equal(int32(2)), "a new revision over the recovered one")
+	h, err := st.History("crashed")
+	g.Expect(err).NotTo(HaveOccurred())
+	for _, r := range h {
+		g.Expect(r.Info.Status.IsPending()).To(BeFalse(), "no revision is left pending: %d is %s", r.Version, r.Info.Status)
+	}
+	g.Expect(configMapIn(g, 0, "crashed")).NotTo(BeNil())
+	g.Expect(logs.String()).To(ContainSubstring("Recovered a pending release left by an interrupted action"))
+}
+
+// Deleting a MemberCluster waits for the releases in it to be uninstalled, then goes.
+func TestDeletingAMemberClusterUninstallsItsReleasesFirst(t *testing.T) {
+	g := NewWithT(t)
+	members := attachMembers(t)
+	t.Cleanup(func() { attachMembers(t) })
+	_, repo := serveHello(t, "0.1.0")
+	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "leaving", Namespace: "apps"},
+		Spec: pluginsv1.PluginReleaseSpec{
+			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
+			Targets:         pluginsv1.Targets{ClusterNames: members},
+			CreateNamespace: true,
+		}}
+	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+	waitReleaseReady(t, prel)
+	mc := &clustersv1.MemberCluster{}
+	g.Eventually(func(g Gomega) {
+		g.Expect(mgmt.Get(ctx, client.ObjectKey{Name: members[1]}, mc)).To(Succeed())
+		g.Expect(controllerutil.ContainsFinalizer(mc, MemberFinalizer)).To(BeTrue())
+	}, eventuallyWait, poll).Should(Succeed())
+
+	g.Expect(mgmt.Delete(ctx, mc)).To(Succeed())
+	g.Eventually(func() bool {
+		return apierrors.IsNotFound(mgmt.Get(ctx, client.ObjectKey{Name: members[1]}, &clustersv1.MemberCluster{}))
+	}, eventuallyWait, poll).Should(BeTrue())
+	// It went only once the release was uninstalled from it.
+	g.Expect(configMapIn(g, 1, "leaving")).To(BeNil())
+	g.Expect(helmRevisions(g, 1, "leaving")).To(BeZero())
+	g.Expect(eventNotes(prel)).To(ContainElement(HavePrefix("uninstalled hello from " + members[1])))
+	got := waitReleaseReady(t, prel)
+	g.Expect(got.Status.ClusterSummary).To(Equal("1/1"))
+	g.Expect(configMapIn(g, 0, "leaving")).NotTo(BeNil(), "the other member keeps it")
+}
