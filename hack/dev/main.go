@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/paddock-dev/paddock/test/chartrepos"
 	"github.com/paddock-dev/paddock/test/envs"
 )
 
@@ -82,6 +83,19 @@ func run() error {
 		}
 	}
 
+	// A local chart repository for the PluginRepository and PluginRelease samples.
+	charts := chartrepos.NewHelmRepo(chartrepos.Options{Addr: "127.0.0.1:8082"})
+	defer charts.Close()
+	for _, v := range []string{"0.1.0", "0.2.0"} {
+		c, err := chartrepos.Package(filepath.Join(env.RepoRoot, "test", "testdata", "charts", "hello"), v)
+		if err != nil {
+			return err
+		}
+		if err := charts.Add(c); err != nil {
+			return err
+		}
+	}
+
 	logPath := filepath.Join(dir, "manager.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -122,6 +136,13 @@ func run() error {
 	}
 	out, _ = env.Management.Kubectl("get", "membercluster")
 	fmt.Print(string(out))
+	out, err = env.Management.Kubectl("wait", "pluginrelease", "--all", "-n", "default", "--for=condition=Ready", "--timeout=120s")
+	fmt.Print(string(out))
+	if err != nil {
+		return fmt.Errorf("the sample PluginRelease did not become Ready (see %s): %w", logPath, err)
+	}
+	out, _ = env.Management.Kubectl("get", "prel", "-n", "default")
+	fmt.Print(string(out))
 
 	assets, _ := envs.AssetsDir()
 	fmt.Printf(`
@@ -131,6 +152,8 @@ Paddock is running locally.
   kubectl get membercluster            # or: kubectl get mc -o wide, kubectl get paddock
   kubectl describe mc member-1
   kubectl get events --field-selector involvedObject.kind=MemberCluster
+  kubectl get prepo; kubectl get prel -n default -o yaml   # the hello chart in both members
+  kubectl patch prel hello -n default --type merge -p '{"spec":{"chart":{"version":"0.2.0"}}}'
   curl -s 127.0.0.1:8080/metrics | grep paddock_
 Manager log: %s
 Members: %s

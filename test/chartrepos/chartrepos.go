@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -77,6 +78,8 @@ type Options struct {
 	TLS bool
 	// ETags makes the Helm repository answer conditional requests for its index with 304.
 	ETags bool
+	// Addr is the address to listen on (default: a free loopback port), e.g. for make dev.
+	Addr string
 }
 
 // server is what both kinds share: the listener, basic auth and request counts.
@@ -122,10 +125,19 @@ func (s *server) start(h http.Handler) {
 		h.ServeHTTP(w, r)
 	})
 	s.hits = map[string]int{}
+	s.srv = httptest.NewUnstartedServer(wrapped)
+	if s.opts.Addr != "" {
+		ln, err := net.Listen("tcp", s.opts.Addr)
+		if err != nil {
+			panic(fmt.Sprintf("chartrepos: listening on %s: %v", s.opts.Addr, err))
+		}
+		_ = s.srv.Listener.Close()
+		s.srv.Listener = ln
+	}
 	if s.opts.TLS {
-		s.srv = httptest.NewTLSServer(wrapped)
+		s.srv.StartTLS()
 	} else {
-		s.srv = httptest.NewServer(wrapped)
+		s.srv.Start()
 	}
 }
 
