@@ -42,6 +42,13 @@ const repositoryIndex = "spec.chart.repository"
 // it again every SecretValuesInterval.
 const configMapIndex = "spec.valuesFrom.configMap"
 
+// targetIndex indexes PluginReleases by the cluster names they target, and by selectorKey for
+// those with a clusterSelector.
+const (
+	targetIndex = "spec.targets"
+	selectorKey = "*selector"
+)
+
 // SecretValuesInterval is how often values Secrets are read again.
 const SecretValuesInterval = time.Minute
 
@@ -159,6 +166,16 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	}); err != nil {
 		return fmt.Errorf("indexing PluginReleases by values ConfigMap: %w", err)
 	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &pluginsv1.PluginRelease{}, targetIndex, func(o client.Object) []string {
+		t := o.(*pluginsv1.PluginRelease).Spec.Targets
+		out := append([]string{}, t.ClusterNames...)
+		if t.ClusterSelector != nil {
+			out = append(out, selectorKey)
+		}
+		return out
+	}); err != nil {
+		return fmt.Errorf("indexing PluginReleases by target: %w", err)
+	}
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &pluginsv1.PluginRelease{}, clusterIndex, statusClusters); err != nil {
 		return fmt.Errorf("indexing PluginReleases by cluster: %w", err)
 	}
@@ -170,9 +187,9 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 		For(&pluginsv1.PluginRelease{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Watches(&pluginsv1.PluginRepository{}, handler.EnqueueRequestsFromMapFunc(r.releasesForRepository)).
-		Watches(&clustersv1.MemberCluster{}, handler.EnqueueRequestsFromMapFunc(r.allReleases)).
+		Watches(&clustersv1.MemberCluster{}, handler.EnqueueRequestsFromMapFunc(r.releasesForMember)).
 		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.releasesForConfigMap)).
-		WatchesRawSource(source.Channel(r.Cache.Subscribe(), handler.EnqueueRequestsFromMapFunc(r.allReleases))).
+		WatchesRawSource(source.Channel(r.Cache.Subscribe(), handler.EnqueueRequestsFromMapFunc(r.releasesForMember))).
 		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
 		WithOptions(opts).
 		Complete(r)
@@ -194,12 +211,46 @@ func (r *Reconciler) releasesForConfigMap(ctx context.Context, o client.Object) 
 	return requests(list.Items)
 }
 
-func (r *Reconciler) allReleases(ctx context.Context, _ client.Object) []reconcile.Request {
-	var list pluginsv1.PluginReleaseList
-	if err := r.Client.List(ctx, &list); err != nil {
-		return nil
+// releasesForMember maps a MemberCluster (or an access-layer event named after one) to the
+// PluginReleases it matters to: those naming it, those whose selector matches it, and those that
+// have a release there. At thousands of members and releases, enqueueing every release for every
+// member event would cost a reconcile per pair.
+func (r *Reconciler) releasesForMember(ctx context.Context, o client.Object) []reconcile.Request {
+	name := o.GetName()
+	seen := map[types.NamespacedName]bool{}
+	var out []reconcile.Request
+	add := func(items []pluginsv1.PluginRelease, keep func(*pluginsv1.PluginRelease) bool) {
+		for i := range items {
+			p := &items[i]
+			nn := types.NamespacedName{Namespace: p.Namespace, Name: p.Name}
+			if seen[nn] || (keep != nil && !keep(p)) {
+				continue
+			}
+			seen[nn] = true
+			out = append(out, reconcile.Request{NamespacedName: nn})
+		}
 	}
-	return requests(list.Items)
+	var byName, bySelector, byStatus pluginsv1.PluginReleaseList
+	if err := r.Client.List(ctx, &byName, client.MatchingFields{targetIndex: name}); err == nil {
+		add(byName.Items, nil)
+	}
+	if err := r.Client.List(ctx, &byStatus, client.MatchingFields{clusterIndex: name}); err == nil {
+		add(byStatus.Items, nil)
+	}
+	if err := r.Client.List(ctx, &bySelector, client.MatchingFields{targetIndex: selectorKey}); err == nil {
+		mc := &clustersv1.MemberCluster{}
+		var lbls labels.Set
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, mc); err == nil {
+			lbls = mc.Labels
+		}
+		add(bySelector.Items, func(p *pluginsv1.PluginRelease) bool {
+			sel, err := metav1.LabelSelectorAsSelector(p.Spec.Targets.ClusterSelector)
+			// A bad selector gets its condition from its own reconcile; a deleted member
+			// (no labels) matters to releases that had it, found through status above.
+			return err != nil || (lbls != nil && sel.Matches(lbls))
+		})
+	}
+	return out
 }
 
 func requests(items []pluginsv1.PluginRelease) []reconcile.Request {
@@ -272,7 +323,19 @@ func (r *Reconciler) cacheBehind(prel *pluginsv1.PluginRelease) bool {
 // targets lists the MemberClusters the release selects, by name.
 func (r *Reconciler) targets(ctx context.Context, prel *pluginsv1.PluginRelease) (map[string]*clustersv1.MemberCluster, error) {
 	var list clustersv1.MemberClusterList
-	if err := r.Client.List(ctx, &list); err != nil {
+	if prel.Spec.Targets.ClusterSelector == nil {
+		// Names only: a Get each, not a walk over the whole fleet.
+		for _, n := range prel.Spec.Targets.ClusterNames {
+			mc := &clustersv1.MemberCluster{}
+			if err := r.Client.Get(ctx, client.ObjectKey{Name: n}, mc); err != nil {
+				if apierrors.IsNotFound(err) {
+					continue
+				}
+				return nil, err
+			}
+			list.Items = append(list.Items, *mc)
+		}
+	} else if err := r.Client.List(ctx, &list); err != nil {
 		return nil, err
 	}
 	var sel labels.Selector

@@ -9,6 +9,7 @@
 //	make bench BENCH_ARGS="-n 1000 -unhealthy-after 15s -loss-duration 10m" # detection under loss
 //	make bench BENCH_ARGS="-n 1800 -max-concurrent-probes 500 -frozen-first -loss-duration 0"
 //	make bench BENCH_ARGS="-n 1 -members 1 -nodes 5000 -steady 1m -loss-duration 0"
+//	make bench BENCH_ARGS="-plugins -n 100,1000 -members 4"   # PluginRelease vs a sequential Helm loop
 package main
 
 import (
@@ -58,6 +59,8 @@ type options struct {
 	lossFor, steady, unhealthy time.Duration
 	period, readyTimeout       time.Duration
 	frozenFirst                bool
+	helmConcurrency            int
+	memberLatency              time.Duration
 }
 
 // traffic counts requests and response bytes per member apiserver (by host).
@@ -146,10 +149,14 @@ func main() {
 	readyTimeout := flag.Duration("ready-timeout", 10*time.Minute, "How long to wait for all MemberClusters to be Ready.")
 	period := flag.Duration("period", 0, "spec.healthCheck.period of every MemberCluster (0: the default, 5s).")
 	maxProbes := flag.Int("max-concurrent-probes", 0, "--max-concurrent-probes (0: the default).")
+	plugins := flag.Bool("plugins", false, "Measure PluginRelease instead: one chart into each of -n simulated clusters, against a sequential Helm SDK loop.")
+	helmConcurrency := flag.Int("helm-concurrency", 20, "With -plugins: --max-concurrent-helm-actions.")
+	memberLatency := flag.Duration("member-latency", 20*time.Millisecond, "With -plugins: delay added to every request to a member (a remote cluster's round trip).")
 	frozenFirst := flag.Bool("frozen-first", false, "Freeze the second member (its probes hang) before stopping the first, and measure the first's detection beside them.")
 	flag.Parse()
 	o := options{members: *members, nodes: *nodes, maxProbes: *maxProbes, kubeQPS: *kubeQPS, loss: *loss,
-		lossFor: *lossFor, steady: *steady, unhealthy: *unhealthy, frozenFirst: *frozenFirst, period: *period, readyTimeout: *readyTimeout}
+		lossFor: *lossFor, steady: *steady, unhealthy: *unhealthy, frozenFirst: *frozenFirst, period: *period, readyTimeout: *readyTimeout,
+		helmConcurrency: *helmConcurrency, memberLatency: *memberLatency}
 	ctrl.SetLogger(noopLogger())
 	counts := []int{}
 	for _, s := range strings.Split(*ns, ",") {
@@ -158,6 +165,14 @@ func main() {
 			fail(err)
 		}
 		counts = append(counts, n)
+	}
+	if *plugins {
+		for _, n := range counts {
+			if err := runPlugins(n, o); err != nil {
+				fail(err)
+			}
+		}
+		return
 	}
 	for i, n := range counts {
 		// runOne stops its control planes before returning, also on error.
