@@ -96,6 +96,7 @@ var registry = []registration{
 			Recorder:             mgr.GetEventRecorder("pluginrelease-controller"),
 			MaxConcurrentActions: o.MaxConcurrentHelmActions,
 			SecretNamespaces:     o.ValuesSecretNamespaces,
+			ProtectedNamespaces:  append(append([]string{}, o.KubeconfigSecretNamespaces...), o.RepositorySecretNamespace),
 		}).SetupWithManager(ctx, mgr, co)
 	}},
 }

@@ -73,6 +73,10 @@ type Reconciler struct {
 	// (nil: any namespace, RBAC decides). Elsewhere a Secret in valuesFrom is refused with a
 	// condition naming the manager flag, before any read.
 	SecretNamespaces []string
+	// ProtectedNamespaces hold the manager's own Secrets (member kubeconfigs, repository
+	// credentials): a PluginRelease there never reads values from Secrets, whatever
+	// SecretNamespaces says, so that it cannot ship those credentials to a member.
+	ProtectedNamespaces []string
 	// Cache is the access layer's read side.
 	Cache clustercache.Reader
 	// Repositories holds every PluginRepository's last good index.
@@ -123,6 +127,8 @@ type runningAction struct {
 	action string
 	cancel context.CancelFunc
 	digest string
+	// started: it holds an action slot (else it is queued for one).
+	started bool
 }
 
 // +kubebuilder:rbac:groups=plugins.paddock.dev,resources=pluginreleases,verbs=get;list;watch;update;patch

@@ -291,7 +291,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 		return ctrl.Result{}, err
 	}
 	s.targets = targets
-	base, secrets, err := baseValues(ctx, r.valuesReader(), prel, r.SecretNamespaces)
+	base, secrets, err := baseValues(ctx, r.valuesReader(), prel, r.SecretNamespaces, r.ProtectedNamespaces)
 	r.mu.Lock()
 	if len(secrets) > 0 {
 		r.secrets[prel.UID] = secrets
@@ -678,10 +678,15 @@ func (r *Reconciler) run(prel *pluginsv1.PluginRelease, cluster, digest, action 
 		var o outcome
 		select {
 		case r.slots <- struct{}{}:
+			r.mu.Lock()
+			if a := r.running[key]; a != nil {
+				a.started = true
+			}
+			r.mu.Unlock()
 			o = job(ctx)
 			<-r.slots
 		case <-ctx.Done():
-			o = outcome{action: action, failed: true, phase: pluginsv1.PhasePending, msg: "cancelled: the manager is stopping"}
+			o = outcome{action: action, failed: true, phase: pluginsv1.PhasePending, msg: "cancelled before it started"}
 		}
 		if ctx.Err() != nil && r.ctx.Err() != nil {
 			// Shutting down: nothing is recorded; the next manager recovers the release.
@@ -911,7 +916,9 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, s *scope) (ctrl.Result
 	prel := s.prel
 	r.mu.Lock()
 	for k, a := range r.running {
-		if k.uid == prel.UID && a.action == opDriftCheck {
+		// Drift checks, and actions still queued for a slot, are moot now: cancelled. Running
+		// installs and upgrades finish (bounded by their timeout), then are uninstalled.
+		if k.uid == prel.UID && (a.action == opDriftCheck || !a.started) {
 			a.cancel()
 		}
 	}

@@ -81,3 +81,28 @@ func TestValuesFromASecretAreUsedAndNeverShown(t *testing.T) {
 	g.Expect(strings.Contains(logs.String(), greeting)).To(BeFalse(), "the manager never logs a Secret's value")
 	g.Expect(strings.Contains(logs.String(), "Invalid value: "+port)).To(BeFalse())
 }
+
+// A PluginRelease in the namespace of the manager's own Secrets cannot read values from Secrets:
+// it could otherwise ship a member's kubeconfig to another member.
+func TestValuesFromTheManagersSecretsAreRefused(t *testing.T) {
+	g := NewWithT(t)
+	members := attachMembers(t)
+	_, repo := serveHello(t, "0.1.0")
+	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "exfiltrate", Namespace: secretNS},
+		Spec: pluginsv1.PluginReleaseSpec{
+			Chart:      pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
+			Targets:    pluginsv1.Targets{ClusterNames: members[:1]},
+			ValuesFrom: []pluginsv1.ValuesReference{{Kind: "Secret", Name: "member-1-kubeconfig", Key: "value"}},
+		}}
+	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+	g.Eventually(func(g Gomega) {
+		got := getRelease(g, prel)
+		ready := meta.FindStatusCondition(got.Status.Conditions, pluginsv1.ReadyCondition)
+		g.Expect(ready).NotTo(BeNil())
+		g.Expect(ready.Reason).To(Equal(ReasonValuesInvalid))
+		g.Expect(ready.Message).To(ContainSubstring("holds the manager's own Secrets"))
+		g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, pluginsv1.StalledCondition)).To(BeTrue())
+		g.Expect(got.Status.Clusters).To(BeEmpty())
+	}, eventuallyWait, poll).Should(Succeed())
+}

@@ -94,7 +94,7 @@ func runSuite(m *testing.M) int {
 		func() error {
 			return (&Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Cache: members,
 				Repositories: store, Charts: charts, Recorder: mgr.GetEventRecorder("pluginrelease-controller"),
-				RetryDelay: time.Second, DeletionGracePeriod: 10 * time.Second}).SetupWithManager(mctx, mgr, controller.Options{MaxConcurrentReconciles: 4})
+				RetryDelay: time.Second, DeletionGracePeriod: 10 * time.Second, ProtectedNamespaces: []string{secretNS}}).SetupWithManager(mctx, mgr, controller.Options{MaxConcurrentReconciles: 4})
 		},
 	}
 	for _, setup := range setups {

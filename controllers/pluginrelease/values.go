@@ -37,7 +37,7 @@ func (e *valuesError) Error() string { return e.msg }
 
 // baseValues merges valuesFrom (in order) and then values. It never puts a value in an error.
 // It also returns the scalar values read from Secrets, so that messages can be redacted.
-func baseValues(ctx context.Context, c client.Reader, prel *pluginsv1.PluginRelease, secretNamespaces []string) (map[string]any, []string, error) {
+func baseValues(ctx context.Context, c client.Reader, prel *pluginsv1.PluginRelease, secretNamespaces, protected []string) (map[string]any, []string, error) {
 	out := map[string]any{}
 	var secrets []string
 	for i, ref := range prel.Spec.ValuesFrom {
@@ -50,6 +50,10 @@ func baseValues(ctx context.Context, c client.Reader, prel *pluginsv1.PluginRele
 		var found bool
 		switch ref.Kind {
 		case "Secret":
+			if slices.Contains(protected, prel.Namespace) {
+				return nil, nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: namespace %s holds the manager's own Secrets (member kubeconfigs, "+
+					"repository credentials); PluginReleases there cannot read values from Secrets", i, prel.Namespace)}
+			}
 			if secretNamespaces != nil && !slices.Contains(secretNamespaces, prel.Namespace) {
 				return nil, nil, &valuesError{msg: fmt.Sprintf("spec.valuesFrom[%d]: the manager does not read values Secrets in namespace %s "+
 					"(an administrator adds it to --values-secret-namespaces, the chart's manager.valuesSecretNamespaces)", i, prel.Namespace)}
