@@ -67,7 +67,31 @@ type ChartCache struct {
 	entries   map[string]*chartEntry
 	size      int64
 	downloads atomic.Int64
+	// resolved remembers, per OCI repository fetch, which tag and chart layer a chart's version
+	// constraint resolved to: listing tags and reading a manifest on every reconcile costs the
+	// registry (Docker Hub counts a manifest read as a pull), a new fetch of the repository
+	// (spec.interval) resolves again.
+	resolved map[ociKey]ociResolution
+	// resolutions counts OCI resolutions that reached the registry (for tests).
+	resolutions atomic.Int64
 }
+
+type ociKey struct {
+	uid                 string
+	name, version, host string
+}
+
+type ociResolution struct {
+	fetchedAt    time.Time
+	tag, version string
+	layer        ocispec.Descriptor
+}
+
+// maxOCIResolutions bounds the resolution memory (it is dropped whole beyond).
+const maxOCIResolutions = 10000
+
+// OCIResolutions counts OCI resolutions that reached the registry.
+func (c *ChartCache) OCIResolutions() int64 { return c.resolutions.Load() }
 
 type chartEntry struct {
 	ready chan struct{}
@@ -192,6 +216,14 @@ func (c *ChartCache) getOCI(ctx context.Context, src *Source, name, version stri
 		return nil, fail(pluginsv1.ReasonChartNotFound, "%q is not a valid chart name for an OCI registry", name)
 	}
 	r.Client, r.PlainHTTP = reg.client, reg.plainHTTP
+	key := ociKey{uid: string(src.UID), name: name, version: version, host: ref}
+	c.mu.Lock()
+	hit, ok := c.resolved[key]
+	c.mu.Unlock()
+	if ok && hit.fetchedAt.Equal(src.FetchedAt) {
+		return c.loadOCI(ctx, r, ref, hit.tag, name, hit.version, hit.layer)
+	}
+	c.resolutions.Add(1)
 	var tags []string
 	err = r.Tags(ctx, "", func(page []string) error {
 		tags = append(tags, page...)
@@ -257,7 +289,17 @@ func (c *ChartCache) getOCI(ctx context.Context, src *Source, name, version stri
 	if max := c.Limits.withDefaults().MaxArchiveBytes; layer.Size > max {
 		return nil, fail(pluginsv1.ReasonChartInvalid, "the chart archive of %s:%s is %d bytes, more than the limit of %d", ref, tag, layer.Size, max)
 	}
-	l := *layer
+	c.mu.Lock()
+	if c.resolved == nil || len(c.resolved) >= maxOCIResolutions {
+		c.resolved = map[ociKey]ociResolution{}
+	}
+	c.resolved[key] = ociResolution{fetchedAt: src.FetchedAt, tag: tag, version: picked, layer: *layer}
+	c.mu.Unlock()
+	return c.loadOCI(ctx, r, ref, tag, name, picked, *layer)
+}
+
+// loadOCI returns the chart whose archive is layer l (downloaded once per digest).
+func (c *ChartCache) loadOCI(ctx context.Context, r *remote.Repository, ref, tag, name, picked string, l ocispec.Descriptor) (*Resolved, error) {
 	return c.load(ctx, l.Digest.String(), name, picked, func() ([]byte, error) {
 		rc, err := r.Blobs().Fetch(ctx, l)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 
@@ -123,7 +124,7 @@ func TestOCIChartsResolveRangesAndDownloadOnce(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	r, err := NewRegistry(loopback(), reg.URL(), creds, false)
 	g.Expect(err).NotTo(HaveOccurred())
-	src := &Source{Registry: r, Credentials: creds}
+	src := &Source{Registry: r, Credentials: creds, FetchedAt: time.Now()}
 	c := &ChartCache{Options: loopback()}
 	for i := 0; i < 3; i++ {
 		res, err := c.Get(ctx, src, "hello", "0.2.x")
@@ -131,6 +132,19 @@ func TestOCIChartsResolveRangesAndDownloadOnce(t *testing.T) {
 		g.Expect(res.Version).To(Equal("0.2.1"))
 	}
 	g.Expect(c.Downloads()).To(Equal(int64(1)))
+	g.Expect(c.OCIResolutions()).To(Equal(int64(1)), "tags and manifest are read once per repository fetch, not per call")
+
+	// A new version, seen at the repository's next fetch (not before).
+	g.Expect(reg.Push(hello(t, "0.2.2")...)).To(Succeed())
+	res, err := c.Get(ctx, src, "hello", "0.2.x")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Version).To(Equal("0.2.1"))
+	next := *src
+	next.FetchedAt = src.FetchedAt.Add(time.Minute)
+	res, err = c.Get(ctx, &next, "hello", "0.2.x")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Version).To(Equal("0.2.2"))
+	g.Expect(c.OCIResolutions()).To(Equal(int64(2)))
 	_, err = c.Get(ctx, src, "hello", "3.x")
 	g.Expect(reasonOf(err)).To(Equal(pluginsv1.ReasonVersionNotFound))
 	_, err = c.Get(ctx, src, "missing", "1.0.0")
