@@ -58,8 +58,9 @@ type driftWatchKey struct {
 type driftWatch struct {
 	stop  func()
 	users map[actionKey]struct{}
-	// seen is the last signature of every object the watch reported.
-	seen map[types.UID]string
+	// seen is the last signature of every object the watch reported, by namespace/name (bounded
+	// by the watch's object count, whatever UIDs a member sends).
+	seen map[types.NamespacedName]string
 }
 
 type labelKey struct{ member, value string }
@@ -116,14 +117,15 @@ func (r *Reconciler) driftDue(key actionKey, now time.Time) (bool, time.Time) {
 
 // startDriftCheck runs a drift check of one deployed target in an action goroutine.
 func (r *Reconciler) startDriftCheck(s *scope, name string) {
-	prel, digest := s.prel.DeepCopy(), s.cluster(name).ConfigDigest
+	c := s.cluster(name)
+	prel, digest, revision, manifest := s.prel.DeepCopy(), c.ConfigDigest, int(c.Revision), c.ManifestDigest
 	key := actionKey{prel.UID, name}
 	r.run(prel, name, digest, opDriftCheck, func(ctx context.Context) outcome {
 		r.mu.Lock()
 		st := r.driftStateLocked(key, prel)
 		st.dirty, st.lastCheck = false, time.Now()
 		r.mu.Unlock()
-		o := r.checkDrift(ctx, prel, name)
+		o := r.checkDrift(ctx, prel, name, revision, manifest)
 		o.action, o.digest = firstNonEmpty(o.action, opDriftCheck), digest
 		if ctx.Err() != nil {
 			o.cancelled = true
@@ -162,7 +164,7 @@ func (d drifted) String() string {
 	return id + ": " + strings.Join(paths, ", ")
 }
 
-func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelease, cluster string) outcome {
+func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelease, cluster string, revision int, manifest string) outcome {
 	o := outcome{started: time.Now(), phase: pluginsv1.PhaseDeployed}
 	fail := func(msg string) outcome {
 		o.failed, o.msg, o.finished = true, msg, time.Now()
@@ -179,7 +181,7 @@ func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelea
 	}
 	rel, err := hc.Last()
 	if err != nil {
-		return fail("reading the release: " + sanitize(err))
+		return fail("reading the release: " + r.clean(prel.UID, err))
 	}
 	o.finished = time.Now()
 	if rel == nil || rel.Info == nil || rel.Info.Status == release.StatusUninstalled {
@@ -193,6 +195,13 @@ func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelea
 		return o
 	}
 	o.revision, o.version = rel.Version, chartVersion(rel)
+	if rel.Version != revision || manifest == "" || manifestDigest(rel.Manifest) != manifest {
+		// Never trust a release record Paddock did not write: whoever may write Secrets in the
+		// release namespace could otherwise have Paddock create or patch anything.
+		o.driftObjects = []string{fmt.Sprintf("Helm release record revision %d", rel.Version)}
+		o.msg = fmt.Sprintf("the release record in the member is not the one Paddock's revision %d wrote; nothing is compared or corrected until the next install or upgrade", revision)
+		return o
+	}
 	objs, err := drift.ParseManifest(rel.Manifest)
 	if err != nil {
 		return fail(err.Error())
@@ -239,7 +248,7 @@ func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelea
 		case apierrors.IsNotFound(err):
 			found = append(found, drifted{desired: desired, ignored: ignored})
 		case err != nil:
-			return fail(fmt.Sprintf("reading %s %s: %s", gvk.Kind, d.GetName(), sanitize(err)))
+			return fail(fmt.Sprintf("reading %s %s: %s", gvk.Kind, d.GetName(), r.clean(prel.UID, err)))
 		default:
 			if paths := drift.Diff(desired.Object, live.Object, ignored); len(paths) > 0 {
 				found = append(found, drifted{desired: desired, live: live, paths: paths, ignored: ignored})
@@ -255,6 +264,11 @@ func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelea
 	}
 	r.mu.Unlock()
 	if len(found) == 0 {
+		r.mu.Lock()
+		if st := r.drift[actionKey{prel.UID, cluster}]; st != nil {
+			st.lastSig, st.repeats = "", 0
+		}
+		r.mu.Unlock()
 		return o
 	}
 	for i, d := range found {
@@ -274,7 +288,7 @@ func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelea
 	}
 	for _, d := range found {
 		if err := r.correct(ctx, cl, rel, d); err != nil {
-			return fail(fmt.Sprintf("correcting %s: %s", d.String(), sanitize(err)))
+			return fail(fmt.Sprintf("correcting %s: %s", d.String(), r.clean(prel.UID, err)))
 		}
 	}
 	o.action, o.finished = opDriftCorrected, time.Now()
@@ -305,7 +319,7 @@ func (r *Reconciler) correct(ctx context.Context, cl client.Client, rel *release
 		}
 		return err
 	}
-	patch, err := drift.MergePatch(d.desired.Object, d.live.Object, d.ignored)
+	patch, err := drift.MergePatch(d.desired.Object, d.live.Object, d.paths, d.ignored)
 	if err != nil {
 		return err
 	}
@@ -329,11 +343,15 @@ func (r *Reconciler) repeatedDrift(key actionKey, sig string) bool {
 		return false
 	}
 	now := time.Now()
+	if st.lastSig == sig && st.repeats >= driftRepeatLimit {
+		// Reported, not fought, for as long as the same drift stays (a new drift, or none, ends it).
+		return true
+	}
 	if st.lastSig == sig && now.Sub(st.lastCorrected) < driftRepeatWindow {
+		st.repeats++
 		if st.repeats >= driftRepeatLimit {
 			return true
 		}
-		st.repeats++
 	} else {
 		st.lastSig, st.repeats = sig, 1
 	}
@@ -373,7 +391,7 @@ func (r *Reconciler) watchRelease(key actionKey, prel *pluginsv1.PluginRelease, 
 			r.mu.Unlock()
 			continue
 		}
-		w := &driftWatch{users: map[actionKey]struct{}{key: {}}, seen: map[types.UID]string{}}
+		w := &driftWatch{users: map[actionKey]struct{}{key: {}}, seen: map[types.NamespacedName]string{}}
 		r.watches[k] = w
 		st.watches[k] = struct{}{}
 		r.mu.Unlock()
@@ -510,23 +528,25 @@ func (r *Reconciler) driftHandler(k driftWatchKey, w *driftWatch) clustercache.W
 		}
 		obj := e.Object
 		sig := objectSignature(obj)
-		prev, had := w.seen[obj.UID]
+		id := types.NamespacedName{Namespace: obj.Namespace, Name: obj.Name}
+		prev, had := w.seen[id]
 		switch e.Type {
 		case watch.Added:
-			w.seen[obj.UID] = sig
+			w.seen[id] = sig
 			r.mu.Unlock()
 			return
 		case watch.Modified:
-			w.seen[obj.UID] = sig
+			w.seen[id] = sig
 			if had && prev == sig {
 				r.mu.Unlock()
 				return
 			}
 		case watch.Deleted:
-			delete(w.seen, obj.UID)
+			delete(w.seen, id)
 		}
 		for u := range r.byLabel[labelKey{k.member, obj.Labels[helm.ReleaseLabel]}] {
-			if st := r.drift[u]; st != nil {
+			// Woken once per check: a stream of changes does not make a stream of reconciles.
+			if st := r.drift[u]; st != nil && !st.dirty {
 				st.dirty = true
 				wake = append(wake, st.nn)
 			}

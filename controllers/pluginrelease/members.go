@@ -2,6 +2,7 @@ package pluginrelease
 
 import (
 	"context"
+	"time"
 
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -27,6 +28,7 @@ const clusterIndex = "status.clusters.name"
 // memberFinalizer keeps MemberFinalizer on exactly the MemberClusters that hold releases.
 type memberFinalizer struct {
 	client client.Client
+	grace  time.Duration
 }
 
 // +kubebuilder:rbac:groups=clusters.paddock.dev,resources=memberclusters,verbs=get;list;watch;update;patch
@@ -41,6 +43,14 @@ func (m *memberFinalizer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		return ctrl.Result{}, err
 	}
 	inUse, has := len(list.Items) > 0, controllerutil.ContainsFinalizer(mc, MemberFinalizer)
+	if inUse && has && !mc.DeletionTimestamp.IsZero() {
+		// Never wedged: a release that cannot be removed there (suspended, its repository gone,
+		// the member unreachable) lets the MemberCluster go after the grace period.
+		if waited := time.Since(mc.DeletionTimestamp.Time); waited < m.grace {
+			return ctrl.Result{RequeueAfter: m.grace - waited}, nil
+		}
+		inUse = false
+	}
 	orig := mc.DeepCopy()
 	switch {
 	case inUse && !has && mc.DeletionTimestamp.IsZero():

@@ -185,7 +185,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &pluginsv1.PluginRelease{}, clusterIndex, statusClusters); err != nil {
 		return fmt.Errorf("indexing PluginReleases by cluster: %w", err)
 	}
-	if err := (&memberFinalizer{client: mgr.GetClient()}).setup(mgr); err != nil {
+	if err := (&memberFinalizer{client: mgr.GetClient(), grace: r.deletionGrace()}).setup(mgr); err != nil {
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -125,6 +126,14 @@ type outcome struct {
 	// the drifted objects found.
 	cancelled, reinstall bool
 	driftObjects         []string
+	// manifestDigest is the digest of the manifest a successful install or upgrade produced.
+	manifestDigest string
+}
+
+// manifestDigest identifies a release manifest.
+func manifestDigest(manifest string) string {
+	sum := sha256.Sum256([]byte(manifest))
+	return "sha256:" + hex.EncodeToString(sum[:16])
 }
 
 // fold moves the finished actions of this release into the scope's status.
@@ -160,6 +169,7 @@ func (r *Reconciler) fold(s *scope) {
 				c.Reason = outcomeReason(o)
 				if !o.failed {
 					c.ChartVersion, c.AppVersion, c.Revision, c.ConfigDigest, c.Failures = o.version, o.app, int32(o.revision), o.digest, 0
+					c.ManifestDigest = o.manifestDigest
 				} else {
 					if c.ConfigDigest != o.digest || c.Phase != pluginsv1.PhaseFailed {
 						c.Failures = 0
@@ -293,10 +303,16 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	s.targets = targets
 	base, secrets, err := baseValues(ctx, r.valuesReader(), prel, r.SecretNamespaces, r.ProtectedNamespaces)
 	r.mu.Lock()
+	// Kept across passes (a rotated Secret's old values may still be in a running action's
+	// errors): only added to, bounded, dropped with the PluginRelease.
 	if len(secrets) > 0 {
-		r.secrets[prel.UID] = secrets
-	} else {
-		delete(r.secrets, prel.UID)
+		merged := append(r.secrets[prel.UID], secrets...)
+		slices.Sort(merged)
+		merged = slices.Compact(merged)
+		if len(merged) > 512 {
+			merged = merged[len(merged)-512:]
+		}
+		r.secrets[prel.UID] = merged
 	}
 	r.mu.Unlock()
 	if err != nil {
@@ -315,7 +331,12 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	for name, mc := range targets {
 		v, err := clusterValues(prel, base, mc)
 		if err != nil {
-			s.failure = &failure{reason: ReasonValuesInvalid, msg: err.Error(), stalled: true}
+			var ve *valuesError
+			retry := errors.As(err, &ve) && ve.retry
+			s.failure = &failure{reason: ReasonValuesInvalid, msg: err.Error(), stalled: !retry}
+			if retry {
+				return ctrl.Result{RequeueAfter: time.Minute}, nil
+			}
 			return ctrl.Result{}, nil
 		}
 		values[name] = v
@@ -384,7 +405,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	// Targets whose member is not usable wait for it (those cut off mid-action stay Failed).
 	for name := range targets {
 		c := s.cluster(name)
-		if states[name] != rollout.Gone || r.isRunning(prel.UID, name) || !inWaves(st, name) {
+		if states[name] != rollout.Blocked || r.isRunning(prel.UID, name) || !inWaves(st, name) {
 			continue
 		}
 		s.unreachable = append(s.unreachable, name)
@@ -497,9 +518,15 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 				continue
 			}
 			if !r.usable(name) {
-				// A member that is not usable takes no start slot and does not count in its wave
-				// (it neither blocks nor halts the rollout): it is acted on when it is back.
-				out[name] = rollout.Gone
+				if ok && (c.Phase == pluginsv1.PhaseFailed || c.Phase == pluginsv1.PhaseConflict) && c.ConfigDigest == want &&
+					c.Reason != pluginsv1.ClusterReasonMemberUnreachable {
+					// A failure of the change still counts against the wave's budget.
+					out[name] = rollout.Failed
+					continue
+				}
+				// A member that is not usable takes no start slot and is no failure, but its wave
+				// is not complete without it: it is acted on when it is back.
+				out[name] = rollout.Blocked
 				continue
 			}
 			switch {
@@ -655,7 +682,11 @@ func (r *Reconciler) startInstallOrUpgrade(s *scope, name string, vals map[strin
 		phase = pluginsv1.PhaseInstalling
 	}
 	setPhase(c, phase, fmt.Sprintf("%s %s", strings.ToLower(string(phase)), resolved))
-	r.run(prel, name, digest, string(phase), func(ctx context.Context) outcome {
+	action := opUpgrade
+	if phase == pluginsv1.PhaseInstalling {
+		action = opInstall
+	}
+	r.run(prel, name, digest, action, func(ctx context.Context) outcome {
 		return r.installOrUpgrade(ctx, prel, name, resolved, vals, digest, from)
 	})
 }
@@ -719,9 +750,9 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 	failWith := func(err error) outcome {
 		if r.cutOff(cluster, err) {
 			o.unreachable = true
-			return finish(pluginsv1.PhaseFailed, true, "cut off: the member became unreachable ("+sanitize(err)+"); retried when it is Ready again")
+			return finish(pluginsv1.PhaseFailed, true, "cut off: the member became unreachable ("+r.clean(prel.UID, err)+"); retried when it is Ready again")
 		}
-		return finish(pluginsv1.PhaseFailed, true, sanitize(err))
+		return finish(pluginsv1.PhaseFailed, true, r.clean(prel.UID, err))
 	}
 	o.action = opInstall
 	acc, err := r.Cache.Get(ctx, cluster)
@@ -765,15 +796,15 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 		rel, err = hc.Install(ctx, ch, vals, opts)
 		if err != nil && r.cutOff(cluster, err) {
 			o.unreachable = true
-			return finish(pluginsv1.PhaseFailed, true, "install cut off: the member became unreachable ("+sanitize(err)+"); retried when it is Ready again")
+			return finish(pluginsv1.PhaseFailed, true, "install cut off: the member became unreachable ("+r.clean(prel.UID, err)+"); retried when it is Ready again")
 		}
 		if err != nil {
-			msg := "install failed: " + sanitize(err)
+			msg := "install failed: " + r.clean(prel.UID, err)
 			// A failed install is uninstalled, so that the next attempt starts clean; not when it
 			// was cancelled (shutdown): Helm may still be working, and the next manager recovers it.
 			if ctx.Err() == nil {
 				if uerr := hc.Uninstall(opts.Timeout, false); uerr != nil {
-					msg += "; cleaning it up failed too: " + sanitize(uerr)
+					msg += "; cleaning it up failed too: " + r.clean(prel.UID, uerr)
 				}
 			}
 			return finish(pluginsv1.PhaseFailed, true, msg)
@@ -787,21 +818,21 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 		rel, err = hc.Upgrade(ctx, ch, vals, opts)
 		if err != nil && r.cutOff(cluster, err) {
 			o.unreachable = true
-			return finish(pluginsv1.PhaseFailed, true, "upgrade cut off: the member became unreachable ("+sanitize(err)+"); retried when it is Ready again")
+			return finish(pluginsv1.PhaseFailed, true, "upgrade cut off: the member became unreachable ("+r.clean(prel.UID, err)+"); retried when it is Ready again")
 		}
 		if err != nil {
-			msg := "upgrade failed: " + sanitize(err)
+			msg := "upgrade failed: " + r.clean(prel.UID, err)
 			if rem := remediationFor(prel, false); rem != nil && ctx.Err() == nil {
 				switch rem.Strategy {
 				case pluginsv1.RemediationUninstall:
 					if uerr := hc.Uninstall(opts.Timeout, false); uerr != nil {
-						msg += "; uninstalling failed too: " + sanitize(uerr)
+						msg += "; uninstalling failed too: " + r.clean(prel.UID, uerr)
 					} else {
 						msg += "; uninstalled (remediation)"
 					}
 				default:
 					if rerr := hc.Rollback(opts.Timeout, opts.MaxHistory); rerr != nil {
-						msg += "; rolling back failed too: " + sanitize(rerr)
+						msg += "; rolling back failed too: " + r.clean(prel.UID, rerr)
 					} else {
 						msg += "; rolled back to the previous revision (remediation)"
 					}
@@ -810,7 +841,7 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 			return finish(pluginsv1.PhaseFailed, true, msg)
 		}
 	}
-	o.revision = rel.Version
+	o.revision, o.manifestDigest = rel.Version, manifestDigest(rel.Manifest)
 	return finish(pluginsv1.PhaseDeployed, false, fmt.Sprintf("%s %s, revision %d", resolved.Name, resolved.Version, rel.Version))
 }
 
@@ -860,14 +891,14 @@ func (r *Reconciler) startUninstall(ctx context.Context, s *scope, name string, 
 		}
 		last, err := hc.Last()
 		if err != nil {
-			return done(true, sanitize(err))
+			return done(true, r.clean(prel.UID, err))
 		}
 		if last != nil && last.Labels[helm.OwnerLabel] != ownerValue(prel) {
 			// Not ours (adopted releases carry our label after their first upgrade): leave it.
 			return done(false, "the release there is not this PluginRelease's; left in place")
 		}
 		if _, err := hc.RecoverPending(); err != nil {
-			return done(true, sanitize(err))
+			return done(true, r.clean(prel.UID, err))
 		}
 		keep := prel.Spec.Uninstall != nil && prel.Spec.Uninstall.KeepHistory
 		timeout := pluginsv1.DefaultUninstallTimeout
@@ -875,7 +906,7 @@ func (r *Reconciler) startUninstall(ctx context.Context, s *scope, name string, 
 			timeout = prel.Spec.Uninstall.Timeout.Duration
 		}
 		if err := hc.Uninstall(timeout, keep); err != nil {
-			return done(true, "uninstall failed: "+sanitize(err))
+			return done(true, "uninstall failed: "+r.clean(prel.UID, err))
 		}
 		return done(false, "uninstalled")
 	})
@@ -904,6 +935,7 @@ func (r *Reconciler) giveUpUninstall(s *scope, name string, c *pluginsv1.Cluster
 func (r *Reconciler) skipUninstall(s *scope, name string, c *pluginsv1.ClusterReleaseStatus, grace time.Duration) {
 	prel, msg := s.prel, c.Message
 	delete(s.clusters, name)
+	r.forgetDrift(prel.UID, name)
 	s.events = append(s.events, func() {
 		if r.Recorder != nil {
 			r.Recorder.Eventf(prel, nil, "Warning", "UninstallSkipped", "Uninstall",
@@ -990,6 +1022,12 @@ func (r *Reconciler) cutOff(cluster string, err error) bool {
 	if !r.usable(cluster) || errors.Is(err, clustercache.ErrConnectionNotAdmitted) {
 		return true
 	}
+	// The member's apiserver answered (an admission webhook it could not reach, say): the
+	// chart's or the cluster's problem, counted and remediated as any failure.
+	var st apierrors.APIStatus
+	if errors.As(err, &st) || strings.Contains(err.Error(), "failed calling webhook") {
+		return false
+	}
 	var ne net.Error
 	if errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return true
@@ -1001,6 +1039,12 @@ func (r *Reconciler) cutOff(cluster string, err error) bool {
 		}
 	}
 	return false
+}
+
+// clean is sanitize of err with the release's secret values redacted first (before lines are
+// joined and the text truncated, which would break a value up).
+func (r *Reconciler) clean(uid types.UID, err error) string {
+	return sanitize(errors.New(r.redactor(uid)(err.Error())))
 }
 
 // sanitize keeps an action error short and on one line: Helm joins several errors as

@@ -112,8 +112,14 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 	case s.decision != nil && s.decision.Halted && s.heldBack > 0:
 		// A halt that holds targets back; one with nothing left to start is plain failures.
 		set(pluginsv1.ReadyCondition, metav1.ConditionFalse, ReasonRolloutHalted, s.decision.Waiting+failedList(s, failed))
-		set(pluginsv1.StalledCondition, metav1.ConditionTrue, ReasonRolloutHalted, s.decision.Waiting)
-		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)
+		if s.retrying {
+			// Remediation retries are pending: the halt may lift by itself.
+			set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, ReasonRolloutHalted, s.decision.Waiting+"; failed clusters are retried")
+			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
+		} else {
+			set(pluginsv1.StalledCondition, metav1.ConditionTrue, ReasonRolloutHalted, s.decision.Waiting)
+			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)
+		}
 	case len(failed) > 0:
 		// Never hidden behind progress: a failed target makes Ready False with its error.
 		set(pluginsv1.ReadyCondition, metav1.ConditionFalse, ReasonClustersFailed,

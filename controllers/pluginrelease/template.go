@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"reflect"
 	"regexp"
+	"strconv"
+	"strings"
 	"text/template"
 	"text/template/parse"
 	"time"
@@ -75,12 +77,19 @@ func templateFuncs(b *renderBudget) template.FuncMap {
 	}
 	// The builtins that build strings, capped the same way (and printf's widths).
 	f["printf"] = func(format string, args ...any) (string, error) {
+		widths := 0
 		for _, m := range printfWidth.FindAllStringSubmatch(format, -1) {
 			for _, n := range []string{m[1], m[3]} {
 				if n == "*" || len(n) > 4 {
 					return "", fmt.Errorf("printf: widths and precisions are at most 9999")
 				}
+				if w, err := strconv.Atoi(n); err == nil {
+					widths += w
+				}
 			}
+		}
+		if widths > maxFuncBytes {
+			return "", fmt.Errorf("printf: the result would be larger than %d bytes", maxFuncBytes)
 		}
 		if err := checkArgs("printf", append([]any{format}, args...)); err != nil {
 			return "", err
@@ -124,24 +133,87 @@ func checkResult(name, s string) (string, error) {
 	return s, nil
 }
 
+// maxListLen bounds every list a template builds or passes.
+const maxListLen = 10000
+
 func checkArgs(name string, args []any) error {
 	total := 0
 	for _, a := range args {
 		switch x := a.(type) {
 		case string:
 			total += len(x)
-		case int:
-			if x > maxFuncInt || x < -maxFuncInt*1000 {
-				return fmt.Errorf("%s: number %d is out of range for a template", name, x)
+		case []any:
+			if len(x) > maxListLen {
+				return fmt.Errorf("%s: a list of more than %d elements", name, maxListLen)
 			}
-		case int64:
-			if x > maxFuncInt || x < -maxFuncInt*1000 {
-				return fmt.Errorf("%s: number %d is out of range for a template", name, x)
+		case []string:
+			if len(x) > maxListLen {
+				return fmt.Errorf("%s: a list of more than %d elements", name, maxListLen)
 			}
 		}
 	}
 	if total > maxFuncBytes {
 		return fmt.Errorf("%s: arguments larger than %d bytes", name, maxFuncBytes)
+	}
+	return estimate(name, args)
+}
+
+func asInt(v any) (int, bool) {
+	switch x := v.(type) {
+	case int:
+		return x, true
+	case int64:
+		return int(x), true
+	}
+	return 0, false
+}
+
+// estimate refuses the calls whose result would outgrow maxFuncBytes, before they allocate it:
+// the functions that multiply their input.
+func estimate(name string, args []any) error {
+	tooBig := fmt.Errorf("%s: the result would be larger than %d bytes", name, maxFuncBytes)
+	switch name {
+	case "indent", "nindent":
+		if len(args) == 2 {
+			n, _ := asInt(args[0])
+			s, _ := args[1].(string)
+			if n < 0 || n > maxFuncInt {
+				return fmt.Errorf("%s: number %d is out of range for a template", name, n)
+			}
+			if len(s)+n*(strings.Count(s, "\n")+1) > maxFuncBytes {
+				return tooBig
+			}
+		}
+	case "replace":
+		if len(args) == 3 {
+			old, _ := args[0].(string)
+			nw, _ := args[1].(string)
+			s, _ := args[2].(string)
+			if old == "" {
+				return fmt.Errorf("replace: the string to replace is empty")
+			}
+			if len(s)+strings.Count(s, old)*max(len(nw)-len(old), 0) > maxFuncBytes {
+				return tooBig
+			}
+		}
+	case "regexReplaceAll", "regexReplaceAllLiteral", "regexFindAll", "regexSplit":
+		if len(args) >= 1 {
+			if pat, ok := args[0].(string); ok {
+				re, err := regexp.Compile(pat)
+				if err == nil && re.MatchString("") {
+					return fmt.Errorf("%s: the pattern matches the empty string", name)
+				}
+			}
+		}
+		if name == "regexReplaceAll" || name == "regexReplaceAllLiteral" {
+			if len(args) == 3 {
+				s, _ := args[1].(string)
+				rep, _ := args[2].(string)
+				if len(rep) > 0 && len(s)*(len(rep)+1) > maxFuncBytes {
+					return tooBig
+				}
+			}
+		}
 	}
 	return nil
 }
@@ -194,9 +266,20 @@ func capped(name string, fn any) any {
 		if hasErr && !res[1].IsNil() {
 			return fail(res[1].Interface().(error))
 		}
-		if len(res) > 0 && res[0].Kind() == reflect.String {
-			if _, err := checkResult(name, res[0].String()); err != nil {
-				return fail(err)
+		if len(res) > 0 {
+			switch rv := res[0]; rv.Kind() {
+			case reflect.String:
+				if _, err := checkResult(name, rv.String()); err != nil {
+					return fail(err)
+				}
+			case reflect.Slice, reflect.Map:
+				if rv.Len() > maxListLen {
+					return fail(fmt.Errorf("%s: a result of more than %d elements", name, maxListLen))
+				}
+			case reflect.Interface:
+				if e := rv.Elem(); e.IsValid() && (e.Kind() == reflect.Slice || e.Kind() == reflect.Map) && e.Len() > maxListLen {
+					return fail(fmt.Errorf("%s: a result of more than %d elements", name, maxListLen))
+				}
 			}
 		}
 		if len(out) == 1 {

@@ -25,6 +25,7 @@ func TestValuesTemplateRendersPerCluster(t *testing.T) {
 	v, err := render(`
 region: {{ index .Cluster.Labels "region" | upper }}
 name: {{ printf "%s-%03d" .Cluster.Name 7 }}
+port: {{ add 30000 80 }}
 labels:
 {{- range $k, $v := .Cluster.Labels }}
   {{ $k }}: {{ $v | quote }}
@@ -34,6 +35,7 @@ fallback: {{ .Cluster.Annotations.missing | default "none" }}`)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(v).To(HaveKeyWithValue("region", "EU-WEST-1"))
 	g.Expect(v).To(HaveKeyWithValue("name", "prod-a-007"))
+	g.Expect(v).To(HaveKeyWithValue("port", float64(30080)), "ordinary numbers are fine")
 	g.Expect(v).To(HaveKeyWithValue("labels", map[string]any{"region": "eu-west-1", "tier": "prod"}))
 	g.Expect(v).To(HaveKeyWithValue("fallback", "none"))
 	g.Expect(v).To(HaveKeyWithValue("base", "kept"))
@@ -56,6 +58,11 @@ func TestValuesTemplateRefusesWhatCouldHangOrExhaustTheManager(t *testing.T) {
 		"randomness (redeploys)": {`{{ randAlphaNum 10 }}`, `function "randAlphaNum" not defined`},
 		"repeat":                 {`{{ repeat 100 "x" }}`, `function "repeat" not defined`},
 		"keys":                   {`{{ genPrivateKey "rsa" }}`, `function "genPrivateKey" not defined`},
+		"indent of many lines":   {`{{ $a := printf "%9999s" "" | replace " " "\n" }}{{ indent 9999 $a }}`, "would be larger than"},
+		"replace of nothing":     {`{{ replace "" "xxxx" "abc" }}`, "the string to replace is empty"},
+		"empty regex":            {`{{ regexReplaceAll "x*" "abc" "yyyy" }}`, "matches the empty string"},
+		"many printf widths":     {`{{ printf "` + strings.Repeat("%9999d", 40) + `" }}`, "would be larger than"},
+		"doubling lists":         {`{{ $l := list 1 }}{{ range list 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 }}{{ $l = concat $l $l }}{{ end }}`, "more than 10000 elements"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -124,9 +125,20 @@ func appendScalars(out []string, v any) []string {
 			out = appendScalars(out, e)
 		}
 	case nil, bool:
+	case float64:
+		// YAML numbers arrive as float64; messages print them as integers or decimals.
+		for _, s := range []string{strconv.FormatFloat(x, 'f', -1, 64), fmt.Sprint(x)} {
+			if len(s) >= 4 {
+				out = append(out, s)
+			}
+		}
 	default:
 		if s := fmt.Sprint(x); len(s) >= 4 {
 			out = append(out, s)
+			// As an apiserver or Go error quotes it (%q).
+			if q := strconv.Quote(s); q[1:len(q)-1] != s {
+				out = append(out, q[1:len(q)-1])
+			}
 		}
 	}
 	return out
@@ -216,7 +228,8 @@ func clusterValues(prel *pluginsv1.PluginRelease, base map[string]any, mc *clust
 	select {
 	case execErr = <-done:
 	case <-time.After(templateTimeout):
-		return nil, &valuesError{msg: fmt.Sprintf("spec.valuesTemplate takes longer than %s to render for cluster %s", templateTimeout, mc.Name)}
+		// Retried, not stalled: a busy manager may be the cause.
+		return nil, &valuesError{msg: fmt.Sprintf("spec.valuesTemplate takes longer than %s to render for cluster %s", templateTimeout, mc.Name), retry: true}
 	}
 	if err := execErr; err != nil {
 		if errors.Is(err, errTooLarge) {

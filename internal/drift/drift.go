@@ -252,21 +252,16 @@ func unescape(k string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(k, "~1", "/"), "~0", "~")
 }
 
-// MergePatch is the JSON merge patch that puts live back to desired (pass Normalize(desired)):
-// desired's fields without status and server-owned metadata, where every ignored path holds the
-// live value (inside a list, which a merge patch replaces whole) or is left out (elsewhere).
-func MergePatch(desired, live map[string]any, ignored []string) ([]byte, error) {
-	// A null in a merge patch deletes the field: the manifest's nulls mean "unset", leave them out.
-	p := stripNulls(desired).(map[string]any)
-	delete(p, "status")
-	if md, ok := p["metadata"].(map[string]any); ok {
-		keep := map[string]any{}
-		for _, k := range []string{"labels", "annotations"} {
-			if v, ok := md[k]; ok {
-				keep[k] = v
-			}
-		}
-		p["metadata"] = keep
+// MergePatch is the JSON merge patch that puts the drifted paths (Diff's result) of live back to
+// desired (pass Normalize(desired)), and nothing else: fields the manifest does not set, and those
+// it sets that did not drift, are not in it. A merge patch replaces a list whole, so a drifted
+// path inside a list sends the live list with only that path put back (an injected caBundle or a
+// sidecar in it stays). Ignored paths inside a list that is replaced whole keep the live value.
+func MergePatch(desired, live map[string]any, paths, ignored []string) ([]byte, error) {
+	d := stripNulls(desired).(map[string]any)
+	p := map[string]any{}
+	for _, path := range paths {
+		putBack(p, d, live, splitPointer(path))
 	}
 	for _, path := range ignored {
 		restore(p, live, path)
@@ -278,6 +273,87 @@ func MergePatch(desired, live map[string]any, ignored []string) ([]byte, error) 
 		return nil, err
 	}
 	return bytes.TrimSpace(buf.Bytes()), nil
+}
+
+func splitPointer(path string) []string {
+	parts := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	for i := range parts {
+		parts[i] = unescape(parts[i])
+	}
+	return parts
+}
+
+// putBack adds to the patch p what puts path (parts) of live back to desired d.
+func putBack(p, d, live map[string]any, parts []string) {
+	pcur, dcur, lcur := p, d, live
+	for i, k := range parts {
+		dv, ok := dcur[k]
+		if !ok {
+			return
+		}
+		if i == len(parts)-1 {
+			pcur[k] = deepCopyValue(dv)
+			return
+		}
+		if dl, isList := dv.([]any); isList {
+			// The rest of the path is inside a list: send the list whole, as live has it (or as
+			// the patch already has it), with the path put back.
+			var base []any
+			if pl, ok := pcur[k].([]any); ok {
+				base = pl
+			} else if ll, ok := lcur[k].([]any); ok && len(ll) == len(dl) {
+				base = deepCopyValue(ll).([]any)
+			} else {
+				pcur[k] = deepCopyValue(dl)
+				return
+			}
+			pcur[k] = setIn(base, dl, parts[i+1:])
+			return
+		}
+		dm, isMap := dv.(map[string]any)
+		if !isMap {
+			pcur[k] = deepCopyValue(dv)
+			return
+		}
+		next, _ := pcur[k].(map[string]any)
+		if next == nil {
+			next = map[string]any{}
+			pcur[k] = next
+		}
+		lm, _ := lcur[k].(map[string]any)
+		pcur, dcur, lcur = next, dm, lm
+	}
+}
+
+// setIn sets the value of desired at parts into base (a copy of the live value of the same
+// shape), and returns base.
+func setIn(base, desired any, parts []string) any {
+	if len(parts) == 0 {
+		return deepCopyValue(desired)
+	}
+	switch b := base.(type) {
+	case []any:
+		dl, _ := desired.([]any)
+		n, err := strconv.Atoi(parts[0])
+		if err != nil || n < 0 || n >= len(b) || n >= len(dl) {
+			return deepCopyValue(desired)
+		}
+		b[n] = setIn(b[n], dl[n], parts[1:])
+		return b
+	case map[string]any:
+		dm, _ := desired.(map[string]any)
+		dv, ok := dm[parts[0]]
+		if !ok {
+			return b
+		}
+		if cur, ok := b[parts[0]]; ok {
+			b[parts[0]] = setIn(cur, dv, parts[1:])
+		} else {
+			b[parts[0]] = deepCopyValue(dv)
+		}
+		return b
+	}
+	return deepCopyValue(desired)
 }
 
 // restore makes path in p hold live's value: deleted where only maps lead to it (a merge patch

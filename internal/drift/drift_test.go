@@ -133,33 +133,64 @@ func TestSecretStringDataComparesWithData(t *testing.T) {
 	g.Expect(objs[0].Object).To(HaveKey("stringData"), "Normalize works on a copy")
 }
 
-func TestMergePatchRestoresDesiredAndKeepsIgnoredLiveValues(t *testing.T) {
+func TestMergePatchPutsBackOnlyWhatDrifted(t *testing.T) {
 	g := NewWithT(t)
 	d := parse(t)["Deployment"]
 	l := live(t, liveDeployment)
 	spec := l["spec"].(map[string]any)
 	spec["replicas"] = float64(5)
+	spec["paused"] = true // not in the manifest: not drift, not in the patch
 	c := spec["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)
-	c["image"] = "sidecar-injected:1"
+	c["image"] = "evil:latest"
+	c["terminationMessagePath"] = "/dev/termination-log" // a default the manifest does not set
 
-	b, err := MergePatch(d, l, []string{"/spec/replicas", "/spec/template/spec/containers/0/image"})
+	paths := Diff(d, l, nil)
+	g.Expect(paths).To(ConsistOf("/spec/replicas", "/spec/template/spec/containers/0/image"))
+	b, err := MergePatch(d, l, paths, nil)
 	g.Expect(err).NotTo(HaveOccurred())
 	p := map[string]any{}
 	g.Expect(json.Unmarshal(b, &p)).To(Succeed())
-	g.Expect(p).NotTo(HaveKey("status"))
-	g.Expect(p["metadata"]).To(Equal(map[string]any{}), "no creationTimestamp: null, no identity")
-	g.Expect(p["spec"]).NotTo(HaveKey("replicas"), "an ignored map field is left out: live keeps its value")
+	g.Expect(p).To(HaveKey("spec"))
+	g.Expect(p).NotTo(HaveKey("metadata"))
+	g.Expect(p["spec"]).To(HaveKeyWithValue("replicas", float64(2)))
+	g.Expect(p["spec"]).NotTo(HaveKey("paused"))
 	pc := p["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)
-	g.Expect(pc["image"]).To(Equal("sidecar-injected:1"), "inside a list, which a merge patch replaces, the live value is kept")
+	g.Expect(pc["image"]).To(Equal("nginx:1.27"), "the drifted field is put back")
+	g.Expect(pc["imagePullPolicy"]).To(Equal("IfNotPresent"), "the list goes as live has it")
+	g.Expect(pc["terminationMessagePath"]).To(Equal("/dev/termination-log"))
 	g.Expect(string(b)).NotTo(ContainSubstring("null"), "a null would delete a live field")
+	g.Expect(Diff(d, live(t, liveDeployment), nil)).To(BeEmpty(), "the desired object is untouched")
 
-	// Without ignore rules the patch holds the manifest's values.
-	b, err = MergePatch(d, l, nil)
+	// An ignored path inside a list sent whole keeps its live value.
+	b, err = MergePatch(d, l, []string{"/spec/template/spec/containers"}, []string{"/spec/template/spec/containers/0/image"})
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(string(b)).To(ContainSubstring(`"image":"nginx:1.27"`))
-	g.Expect(string(b)).To(ContainSubstring(`"replicas":2`))
-	// The desired object is untouched.
-	g.Expect(Diff(d, live(t, liveDeployment), nil)).To(BeEmpty())
+	g.Expect(string(b)).To(ContainSubstring(`"image":"evil:latest"`))
+}
+
+// A webhook configuration whose caBundle another controller injects: correcting a drifted
+// timeout must not wipe it (a merge patch replaces lists whole).
+func TestMergePatchKeepsWhatOthersPutInAList(t *testing.T) {
+	g := NewWithT(t)
+	objs, err := ParseManifest(`apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: hooks
+webhooks:
+- name: a.example.com
+  timeoutSeconds: 5
+  clientConfig:
+    service: {name: svc, namespace: ns}
+`)
+	g.Expect(err).NotTo(HaveOccurred())
+	d := Normalize(objs[0]).Object
+	l := live(t, `{"apiVersion":"admissionregistration.k8s.io/v1","kind":"ValidatingWebhookConfiguration","metadata":{"name":"hooks"},
+	 "webhooks":[{"name":"a.example.com","timeoutSeconds":30,"clientConfig":{"caBundle":"Q0E=","service":{"name":"svc","namespace":"ns","port":443}}}]}`)
+	paths := Diff(d, l, nil)
+	g.Expect(paths).To(Equal([]string{"/webhooks/0/timeoutSeconds"}))
+	b, err := MergePatch(d, l, paths, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(string(b)).To(ContainSubstring(`"caBundle":"Q0E="`))
+	g.Expect(string(b)).To(ContainSubstring(`"timeoutSeconds":5`))
 }
 
 func TestIgnoredPathsByTarget(t *testing.T) {

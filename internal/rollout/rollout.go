@@ -99,6 +99,10 @@ const (
 	// Gone: the cluster left the fleet (deleted) after the waves were frozen; it no longer
 	// counts in its wave.
 	Gone
+	// Blocked: the cluster cannot be acted on now (its member is unreachable). It takes no start
+	// slot and is no failure, but its wave is not complete while it is blocked: a canary that
+	// cannot be reached never lets the next wave start.
+	Blocked
 )
 
 // Decision is what the caller does now.
@@ -129,11 +133,13 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 	}
 	for i, w := range waves {
 		var pending []string
-		running, succeeded, failed, size := 0, 0, 0, 0
+		running, succeeded, failed, blocked, size := 0, 0, 0, 0, 0
 		for _, c := range w.Clusters {
 			switch states[c] {
 			case Gone:
 				continue
+			case Blocked:
+				blocked++
 			case Running:
 				running++
 			case Succeeded:
@@ -153,7 +159,7 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 				failed, size, w.Name, budget)
 			return d
 		}
-		if len(pending) > 0 || running > 0 {
+		if len(pending) > 0 || running > 0 || blocked > 0 {
 			d.Wave = i
 			d.CompletedAt[i] = nil
 			mc := spec.MaxConcurrency
@@ -173,6 +179,12 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 			}
 			if len(pending) > len(d.Start) {
 				d.Waiting = fmt.Sprintf("wave %s: %d running (maxConcurrency %d), %d waiting", w.Name, running+len(d.Start), limit, len(pending)-len(d.Start))
+			}
+			if blocked > 0 {
+				if d.Waiting != "" {
+					d.Waiting += "; "
+				}
+				d.Waiting += fmt.Sprintf("wave %s: %d clusters unreachable (the wave completes when they are back)", w.Name, blocked)
 			}
 			return d
 		}

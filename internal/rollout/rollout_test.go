@@ -126,3 +126,22 @@ func TestWaveConcurrencyOverridesTheRollouts(t *testing.T) {
 	d := Decide(spec, waves, map[string]State{}, time.Now())
 	g.Expect(d.Start).To(Equal([]string{"c00"}))
 }
+
+func TestAnUnreachableCanaryBlocksTheNextWaveWithoutTakingSlots(t *testing.T) {
+	g := NewWithT(t)
+	spec := Spec{MaxConcurrency: ptr(intstr.FromInt32(1)), Waves: []WaveSpec{{Name: "canary", Selector: sel("canary=true")}}}
+	waves := Plan(spec, fleet(6, "c00", "c01"))
+	// c00 is unreachable: c01 still starts (no slot taken), and the prod wave does not.
+	d := Decide(spec, waves, map[string]State{"c00": Blocked}, time.Now())
+	g.Expect(d.Wave).To(Equal(0))
+	g.Expect(d.Start).To(Equal([]string{"c01"}))
+	d = Decide(spec, waves, map[string]State{"c00": Blocked, "c01": Succeeded}, time.Now())
+	g.Expect(d.Wave).To(Equal(0), "a canary wave with an unreachable member is not complete")
+	g.Expect(d.Start).To(BeEmpty())
+	g.Expect(d.Halted).To(BeFalse(), "unreachable is not a failure")
+	g.Expect(d.Waiting).To(ContainSubstring("1 clusters unreachable"))
+	// Back and done: the next wave starts.
+	d = Decide(spec, waves, map[string]State{"c00": Succeeded, "c01": Succeeded}, time.Now())
+	g.Expect(d.Wave).To(Equal(1))
+	g.Expect(d.Start).To(HaveLen(1))
+}

@@ -364,6 +364,12 @@ type ClusterReleaseStatus struct {
 	// ConfigDigest identifies the chart digest and values deployed there (a change redeploys).
 	// +optional
 	ConfigDigest string `json:"configDigest,omitempty"`
+	// ManifestDigest identifies the manifest of the revision Paddock's own action produced there.
+	// Drift detection compares the member's objects only with a release record that matches it:
+	// a record rewritten in the member (by anyone who may write Secrets in its namespace) is never
+	// used to patch or create objects.
+	// +optional
+	ManifestDigest string `json:"manifestDigest,omitempty"`
 	// LastOperation is the last action there (install, upgrade, rollback, uninstall,
 	// drift-corrected).
 	// +optional
