@@ -239,6 +239,11 @@ func namespaceList(flagValue string) ([]string, error) {
 	if strings.TrimSpace(flagValue) == "*" {
 		return nil, nil
 	}
+	return splitNamespaces(flagValue)
+}
+
+// splitNamespaces parses a comma-separated list of namespace names (never nil).
+func splitNamespaces(flagValue string) ([]string, error) {
 	out := []string{}
 	for _, ns := range strings.Split(flagValue, ",") {
 		ns = strings.TrimSpace(ns)
@@ -261,18 +266,9 @@ const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccou
 // kubeconfigSecretNamespaces parses --kubeconfig-secret-namespaces; empty means the manager's own
 // namespace (POD_NAMESPACE, else the service account's namespace file).
 func kubeconfigSecretNamespaces(flagValue string) ([]string, error) {
-	var out []string
-	for _, ns := range strings.Split(flagValue, ",") {
-		ns = strings.TrimSpace(ns)
-		if ns == "" {
-			continue
-		}
-		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
-			return nil, fmt.Errorf("%q is not a namespace name: %s", ns, strings.Join(errs, "; "))
-		}
-		if !slices.Contains(out, ns) {
-			out = append(out, ns)
-		}
+	out, err := splitNamespaces(flagValue)
+	if err != nil {
+		return nil, err
 	}
 	if len(out) > 0 {
 		return out, nil
