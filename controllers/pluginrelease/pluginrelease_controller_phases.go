@@ -677,6 +677,12 @@ func (r *Reconciler) startInstallOrUpgrade(s *scope, name string, vals map[strin
 	prel, resolved, digest := s.prel.DeepCopy(), s.resolved, s.desired[name]
 	c := s.cluster(name)
 	from := c.ChartVersion
+	if c.Revision > 0 && from == resolved.Version {
+		// A redeploy of the same chart version: say why (a values change, or a phase that was
+		// not Deployed), so that an unexpected one can be traced.
+		r.log.Info("Redeploying a target at the same chart version", "pluginRelease", prel.Namespace+"/"+prel.Name, "member", name,
+			"phase", c.Phase, "reason", c.Reason, "configDigest", c.ConfigDigest, "desiredDigest", digest, "revision", c.Revision)
+	}
 	phase := pluginsv1.PhaseUpgrading
 	if c.Revision == 0 {
 		phase = pluginsv1.PhaseInstalling
