@@ -611,7 +611,7 @@ func (r *Reconciler) scheduleDrift(s *scope, states map[string]rollout.State, no
 	}
 	var next time.Time
 	for name := range s.targets {
-		if states[name] != rollout.Succeeded || r.isRunning(prel.UID, name) {
+		if states[name] != rollout.Succeeded || r.isRunning(s, name) {
 			continue
 		}
 		due, at := r.driftDue(actionKey{prel.UID, name}, now)
@@ -640,7 +640,7 @@ func (r *Reconciler) foldDrift(s *scope, cluster string, o outcome) {
 		c.Revision, c.ConfigDigest, c.Drift = 0, "", nil
 		s.events = append(s.events, func() {
 			if r.Recorder != nil {
-				r.Recorder.Eventf(prel, nil, "Warning", "ReleaseMissing", "DriftCheck", "%s", o.msg)
+				r.Recorder.Eventf(prel, memberRef(cluster), "Warning", "ReleaseMissing", "DriftCheck", "%s", o.msg)
 			}
 		})
 	case o.failed && o.unreachable:
@@ -659,7 +659,7 @@ func (r *Reconciler) foldDrift(s *scope, cluster string, o outcome) {
 			Result: "Succeeded", Duration: dur.String(), Message: truncate(strings.Join(o.driftObjects, "; "), 256)})
 		s.events = append(s.events, func() {
 			if r.Recorder != nil {
-				r.Recorder.Eventf(prel, nil, "Normal", "DriftCorrected", opDriftCorrected,
+				r.Recorder.Eventf(prel, memberRef(cluster), "Normal", "DriftCorrected", opDriftCorrected,
 					"corrected drift of %s on %s without a new revision (still revision %d): %s", prel.Spec.Chart.Name, cluster,
 					o.revision, truncate(strings.Join(o.driftObjects, "; "), 400))
 			}
@@ -674,7 +674,7 @@ func (r *Reconciler) foldDrift(s *scope, cluster string, o outcome) {
 		if fresh {
 			s.events = append(s.events, func() {
 				if r.Recorder != nil {
-					r.Recorder.Eventf(prel, nil, "Warning", "DriftDetected", opDriftCheck, "drift of %s on %s, not corrected (%s): %s",
+					r.Recorder.Eventf(prel, memberRef(cluster), "Warning", "DriftDetected", opDriftCheck, "drift of %s on %s, not corrected (%s): %s",
 						prel.Spec.Chart.Name, cluster, truncate(o.msg, 200), truncate(strings.Join(o.driftObjects, "; "), 400))
 				}
 			})

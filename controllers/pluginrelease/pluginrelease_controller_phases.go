@@ -77,6 +77,8 @@ type scope struct {
 	events      []func()
 	// deleted: the finalizer is gone; there is no status to write.
 	deleted bool
+	// staleCache: the cache was behind the apiserver; nothing was started, the pass comes again.
+	staleCache bool
 	// heldBack counts the targets a halted rollout does not start.
 	heldBack int
 	// retrying: some failed target will be retried by time alone.
@@ -238,11 +240,29 @@ func (r *Reconciler) forgetFolded(s *scope) {
 
 // isRunning says whether an install, upgrade or uninstall runs on the target (a drift check does
 // not count: it changes nothing the rollout waits for).
-func (r *Reconciler) isRunning(uid types.UID, cluster string) bool {
+//
+// An action that finished after this pass folded the outcomes counts as running too: its outcome
+// waits in r.done for the next pass, and the status this pass holds does not show it yet (acting
+// on that status would start the same action again).
+func (r *Reconciler) isRunning(s *scope, cluster string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	a, ok := r.running[actionKey{uid, cluster}]
-	return ok && a.action != opDriftCheck
+	key := actionKey{s.prel.UID, cluster}
+	if a, ok := r.running[key]; ok && a.action != opDriftCheck {
+		return true
+	}
+	done := r.done[key]
+	for _, f := range s.folded {
+		if f.key == key && f.n <= len(done) {
+			done = done[f.n:]
+		}
+	}
+	for _, o := range done {
+		if o.action != opDriftCheck && o.action != opDriftCorrected {
+			return true
+		}
+	}
+	return false
 }
 
 // cancelDrift cancels a drift check running on the target, which an action supersedes; it says
@@ -390,6 +410,19 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	st.Wave = st.Waves[st.WaveIndex].Name
 	st.Waiting = d.Waiting
 
+	if len(d.Start) > 0 && r.APIReader != nil {
+		// Starting an action on status older than the last one written would repeat an action
+		// whose outcome is already recorded: make sure the cache served the latest version
+		// (one read per pass that starts something).
+		live := &pluginsv1.PluginRelease{}
+		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(prel), live); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+		if live.ResourceVersion != s.orig.ResourceVersion {
+			d.Start = nil
+			s.staleCache = true
+		}
+	}
 	for _, name := range d.Start {
 		if r.cancelDrift(prel.UID, name) {
 			continue
@@ -405,7 +438,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	// Targets whose member is not usable wait for it (those cut off mid-action stay Failed).
 	for name := range targets {
 		c := s.cluster(name)
-		if states[name] != rollout.Blocked || r.isRunning(prel.UID, name) || !inWaves(st, name) {
+		if states[name] != rollout.Blocked || r.isRunning(s, name) || !inWaves(st, name) {
 			continue
 		}
 		s.unreachable = append(s.unreachable, name)
@@ -425,7 +458,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 				continue
 			}
 			c := s.cluster(name)
-			if states[name] == rollout.Pending && !r.isRunning(prel.UID, name) && c.Phase == pluginsv1.PhasePending {
+			if states[name] == rollout.Pending && !r.isRunning(s, name) && c.Phase == pluginsv1.PhasePending {
 				setPhase(c, pluginsv1.PhaseWaiting, "held by the rollout: "+d.Waiting)
 			}
 		}
@@ -438,7 +471,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	}
 	// Clusters that are no longer targets lose the release.
 	for name, c := range s.clusters {
-		if _, ok := targets[name]; ok || r.isRunning(prel.UID, name) || r.cancelDrift(prel.UID, name) {
+		if _, ok := targets[name]; ok || r.isRunning(s, name) || r.cancelDrift(prel.UID, name) {
 			continue
 		}
 		if r.giveUpUninstall(s, name, c, now) {
@@ -448,6 +481,9 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	}
 
 	next := r.resync()
+	if s.staleCache {
+		next = 200 * time.Millisecond
+	}
 	if driftAt := r.scheduleDrift(s, states, now); !driftAt.IsZero() && driftAt.Sub(now) < next {
 		next = max(driftAt.Sub(now), time.Second)
 	}
@@ -508,7 +544,7 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 				out[name] = rollout.Gone
 				continue
 			}
-			if r.isRunning(s.prel.UID, name) {
+			if r.isRunning(s, name) {
 				out[name] = rollout.Running
 				continue
 			}
@@ -944,7 +980,7 @@ func (r *Reconciler) skipUninstall(s *scope, name string, c *pluginsv1.ClusterRe
 	r.forgetDrift(prel.UID, name)
 	s.events = append(s.events, func() {
 		if r.Recorder != nil {
-			r.Recorder.Eventf(prel, nil, "Warning", "UninstallSkipped", "Uninstall",
+			r.Recorder.Eventf(prel, memberRef(name), "Warning", "UninstallSkipped", "Uninstall",
 				"left %s in %s: %s (after %s)", prel.GetReleaseName(), name, truncate(msg, 300), grace)
 		}
 	})

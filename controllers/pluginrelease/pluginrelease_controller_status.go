@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 	pluginsv1 "github.com/paddock-dev/paddock/api/plugins/v1alpha1"
 )
 
@@ -233,18 +234,28 @@ func (r *Reconciler) eventFor(prel *pluginsv1.PluginRelease, cluster string, o o
 		chart := prel.Spec.Chart.Name
 		switch {
 		case o.failed:
-			r.Recorder.Eventf(prel, nil, corev1.EventTypeWarning, failedReasons[o.action], o.action,
+			r.Recorder.Eventf(prel, memberRef(cluster), corev1.EventTypeWarning, failedReasons[o.action], o.action,
 				"%s of %s %s on %s failed after %s: %s", o.action, chart, o.version, cluster, dur, truncate(o.msg, 400))
 		case o.action == opUninstall:
-			r.Recorder.Eventf(prel, nil, corev1.EventTypeNormal, "Uninstalled", o.action, "uninstalled %s from %s in %s", chart, cluster, dur)
+			r.Recorder.Eventf(prel, memberRef(cluster), corev1.EventTypeNormal, "Uninstalled", o.action, "uninstalled %s from %s in %s", chart, cluster, dur)
 		case o.action == opUpgrade:
-			r.Recorder.Eventf(prel, nil, corev1.EventTypeNormal, "Upgraded", o.action,
+			r.Recorder.Eventf(prel, memberRef(cluster), corev1.EventTypeNormal, "Upgraded", o.action,
 				"upgraded %s %s → %s on %s, revision %d, in %s", chart, o.fromVersion, o.version, cluster, o.revision, dur)
 		default:
-			r.Recorder.Eventf(prel, nil, corev1.EventTypeNormal, "Installed", o.action,
+			r.Recorder.Eventf(prel, memberRef(cluster), corev1.EventTypeNormal, "Installed", o.action,
 				"installed %s %s on %s, revision %d, in %s", chart, o.version, cluster, o.revision, dur)
 		}
 	}
+}
+
+// memberRef is an event's related object: the MemberCluster it happened in. It also keeps the
+// events of different clusters apart: events/v1 folds events with the same regarding object,
+// reason and action (whatever their notes) into one series, so without it "installed on
+// member-2" would be shown as a repeat of "installed on member-1".
+func memberRef(cluster string) *clustersv1.MemberCluster {
+	return &clustersv1.MemberCluster{
+		TypeMeta:   metav1.TypeMeta{APIVersion: clustersv1.GroupVersion.String(), Kind: "MemberCluster"},
+		ObjectMeta: metav1.ObjectMeta{Name: cluster}}
 }
 
 var failedReasons = map[string]string{opInstall: "InstallFailed", opUpgrade: "UpgradeFailed", opRollback: "RollbackFailed", opUninstall: "UninstallFailed"}

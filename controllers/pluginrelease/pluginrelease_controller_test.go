@@ -95,9 +95,7 @@ func TestInstallUpgradeAndUninstallAcrossTwoMembers(t *testing.T) {
 		ContainElement(MatchRegexp(`^installed hello 0\.1\.0 on ` + members[0] + `, revision 1, in [0-9.]+m?s$`)))
 
 	// A version bump upgrades both.
-	g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(prel), got)).To(Succeed())
-	got.Spec.Chart.Version = "0.2.0"
-	g.Expect(mgmt.Update(ctx, got)).To(Succeed())
+	mergePatchRelease(g, prel, `{"spec":{"chart":{"version":"0.2.0"}}}`)
 	g.Eventually(func(g Gomega) {
 		cur := waitReleaseReady(t, prel)
 		g.Expect(cur.Status.ChartVersion).To(Equal("0.2.0"))
@@ -109,9 +107,7 @@ func TestInstallUpgradeAndUninstallAcrossTwoMembers(t *testing.T) {
 	}, eventuallyWait, poll).Should(Succeed())
 
 	// Narrowing the targets uninstalls from the removed member only.
-	g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(prel), got)).To(Succeed())
-	got.Spec.Targets.ClusterNames = members[:1]
-	g.Expect(mgmt.Update(ctx, got)).To(Succeed())
+	mergePatchRelease(g, prel, `{"spec":{"targets":{"clusterNames":["`+members[0]+`"]}}}`)
 	g.Eventually(func(g Gomega) {
 		g.Expect(configMapIn(g, 1, "hello")).To(BeNil())
 		cur := waitReleaseReady(t, prel)
