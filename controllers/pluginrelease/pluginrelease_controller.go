@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -96,7 +97,7 @@ type Reconciler struct {
 
 	ctx   context.Context
 	log   logr.Logger
-	slots chan struct{}
+	slots *slots
 	wake  chan event.GenericEvent
 
 	mu      sync.Mutex
@@ -148,7 +149,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	if n <= 0 {
 		n = DefaultMaxConcurrentActions
 	}
-	r.slots = make(chan struct{}, n)
+	r.slots = newSlots(n)
 	r.wake = make(chan event.GenericEvent, 1024)
 	r.running, r.done = map[actionKey]*runningAction{}, map[actionKey][]outcome{}
 	r.drift, r.watches, r.byLabel = map[actionKey]*driftState{}, map[driftWatchKey]*driftWatch{}, map[labelKey]map[actionKey]struct{}{}
@@ -277,17 +278,24 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.
 		return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
 	}
 	cachedRV := prel.ResourceVersion
+	latest := false
 	if prel.DeletionTimestamp.IsZero() && !controllerutil.ContainsFinalizer(prel, Finalizer) {
 		orig := prel.DeepCopy()
 		controllerutil.AddFinalizer(prel, Finalizer)
 		if err := r.Client.Patch(ctx, prel, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
 			return ctrl.Result{}, err
 		}
+		latest = true
 	}
 	s := newScope(prel)
+	s.latest = latest
 	s.readRVs = []string{cachedRV, prel.ResourceVersion}
 	r.fold(s)
+	passStart := time.Now()
 	defer func() {
+		defer func() {
+			log.FromContext(ctx).V(1).Info("Pass finished", "took", time.Since(passStart).String(), "requeueAfter", res.RequeueAfter.String(), "error", retErr != nil)
+		}()
 		if err := r.patchStatus(ctx, s); err != nil {
 			if apierrors.IsConflict(err) {
 				res, retErr = ctrl.Result{Requeue: true}, nil

@@ -79,6 +79,9 @@ type scope struct {
 	deleted bool
 	// staleCache: the cache was behind the apiserver; nothing was started, the pass comes again.
 	staleCache bool
+	// latest: this pass wrote the object (with an optimistic lock) before deciding, so it holds
+	// the apiserver's latest version and need not read it again.
+	latest bool
 	// heldBack counts the targets a halted rollout does not start.
 	heldBack int
 	// retrying: some failed target will be retried by time alone.
@@ -410,7 +413,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	st.Wave = st.Waves[st.WaveIndex].Name
 	st.Waiting = d.Waiting
 
-	if len(d.Start) > 0 && r.APIReader != nil {
+	if len(d.Start) > 0 && r.APIReader != nil && !s.latest {
 		// Starting an action on status older than the last one written would repeat an action
 		// whose outcome is already recorded: make sure the cache served the latest version
 		// (one read per pass that starts something).
@@ -749,16 +752,19 @@ func (r *Reconciler) run(prel *pluginsv1.PluginRelease, cluster, digest, action 
 	go func() {
 		defer cancel()
 		var o outcome
-		select {
-		case r.slots <- struct{}{}:
+		log := r.log.WithValues("pluginRelease", prel.Namespace+"/"+prel.Name, "member", cluster, "action", action)
+		queued := time.Now()
+		if r.slots.acquire(ctx, action != opDriftCheck) {
 			r.mu.Lock()
 			if a := r.running[key]; a != nil {
 				a.started = true
 			}
 			r.mu.Unlock()
+			start := time.Now()
 			o = job(ctx)
-			<-r.slots
-		case <-ctx.Done():
+			r.slots.release()
+			log.V(1).Info("Action finished", "queued", start.Sub(queued).String(), "took", time.Since(start).String(), "failed", o.failed)
+		} else {
 			o = outcome{action: action, failed: true, phase: pluginsv1.PhasePending, msg: "cancelled before it started"}
 		}
 		if ctx.Err() != nil && r.ctx.Err() != nil {
@@ -817,7 +823,7 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 		return finish(pluginsv1.PhaseConflict, true, fmt.Sprintf("a release %s/%s exists that this PluginRelease did not install; set spec.adopt: true to take it over",
 			prel.GetTargetNamespace(), prel.GetReleaseName()))
 	}
-	if recovered, err := hc.RecoverPending(); err != nil {
+	if recovered, err := hc.RecoverPending(last); err != nil {
 		return failWith(err)
 	} else if recovered {
 		log.Info("Recovered a pending release left by an interrupted action")
@@ -939,7 +945,7 @@ func (r *Reconciler) startUninstall(ctx context.Context, s *scope, name string, 
 			// Not ours (adopted releases carry our label after their first upgrade): leave it.
 			return done(false, "the release there is not this PluginRelease's; left in place")
 		}
-		if _, err := hc.RecoverPending(); err != nil {
+		if _, err := hc.RecoverPending(last); err != nil {
 			return done(true, r.clean(prel.UID, err))
 		}
 		keep := prel.Spec.Uninstall != nil && prel.Spec.Uninstall.KeepHistory

@@ -60,6 +60,7 @@ type options struct {
 	period, readyTimeout       time.Duration
 	frozenFirst                bool
 	helmConcurrency            int
+	oneReleasePerCluster       bool
 	memberLatency              time.Duration
 }
 
@@ -151,13 +152,14 @@ func main() {
 	maxProbes := flag.Int("max-concurrent-probes", 0, "--max-concurrent-probes (0: the default).")
 	plugins := flag.Bool("plugins", false, "Measure PluginRelease instead: one chart into each of -n simulated clusters, against a sequential Helm SDK loop.")
 	helmConcurrency := flag.Int("helm-concurrency", 20, "With -plugins: --max-concurrent-helm-actions.")
+	oneReleasePerCluster := flag.Bool("one-release-per-cluster", false, "With -plugins: one PluginRelease per simulated cluster (else one per simulated cluster on each member apiserver).")
 	memberLatency := flag.Duration("member-latency", 20*time.Millisecond, "With -plugins: delay added to every request to a member (a remote cluster's round trip).")
 	frozenFirst := flag.Bool("frozen-first", false, "Freeze the second member (its probes hang) before stopping the first, and measure the first's detection beside them.")
 	flag.Parse()
 	o := options{members: *members, nodes: *nodes, maxProbes: *maxProbes, kubeQPS: *kubeQPS, loss: *loss,
 		lossFor: *lossFor, steady: *steady, unhealthy: *unhealthy, frozenFirst: *frozenFirst, period: *period, readyTimeout: *readyTimeout,
-		helmConcurrency: *helmConcurrency, memberLatency: *memberLatency}
-	ctrl.SetLogger(noopLogger())
+		helmConcurrency: *helmConcurrency, memberLatency: *memberLatency, oneReleasePerCluster: *oneReleasePerCluster}
+	ctrl.SetLogger(benchLogger())
 	counts := []int{}
 	for _, s := range strings.Split(*ns, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))

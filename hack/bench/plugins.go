@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -36,10 +37,12 @@ import (
 // by Paddock's PluginRelease controller in this process, with the same chart from a real HTTP
 // chart repository.
 //
-// Simulated clusters share apiservers, so each install needs a namespace of its own: the
-// benchmark creates one PluginRelease per simulated cluster (targetNamespace bench-<i>) and bounds
-// Paddock with --max-concurrent-helm-actions = -helm-concurrency (the global bound that
-// rollout.maxConcurrency would be for one PluginRelease over n real clusters).
+// Simulated clusters on one apiserver need a namespace each (one release name in one namespace is
+// one Helm release). So a PluginRelease spans one simulated cluster on each real member apiserver
+// (n/members PluginReleases, each with its own targetNamespace), or with -one-release-per-cluster
+// one simulated cluster only. Paddock is bounded by --max-concurrent-helm-actions =
+// -helm-concurrency (the global bound that rollout.maxConcurrency would be for one PluginRelease
+// over n real clusters).
 func runPlugins(n int, o options) error {
 	fmt.Printf("\n== one chart into %d simulated clusters on %d member apiservers, %d Helm actions at once, %s added to every member request\n",
 		n, o.members, o.helmConcurrency, o.memberLatency)
@@ -167,21 +170,49 @@ func runPlugins(n int, o options) error {
 	runtime.GC()
 	baseRSS := rssMiB()
 	downloads := charts.Downloads()
+	mgmtBefore, _ := requestCounts(ctx, env.Management.Config)
+	memberBefore := make([]map[string]float64, len(env.Members))
+	for i, m := range env.Members {
+		memberBefore[i], _ = requestCounts(ctx, m.Config)
+	}
+	busy0, total0 := cpuTicks()
+	mgmtArg := ""
+	if u, err := url.Parse(env.Management.Config.Host); err == nil {
+		mgmtArg = "--secure-port=" + u.Port()
+	}
+	if os.Getenv("BENCH_IDLE") != "" {
+		idle0 := processCPU(mgmtArg)
+		time.Sleep(5 * time.Second)
+		fmt.Print("idle 5s:")
+		printCPUDelta(idle0, processCPU(mgmtArg))
+	}
+	procs0 := processCPU(mgmtArg)
 	start = time.Now()
-	if err := parallel(n, func(i int) error {
+	// Release j targets simulated clusters j*per .. j*per+per-1, which createAll put on distinct
+	// member apiservers (cluster i lives on member i % members).
+	per := o.members
+	if o.oneReleasePerCluster {
+		per = 1
+	}
+	releases := (n + per - 1) / per
+	if err := parallel(releases, func(j int) error {
+		var names []string
+		for i := j * per; i < min(n, (j+1)*per); i++ {
+			names = append(names, fmt.Sprintf("bench-%04d", i))
+		}
 		return env.Management.Client.Create(ctx, &pluginsv1.PluginRelease{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("hello-%04d", i), Namespace: "bench"},
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("hello-%04d", j), Namespace: "bench"},
 			Spec: pluginsv1.PluginReleaseSpec{
 				Chart:           pluginsv1.ChartReference{Repository: "bench", Name: "hello", Version: "0.1.x"},
-				Targets:         pluginsv1.Targets{ClusterNames: []string{fmt.Sprintf("bench-%04d", i)}},
+				Targets:         pluginsv1.Targets{ClusterNames: names},
 				ReleaseName:     "hello",
-				TargetNamespace: fmt.Sprintf("par-%d", i),
+				TargetNamespace: fmt.Sprintf("par-%d", j),
 				CreateNamespace: true,
-				Values:          nil,
 			}})
 	}); err != nil {
 		return err
 	}
+	fmt.Printf("%d PluginReleases of up to %d clusters each\n", releases, per)
 	created := time.Since(start)
 	peakRSS := 0
 	lastPrint := time.Now()
@@ -195,11 +226,14 @@ func runPlugins(n int, o options) error {
 		if err := c.List(ctx, &list, client.InNamespace("bench")); err != nil {
 			return err
 		}
-		ready := 0
+		ready, readyClusters := 0, 0
 		phases := map[string]int{}
 		for _, p := range list.Items {
 			if meta.IsStatusConditionTrue(p.Status.Conditions, pluginsv1.ReadyCondition) && p.Status.ObservedGeneration == p.Generation {
 				ready++
+			}
+			if p.Status.ObservedGeneration == p.Generation {
+				readyClusters += int(p.Status.ReadyCount)
 			}
 			if c := meta.FindStatusCondition(p.Status.Conditions, pluginsv1.ReadyCondition); c != nil {
 				phases[c.Reason]++
@@ -207,18 +241,41 @@ func runPlugins(n int, o options) error {
 		}
 		peakRSS = max(peakRSS, rssMiB())
 		if time.Since(lastPrint) >= 2*time.Second {
-			fmt.Printf("  +%4.1fs: %d of %d created Ready; Ready reasons %v\n", time.Since(start).Seconds(), ready, len(list.Items), phases)
+			fmt.Printf("  +%4.1fs: %d clusters ready; %d of %d PluginReleases created Ready; Ready reasons %v\n", time.Since(start).Seconds(), readyClusters, ready, len(list.Items), phases)
 			lastPrint = time.Now()
 		}
-		if ready == n {
+		if ready == releases && readyClusters == n {
 			break
 		}
 		if time.Since(start) > o.readyTimeout {
-			return fmt.Errorf("only %d of %d PluginReleases Ready after %s", ready, n, o.readyTimeout)
+			return fmt.Errorf("only %d of %d PluginReleases Ready after %s", ready, releases, o.readyTimeout)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	par := time.Since(start)
+	busy1, total1 := cpuTicks()
+	if total1 > total0 {
+		fmt.Printf("machine CPU busy during Paddock's run: %.0f%%\n", 100*float64(busy1-busy0)/float64(total1-total0))
+	}
+	printCPUDelta(procs0, processCPU(mgmtArg))
+	if after, err := requestCounts(ctx, env.Management.Config); err == nil {
+		printRequestDelta("management apiserver", mgmtBefore, after, n)
+	}
+	memberAfter := map[string]float64{}
+	memberSum := map[string]float64{}
+	for i, m := range env.Members {
+		after, err := requestCounts(ctx, m.Config)
+		if err != nil {
+			continue
+		}
+		for k, v := range after {
+			memberAfter[k] += v
+		}
+		for k, v := range memberBefore[i] {
+			memberSum[k] += v
+		}
+	}
+	printRequestDelta("member apiservers", memberSum, memberAfter, n)
 	fmt.Printf("Paddock: %d clusters Ready in %s (%.1fx the loop; the harness took %s to create the PluginReleases); chart downloads %d; RSS %d MiB before, peak %d MiB; %d goroutines\n",
 		n, par.Round(time.Millisecond), seq.Seconds()/par.Seconds(), created.Round(time.Millisecond), charts.Downloads()-downloads, baseRSS, peakRSS, runtime.NumGoroutine())
 	fmt.Printf("repository index requests %d, chart archive requests %d\n", srv.Hits("/index.yaml"), srv.Hits("/charts/"+ch.FileName()))

@@ -122,11 +122,11 @@ func (c *Client) Last() (*release.Release, error) {
 // RecoverPending marks a release left pending-install, pending-upgrade or pending-rollback (by a
 // manager that died, or an action cut off mid-way) as failed, so that the next action may run:
 // Helm treats a pending release as a lock that nothing else clears. Only call it when no action
-// of this process is running on the release. It reports whether it recovered anything.
-func (c *Client) RecoverPending() (bool, error) {
-	rel, err := c.Last()
-	if err != nil || rel == nil || rel.Info == nil || !rel.Info.Status.IsPending() {
-		return false, err
+// of this process is running on the release. rel is the release's latest revision, as Last
+// returned it (read once per action, not once per step). It reports whether it recovered anything.
+func (c *Client) RecoverPending(rel *release.Release) (bool, error) {
+	if rel == nil || rel.Info == nil || !rel.Info.Status.IsPending() {
+		return false, nil
 	}
 	was := rel.Info.Status
 	rel.SetStatus(release.StatusFailed, fmt.Sprintf("Paddock: the %s was interrupted (manager restart or cancellation) and marked failed", was))
@@ -176,16 +176,20 @@ func (c *Client) ensureNamespace(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := core.Namespaces().Get(ctx, c.Namespace, metav1.GetOptions{}); err == nil {
-		return nil
-	} else if !apierrors.IsNotFound(err) {
-		return fmt.Errorf("reading namespace %s: %w", c.Namespace, err)
-	}
+	// Created first, read only if that is refused: one request for the common case (a new
+	// namespace on install; AlreadyExists when it is there).
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: c.Namespace, Labels: map[string]string{"name": c.Namespace}}}
-	if _, err := core.Namespaces().Create(ctx, ns, metav1.CreateOptions{FieldManager: "paddock"}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating namespace %s: %w", c.Namespace, err)
+	_, err = core.Namespaces().Create(ctx, ns, metav1.CreateOptions{FieldManager: "paddock"})
+	switch {
+	case err == nil || apierrors.IsAlreadyExists(err):
+		return nil
+	case apierrors.IsForbidden(err):
+		// Credentials that may not create namespaces: fine when it exists already.
+		if _, gerr := core.Namespaces().Get(ctx, c.Namespace, metav1.GetOptions{}); gerr == nil {
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("creating namespace %s: %w", c.Namespace, err)
 }
 
 // Upgrade upgrades the release to ch with vals (the values replace the previous ones).
