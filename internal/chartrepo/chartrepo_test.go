@@ -3,9 +3,19 @@ package chartrepo
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -291,4 +301,57 @@ func pemOf(s *httptest.Server) []byte {
 	b.WriteString(enc)
 	b.WriteString("-----END CERTIFICATE-----\n")
 	return b.Bytes()
+}
+
+// The client certificate and the Authorization header stay with the origin: a redirect (or a
+// token realm) elsewhere gets neither.
+func TestClientCertificateOnlyForTheOrigin(t *testing.T) {
+	g := NewWithT(t)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	g.Expect(err).NotTo(HaveOccurred())
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "paddock"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	g.Expect(err).NotTo(HaveOccurred())
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	g.Expect(err).NotTo(HaveOccurred())
+
+	type seen struct{ certs, auth bool }
+	var mu sync.Mutex
+	got := map[string]seen{}
+	record := func(name string, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		got[name] = seen{certs: r.TLS != nil && len(r.TLS.PeerCertificates) > 0, auth: r.Header.Get("Authorization") != ""}
+	}
+	start := func(h http.HandlerFunc) *httptest.Server {
+		s := httptest.NewUnstartedServer(h)
+		s.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
+		s.StartTLS()
+		return s
+	}
+	foreign := start(func(w http.ResponseWriter, r *http.Request) {
+		record("foreign", r)
+		_, _ = w.Write([]byte("blob"))
+	})
+	defer foreign.Close()
+	origin := start(func(w http.ResponseWriter, r *http.Request) {
+		record("origin", r)
+		http.Redirect(w, r, foreign.URL+"/blob", http.StatusTemporaryRedirect)
+	})
+	defer origin.Close()
+	creds, err := CredentialsFromSecret("s", map[string][]byte{KeyCA: pemOf(origin), KeyToken: []byte("t"),
+		KeyTLSCert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		KeyTLSKey:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})})
+	g.Expect(err).NotTo(HaveOccurred())
+	u, _ := url.Parse(origin.URL)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, origin.URL+"/v2/x/blobs/y", nil)
+	authorize(req, creds)
+	resp, err := newHTTPClient(loopback(), creds, u, true).Do(req)
+	g.Expect(err).NotTo(HaveOccurred())
+	_ = resp.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	g.Expect(got["origin"]).To(Equal(seen{certs: true, auth: true}))
+	g.Expect(got["foreign"]).To(Equal(seen{}), "the other host (same address, another port) got the certificate or the token")
 }

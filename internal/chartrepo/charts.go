@@ -187,7 +187,7 @@ func (c *ChartCache) downloadHTTP(ctx context.Context, src *Source, abs string) 
 		return nil, fail(pluginsv1.ReasonChartInvalid, "the chart URL is not valid")
 	}
 	authorize(req, creds)
-	resp, err := newHTTPClient(c.Options, creds, origin).Do(req)
+	resp, err := newHTTPClient(c.Options, creds, origin, false).Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()

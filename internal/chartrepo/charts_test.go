@@ -216,3 +216,44 @@ func TestArchiveLimits(t *testing.T) {
 		g.Expect(err.Error()).To(ContainSubstring(tc.want), name)
 	}
 }
+
+// A private registry hands blobs out through a CDN by redirect (GHCR, Docker Hub, ECR do): the
+// chart downloads, and the CDN never sees the credentials.
+func TestOCIBlobRedirectsGoWithoutCredentials(t *testing.T) {
+	g := NewWithT(t)
+	reg := chartrepos.NewOCIRegistry(chartrepos.Options{Username: "u", Password: "secret-password", TLS: true})
+	defer reg.Close()
+	g.Expect(reg.Push(hello(t, "0.1.0")...)).To(Succeed())
+	cdn := chartrepos.NewBlobCDN(reg, chartrepos.Options{TLS: true})
+	defer cdn.Close()
+	var mu sync.Mutex
+	var cdnAuth []string
+	cdn.OnRequest(func(a string) {
+		mu.Lock()
+		defer mu.Unlock()
+		cdnAuth = append(cdnAuth, a)
+	})
+	reg.RedirectBlobs(cdn.URL())
+
+	creds, err := CredentialsFromSecret("s", map[string][]byte{KeyCA: reg.CAPEM(), KeyUsername: []byte("u"), KeyPassword: []byte("secret-password")})
+	g.Expect(err).NotTo(HaveOccurred())
+	r, err := NewRegistry(loopback(), reg.URL(), creds, false)
+	g.Expect(err).NotTo(HaveOccurred())
+	c := &ChartCache{Options: loopback()}
+	res, err := c.Get(ctx, &Source{Registry: r, Credentials: creds, FetchedAt: time.Now()}, "hello", "0.1.0")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Version).To(Equal("0.1.0"))
+	mu.Lock()
+	defer mu.Unlock()
+	g.Expect(cdnAuth).NotTo(BeEmpty(), "the blob came from the CDN")
+	for _, a := range cdnAuth {
+		g.Expect(a).To(BeEmpty(), "the CDN was sent credentials")
+	}
+
+	// A registry that redirects to a metadata address gets nothing.
+	reg.RedirectBlobs("https://169.254.169.254")
+	_, err = (&ChartCache{Options: loopback()}).Get(ctx, &Source{Registry: r, Credentials: creds, FetchedAt: time.Now()}, "hello", "0.1.0")
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(err.Error()).To(ContainSubstring("not allowed"))
+	g.Expect(err.Error()).NotTo(ContainSubstring("secret-password"))
+}

@@ -51,40 +51,57 @@ func (o Options) maxIndexBytes() int64 {
 }
 
 // newHTTPClient builds the client of one repository: no proxy, the address policy at dial time,
-// the Secret's CA and client certificate, and a redirect policy that keeps credentials on the
-// origin they were given for.
-func newHTTPClient(o Options, creds Credentials, origin *url.URL) *http.Client {
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: creds.CAs}
-	if creds.ClientCert != nil {
-		tlsCfg.Certificates = []tls.Certificate{*creds.ClientCert}
+// the Secret's CA, and credentials only for the origin they were given for. The client
+// certificate is only ever offered to the origin (other hosts, such as a registry's token realm
+// or a CDN, go through a transport without it). A redirect to another host is refused while
+// credentials are configured, unless foreignRedirects: then it is followed without the
+// Authorization header and cookies (OCI registries hand blobs out through CDNs by redirect).
+func newHTTPClient(o Options, creds Credentials, origin *url.URL, foreignRedirects bool) *http.Client {
+	transport := func(cert *tls.Certificate) *http.Transport {
+		tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: creds.CAs}
+		if cert != nil {
+			tlsCfg.Certificates = []tls.Certificate{*cert}
+		}
+		return &http.Transport{
+			// No proxy, whatever HTTPS_PROXY says: the connection goes to the address the policy checked.
+			Proxy:                  nil,
+			DialContext:            o.Policy.Dialer(10 * time.Second).DialContext,
+			TLSClientConfig:        tlsCfg,
+			TLSHandshakeTimeout:    10 * time.Second,
+			ResponseHeaderTimeout:  30 * time.Second,
+			MaxResponseHeaderBytes: 64 << 10,
+			MaxIdleConnsPerHost:    4,
+			IdleConnTimeout:        90 * time.Second,
+			ForceAttemptHTTP2:      true,
+		}
 	}
-	tr := &http.Transport{
-		// No proxy, whatever HTTPS_PROXY says: the connection goes to the address the policy checked.
-		Proxy:                  nil,
-		DialContext:            o.Policy.Dialer(10 * time.Second).DialContext,
-		TLSClientConfig:        tlsCfg,
-		TLSHandshakeTimeout:    10 * time.Second,
-		ResponseHeaderTimeout:  30 * time.Second,
-		MaxResponseHeaderBytes: 64 << 10,
-		MaxIdleConnsPerHost:    4,
-		IdleConnTimeout:        90 * time.Second,
-		ForceAttemptHTTP2:      true,
+	own := transport(creds.ClientCert)
+	foreign := own
+	if creds.ClientCert != nil {
+		foreign = transport(nil)
 	}
 	return &http.Client{
 		Timeout:   o.timeout(),
-		Transport: &guard{next: tr, userAgent: o.UserAgent},
+		Transport: &guard{own: own, foreign: foreign, origin: origin, userAgent: o.UserAgent},
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) >= maxRedirects {
 				return fail(pluginsv1.ReasonRepositoryNotReachable, "the repository redirected more than %d times", maxRedirects)
 			}
-			if creds.Authenticates() && !sameOrigin(req.URL, origin) {
+			if err := o.Policy.CheckHost(req.URL.Hostname()); err != nil {
+				return fail(pluginsv1.ReasonURLNotAllowed, "the repository redirected to an address that is not allowed: %s", err)
+			}
+			if sameOrigin(req.URL, origin) {
+				return nil
+			}
+			if creds.Authenticates() && !foreignRedirects {
 				return fail(pluginsv1.ReasonInsecureCredentials,
 					"the repository redirected to another host (%s); credentials are only sent to %s, so the redirect was not followed",
 					req.URL.Host, origin.Host)
 			}
-			if err := o.Policy.CheckHost(req.URL.Hostname()); err != nil {
-				return fail(pluginsv1.ReasonURLNotAllowed, "the repository redirected to an address that is not allowed: %s", err)
-			}
+			// Go keeps Authorization on a redirect to the same host name on another port, or to a
+			// subdomain: never to anything but the origin here.
+			req.Header.Del("Authorization")
+			req.Header.Del("Cookie")
 			return nil
 		},
 	}
@@ -95,10 +112,12 @@ func sameOrigin(a, b *url.URL) bool {
 }
 
 // guard is the last check before a request leaves: credentials never go over plain http, and
-// nothing but http(s) is ever requested.
+// nothing but http(s) is ever requested. Requests to the origin go through own (with the client
+// certificate), the rest through foreign.
 type guard struct {
-	next      http.RoundTripper
-	userAgent string
+	own, foreign http.RoundTripper
+	origin       *url.URL
+	userAgent    string
 }
 
 func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -115,7 +134,10 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 		req = req.Clone(req.Context())
 		req.Header.Set("User-Agent", g.userAgent)
 	}
-	return g.next.RoundTrip(req)
+	if sameOrigin(req.URL, g.origin) {
+		return g.own.RoundTrip(req)
+	}
+	return g.foreign.RoundTrip(req)
 }
 
 // authorize sets the request's credentials (only ever called for the repository's own origin).

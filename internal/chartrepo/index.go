@@ -52,7 +52,7 @@ func (f *Fetcher) FetchIndex(ctx context.Context, repoURL string, creds Credenti
 	}
 	indexURL := base.JoinPath("index.yaml")
 	indexURL.RawQuery = base.RawQuery
-	client := newHTTPClient(f.Options, creds, base)
+	client := newHTTPClient(f.Options, creds, base, false)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, indexURL.String(), nil)
 	if err != nil {
 		return nil, false, fail(pluginsv1.ReasonURLNotAllowed, "the url is not a valid URL")

@@ -40,7 +40,7 @@ func NewRegistry(o Options, rawURL string, creds Credentials, plainHTTP bool) (*
 	if u.RawQuery != "" || u.ForceQuery {
 		return nil, fail(pluginsv1.ReasonURLNotAllowed, "an oci url has no query")
 	}
-	hc := newHTTPClient(o, creds, &url.URL{Scheme: scheme, Host: u.Host})
+	hc := newHTTPClient(o, creds, &url.URL{Scheme: scheme, Host: u.Host}, true)
 	ac := &auth.Client{Client: hc, Cache: auth.NewCache()}
 	if o.UserAgent != "" {
 		ac.SetUserAgent(o.UserAgent)

@@ -5,6 +5,7 @@
 package chartrepos
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	ggcrv1 "github.com/google/go-containerregistry/pkg/v1"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
@@ -251,14 +253,84 @@ func (r *HelmRepo) serve(w http.ResponseWriter, req *http.Request) {
 // OCIRegistry is an OCI registry.
 type OCIRegistry struct {
 	server
+	blobs *redirectingBlobs
 }
 
 // NewOCIRegistry starts an empty OCI registry.
 func NewOCIRegistry(opts Options) *OCIRegistry {
-	r := &OCIRegistry{server: server{opts: opts}}
-	r.start(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	blobs := &redirectingBlobs{BlobHandler: ggcrregistry.NewInMemoryBlobHandler()}
+	r := &OCIRegistry{server: server{opts: opts}, blobs: blobs}
+	r.start(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)), ggcrregistry.WithBlobHandler(blobs)))
 	return r
 }
+
+// RedirectBlobs makes the registry answer every blob download with a 307 to base/<repo>/<digest>
+// (as registries hand blobs out through a CDN); "" serves them again. NewBlobCDN serves there.
+func (r *OCIRegistry) RedirectBlobs(base string) {
+	r.blobs.mu.Lock()
+	defer r.blobs.mu.Unlock()
+	r.blobs.to = base
+}
+
+// redirectingBlobs is the registry's blob store, which can send downloads elsewhere.
+type redirectingBlobs struct {
+	ggcrregistry.BlobHandler
+	mu sync.Mutex
+	to string
+}
+
+func (b *redirectingBlobs) Get(ctx context.Context, repo string, h ggcrv1.Hash) (io.ReadCloser, error) {
+	b.mu.Lock()
+	to := b.to
+	b.mu.Unlock()
+	if to != "" {
+		return nil, ggcrregistry.RedirectError{Location: to + "/" + repo + "/" + h.String(), Code: http.StatusTemporaryRedirect}
+	}
+	return b.BlobHandler.Get(ctx, repo, h)
+}
+
+func (b *redirectingBlobs) Stat(ctx context.Context, repo string, h ggcrv1.Hash) (int64, error) {
+	return b.BlobHandler.(ggcrregistry.BlobStatHandler).Stat(ctx, repo, h)
+}
+
+func (b *redirectingBlobs) Put(ctx context.Context, repo string, h ggcrv1.Hash, rc io.ReadCloser) error {
+	return b.BlobHandler.(ggcrregistry.BlobPutHandler).Put(ctx, repo, h, rc)
+}
+
+// BlobCDN serves a registry's blobs at /<repo>/<digest>, without credentials of its own (a
+// CDN with pre-signed URLs): OnRequest shows whether any arrived.
+type BlobCDN struct {
+	server
+}
+
+// NewBlobCDN starts a server for reg's blobs (point reg.RedirectBlobs at its URL).
+func NewBlobCDN(reg *OCIRegistry, opts Options) *BlobCDN {
+	c := &BlobCDN{server: server{opts: opts}}
+	c.start(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		p := strings.TrimPrefix(req.URL.Path, "/")
+		i := strings.LastIndexByte(p, '/')
+		if i < 0 {
+			http.NotFound(w, req)
+			return
+		}
+		h, err := ggcrv1.NewHash(p[i+1:])
+		if err != nil {
+			http.NotFound(w, req)
+			return
+		}
+		rc, err := reg.blobs.BlobHandler.Get(req.Context(), p[:i], h)
+		if err != nil {
+			http.NotFound(w, req)
+			return
+		}
+		defer func() { _ = rc.Close() }()
+		_, _ = io.Copy(w, rc)
+	}))
+	return c
+}
+
+// URL is the CDN's base URL.
+func (c *BlobCDN) URL() string { return c.srv.URL }
 
 // Host is the registry's host:port.
 func (r *OCIRegistry) Host() string {
