@@ -2,6 +2,7 @@ package pluginrelease
 
 import (
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 	"helm.sh/helm/v3/pkg/chart"
@@ -95,4 +96,52 @@ func TestDeletingAMemberClusterUninstallsItsReleasesFirst(t *testing.T) {
 	got := waitReleaseReady(t, prel)
 	g.Expect(got.Status.ClusterSummary).To(Equal("1/1"))
 	g.Expect(configMapIn(g, 0, "leaving")).NotTo(BeNil(), "the other member keeps it")
+}
+
+// A PluginRelease whose finalizer is removed by hand disappears without a pass of the
+// controller seeing its deletion: the sweep drops what the controller held for it (outcomes,
+// drift watches, Secret values for redaction).
+func TestStateOfAReleaseDeletedBehindTheControllersBackIsSwept(t *testing.T) {
+	g := NewWithT(t)
+	members := attachMembers(t)
+	_, repo := serveHello(t, "0.1.0")
+	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "abandoned", Namespace: "apps"},
+		Spec: pluginsv1.PluginReleaseSpec{
+			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
+			Targets:         pluginsv1.Targets{ClusterNames: members[:1]},
+			TargetNamespace: "abandoned",
+			CreateNamespace: true,
+		}}
+	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
+	got := waitReleaseReady(t, prel)
+	uid := got.UID
+	known := func() bool { _, ok := reconciler.knownUIDs()[uid]; return ok }
+	watching := func() bool {
+		reconciler.mu.Lock()
+		defer reconciler.mu.Unlock()
+		st := reconciler.drift[actionKey{uid, members[0]}]
+		return st != nil && len(st.watches) > 0
+	}
+	g.Eventually(watching, eventuallyWait, poll).Should(BeTrue(), "the drift check watches the release's objects")
+
+	// Deleted with the finalizer taken off first: no pass sees a deletion.
+	orig := got.DeepCopy()
+	controllerutil.RemoveFinalizer(got, Finalizer)
+	g.Expect(mgmt.Patch(ctx, got, client.MergeFrom(orig))).To(Succeed())
+	g.Expect(mgmt.Delete(ctx, got)).To(Succeed())
+	g.Eventually(func() bool {
+		return apierrors.IsNotFound(reconciler.Client.Get(ctx, client.ObjectKeyFromObject(prel), &pluginsv1.PluginRelease{}))
+	}, eventuallyWait, poll).Should(BeTrue())
+	g.Consistently(known, 2*time.Second, poll).Should(BeTrue(), "nothing else drops the state")
+
+	g.Eventually(func() bool {
+		g.Expect(reconciler.sweep(ctx)).To(Succeed())
+		return known()
+	}, eventuallyWait, poll).Should(BeFalse())
+	g.Expect(watching()).To(BeFalse())
+	reconciler.mu.Lock()
+	for k := range reconciler.watches {
+		g.Expect(k.ns).NotTo(Equal("abandoned"), "a watch of the release's namespace is still open")
+	}
+	reconciler.mu.Unlock()
 }

@@ -94,6 +94,9 @@ type Reconciler struct {
 	Resync time.Duration
 	// RetryDelay is the pause before retrying a failed target (doubled per failure; default 10s).
 	RetryDelay time.Duration
+	// SweepInterval is how often the state of PluginReleases that are gone is dropped (default
+	// DefaultSweepInterval).
+	SweepInterval time.Duration
 
 	ctx   context.Context
 	log   logr.Logger
@@ -157,6 +160,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	r.written, r.uninstallAfter = map[types.UID][]string{}, map[actionKey]time.Time{}
 	r.secrets = map[types.UID][]string{}
 	go r.pump(ctx)
+	go r.sweeper(ctx)
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &pluginsv1.PluginRelease{}, repositoryIndex, func(o client.Object) []string {
 		return []string{o.(*pluginsv1.PluginRelease).Spec.Chart.Repository}
 	}); err != nil {

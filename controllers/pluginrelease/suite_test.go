@@ -43,6 +43,8 @@ var (
 	ctx    = context.Background()
 	charts *chartrepo.ChartCache
 	logs   envs.SyncBuffer
+	// reconciler is the PluginRelease controller under test (to look at its in-memory state).
+	reconciler *Reconciler
 )
 
 func TestMain(m *testing.M) {
@@ -92,9 +94,10 @@ func runSuite(m *testing.M) int {
 				Store: store, SecretNamespace: secretNS}).SetupWithManager(mctx, mgr, controller.Options{MaxConcurrentReconciles: 2})
 		},
 		func() error {
-			return (&Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Cache: members,
+			reconciler = &Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Cache: members,
 				Repositories: store, Charts: charts, Recorder: mgr.GetEventRecorder("pluginrelease-controller"),
-				RetryDelay: time.Second, DeletionGracePeriod: 10 * time.Second, ProtectedNamespaces: []string{secretNS}}).SetupWithManager(mctx, mgr, controller.Options{MaxConcurrentReconciles: 4})
+				RetryDelay: time.Second, DeletionGracePeriod: 10 * time.Second, ProtectedNamespaces: []string{secretNS}}
+			return reconciler.SetupWithManager(mctx, mgr, controller.Options{MaxConcurrentReconciles: 4})
 		},
 	}
 	for _, setup := range setups {
