@@ -494,6 +494,13 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, mc *clustersv1.MemberC
 		r.Cache.Disconnect(mc.Name)
 		return ctrl.Result{}, nil
 	}
+	// The cached copy may be stale: a pass that runs after this controller released the member
+	// (its own finalizer patch not in the cache yet) would connect to the member again and clean up
+	// a second time, and with a new MemberCluster of the same name already there it would work on
+	// that one's connection. Only the apiserver's copy says this deletion is still ours.
+	if live, err := r.stillDeleting(ctx, mc); err != nil || !live {
+		return ctrl.Result{}, err
+	}
 	r.mu.Lock()
 	if st := r.health[mc.UID]; st != nil {
 		deactivate(st)
@@ -539,6 +546,9 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, mc *clustersv1.MemberC
 		}
 	}
 
+	// Disconnected before the finalizer goes: once the object is gone nothing may still reach the
+	// member through it. A failed patch retries, and the retry connects again if it must.
+	r.Cache.Disconnect(mc.Name)
 	orig := mc.DeepCopy()
 	controllerutil.RemoveFinalizer(mc, clustersv1.MemberClusterFinalizer)
 	if err := r.Client.Patch(ctx, mc, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil && !apierrors.IsNotFound(err) {
@@ -547,11 +557,24 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, mc *clustersv1.MemberC
 	if ev != nil {
 		r.event(mc, ev.eventType, ev.reason, ev.action, ev.msg)
 	}
-	r.Cache.Disconnect(mc.Name)
 	r.forgetState(mc.UID)
 	forgetMetrics(mc.Name)
 	log.Info("Released member", "member", mc.Name)
 	return ctrl.Result{}, nil
+}
+
+// stillDeleting reads the MemberCluster from the apiserver and reports whether it is the same
+// object, still deleting and still holding this controller's finalizer.
+func (r *Reconciler) stillDeleting(ctx context.Context, mc *clustersv1.MemberCluster) (bool, error) {
+	live := &clustersv1.MemberCluster{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(mc), live); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	return live.UID == mc.UID && !live.DeletionTimestamp.IsZero() &&
+		controllerutil.ContainsFinalizer(live, clustersv1.MemberClusterFinalizer), nil
 }
 
 // prepareCleanup puts the member in its "deleting, cleanup only" state: Get refuses it, and

@@ -1,0 +1,77 @@
+package membercluster
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
+	"github.com/paddock-dev/paddock/internal/clustercache"
+	"github.com/paddock-dev/paddock/internal/scheme"
+)
+
+// staleClient serves one MemberCluster from a stale copy, as an informer cache does for a moment
+// after the object changed.
+type staleClient struct {
+	client.Client
+	stale *clustersv1.MemberCluster
+}
+
+func (c staleClient) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if mc, ok := obj.(*clustersv1.MemberCluster); ok && key.Name == c.stale.Name {
+		c.stale.DeepCopyInto(mc)
+		return nil
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+// A deletion pass that reads a stale copy (still deleting, still holding the finalizer) after the
+// member was released neither connects to the member again nor cleans up there a second time:
+// first with the object gone, then with a new MemberCluster of the same name in its place.
+func TestAStaleDeletionPassDoesNotReachTheMemberAgain(t *testing.T) {
+	g := NewWithT(t)
+	m1 := env.Members[0]
+	attach(t, "stale-delete", m1.Kubeconfig())
+	mc := waitCondition(t, "stale-delete", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
+	g.Expect(mgmt.Delete(ctx, mc)).To(Succeed())
+	g.Eventually(func() bool {
+		return apierrors.IsNotFound(mgmt.Get(ctx, client.ObjectKey{Name: "stale-delete"}, &clustersv1.MemberCluster{}))
+	}, eventuallyWait, poll).Should(BeTrue())
+
+	stale := mc.DeepCopy()
+	stale.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	stale.Finalizers = []string{clustersv1.MemberClusterFinalizer}
+	pass := func() *events.FakeRecorder {
+		c := clustercache.New(clustercache.Options{Scheme: scheme.New(), Timeout: 5 * time.Second})
+		rec := events.NewFakeRecorder(10)
+		r := &Reconciler{Client: staleClient{mgmt, stale}, APIReader: mgmt, Cache: c, Recorder: rec,
+			MaxConcurrentProbes: 5, StatusHeartbeat: time.Hour, DeletionGracePeriod: time.Minute}
+		rctx, cancel := context.WithCancel(ctx)
+		t.Cleanup(cancel)
+		r.init(rctx, logr.Discard())
+		_, err := r.reconcile(ctx, ctrl.Request{NamespacedName: client.ObjectKey{Name: "stale-delete"}})
+		g.Expect(err).NotTo(HaveOccurred())
+		_, connected := c.Peek("stale-delete")
+		g.Expect(connected).To(BeFalse())
+		return rec
+	}
+	// Every cleanup outcome (done, skipped, in use, abandoned) is an event.
+	noTrace := func(rec *events.FakeRecorder) {
+		t.Helper()
+		g.Expect(rec.Events).To(BeEmpty(), "the stale pass cleaned up again")
+	}
+	noTrace(pass())
+
+	attach(t, "stale-delete", m1.Kubeconfig())
+	waitCondition(t, "stale-delete", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
+	noTrace(pass())
+	g.Expect(get(g, "stale-delete").DeletionTimestamp.IsZero()).To(BeTrue())
+}
