@@ -27,6 +27,7 @@ import (
 	"github.com/paddock-dev/paddock/controllers"
 	"github.com/paddock-dev/paddock/internal/chartrepo"
 	"github.com/paddock-dev/paddock/internal/clustercache"
+	"github.com/paddock-dev/paddock/internal/digestkey"
 	"github.com/paddock-dev/paddock/internal/flags"
 	"github.com/paddock-dev/paddock/internal/netpolicy"
 	paddockscheme "github.com/paddock-dev/paddock/internal/scheme"
@@ -66,6 +67,7 @@ func run() int {
 		repoSecretNamespace       string
 		valuesSecretNamespaces    string
 		maxHelmActions            int
+		digestKeySecret           string
 	)
 	fs := flag.CommandLine
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; \"0\" disables it.")
@@ -97,6 +99,7 @@ func run() int {
 	fs.StringVar(&repoSecretNamespace, "repository-secret-namespace", "", "Namespace of the Secrets PluginRepositories' spec.secretRef names. Default: the manager's own namespace.")
 	fs.StringVar(&valuesSecretNamespaces, "values-secret-namespaces", "*", "Comma-separated namespaces whose PluginReleases may read values from Secrets (spec.valuesFrom kind: Secret); \"*\" means any namespace (RBAC decides), empty means none.")
 	fs.IntVar(&maxHelmActions, "max-concurrent-helm-actions", 50, "Helm actions (install, upgrade, uninstall) in flight at once across all PluginReleases and members.")
+	fs.StringVar(&digestKeySecret, "digest-key-secret", digestkey.DefaultSecretName, "Secret in --repository-secret-namespace holding the key of the digests in status (created with a random key on the first start).")
 	fs.BoolVar(&enableHTTP2, "enable-http2", false, "Serve metrics over HTTP/2 (off by default: CVE-2023-44487, CVE-2023-39325).")
 	zapOpts := zap.Options{Development: false, TimeEncoder: zapcore.ISO8601TimeEncoder}
 	zapOpts.BindFlags(fs)
@@ -182,7 +185,18 @@ func run() int {
 		return 1
 	}
 
+	if errs := validation.IsDNS1123Subdomain(digestKeySecret); len(errs) > 0 {
+		setupLog.Error(errors.New(strings.Join(errs, "; ")), "Invalid --digest-key-secret")
+		return 1
+	}
+
 	ctx := ctrl.SetupSignalHandler()
+	// Before the manager starts: no cache yet, so both the read and the create go to the apiserver.
+	key, err := digestkey.Ensure(ctx, mgr.GetAPIReader(), mgr.GetClient(), repoSecretNamespace, digestKeySecret)
+	if err != nil {
+		setupLog.Error(err, "Failed to read or create the digest key")
+		return 1
+	}
 	members := clustercache.New(clustercache.Options{
 		Scheme: scheme, QPS: float32(memberQPS), Burst: memberBurst, Timeout: memberTimeout,
 		MaxResponseBytes: memberMaxResponseBytes,
@@ -206,6 +220,7 @@ func run() int {
 		RepositorySecretNamespace: repoSecretNamespace,
 		MaxConcurrentHelmActions:  maxHelmActions,
 		ValuesSecretNamespaces:    valuesNamespaces,
+		DigestKey:                 key,
 	}); err != nil {
 		setupLog.Error(err, "Failed to set up controllers")
 		return 1

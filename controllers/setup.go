@@ -49,6 +49,8 @@ type Options struct {
 	// ValuesSecretNamespaces are the namespaces whose PluginReleases may read values Secrets
 	// (nil: any).
 	ValuesSecretNamespaces []string
+	// DigestKey keys the digests in status (internal/digestkey.Ensure reads or creates it).
+	DigestKey []byte
 }
 
 // defaultConcurrency of controllers whose work is mostly waiting on member clusters.
@@ -97,6 +99,7 @@ var registry = []registration{
 			MaxConcurrentActions: o.MaxConcurrentHelmActions,
 			SecretNamespaces:     o.ValuesSecretNamespaces,
 			ProtectedNamespaces:  append(append([]string{}, o.KubeconfigSecretNamespaces...), o.RepositorySecretNamespace),
+			DigestKey:            o.DigestKey,
 		}).SetupWithManager(ctx, mgr, co)
 	}},
 }

@@ -195,7 +195,7 @@ func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelea
 		return o
 	}
 	o.revision, o.version = rel.Version, chartVersion(rel)
-	if rel.Version != revision || manifest == "" || manifestDigest(rel.Manifest) != manifest {
+	if rel.Version != revision || manifest == "" || r.digests.manifest(rel.Manifest) != manifest {
 		// Never trust a release record Paddock did not write: whoever may write Secrets in the
 		// release namespace could otherwise have Paddock create or patch anything.
 		o.driftObjects = []string{fmt.Sprintf("Helm release record revision %d", rel.Version)}

@@ -30,6 +30,7 @@ import (
 	pluginsv1 "github.com/paddock-dev/paddock/api/plugins/v1alpha1"
 	"github.com/paddock-dev/paddock/internal/chartrepo"
 	"github.com/paddock-dev/paddock/internal/clustercache"
+	"github.com/paddock-dev/paddock/internal/digestkey"
 )
 
 // Finalizer makes deleting a PluginRelease uninstall it from every target first.
@@ -78,6 +79,8 @@ type Reconciler struct {
 	// credentials): a PluginRelease there never reads values from Secrets, whatever
 	// SecretNamespaces says, so that it cannot ship those credentials to a member.
 	ProtectedNamespaces []string
+	// DigestKey keys the digests in status (internal/digestkey): at least digestkey.MinBytes.
+	DigestKey []byte
 	// Cache is the access layer's read side.
 	Cache clustercache.Reader
 	// Repositories holds every PluginRepository's last good index.
@@ -98,10 +101,11 @@ type Reconciler struct {
 	// DefaultSweepInterval).
 	SweepInterval time.Duration
 
-	ctx   context.Context
-	log   logr.Logger
-	slots *slots
-	wake  chan event.GenericEvent
+	ctx     context.Context
+	log     logr.Logger
+	slots   *slots
+	digests digester
+	wake    chan event.GenericEvent
 
 	mu      sync.Mutex
 	running map[actionKey]*runningAction
@@ -147,6 +151,10 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	if r.Repositories == nil || r.Charts == nil || r.Cache == nil {
 		return fmt.Errorf("the PluginRelease controller needs Repositories, Charts and Cache")
 	}
+	if len(r.DigestKey) < digestkey.MinBytes {
+		return fmt.Errorf("the PluginRelease controller needs a digest key of at least %d bytes", digestkey.MinBytes)
+	}
+	r.digests = digester{key: r.DigestKey}
 	r.ctx, r.log = ctx, mgr.GetLogger().WithName("pluginrelease-actions")
 	n := r.MaxConcurrentActions
 	if n <= 0 {

@@ -2,9 +2,6 @@ package pluginrelease
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -133,12 +130,6 @@ type outcome struct {
 	driftObjects         []string
 	// manifestDigest is the digest of the manifest a successful install or upgrade produced.
 	manifestDigest string
-}
-
-// manifestDigest identifies a release manifest.
-func manifestDigest(manifest string) string {
-	sum := sha256.Sum256([]byte(manifest))
-	return "sha256:" + hex.EncodeToString(sum[:16])
 }
 
 // fold moves the finished actions of this release into the scope's status.
@@ -363,7 +354,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 			return ctrl.Result{}, nil
 		}
 		values[name] = v
-		s.desired[name] = configDigest(resolved.Digest, v, prel)
+		s.desired[name] = r.digests.config(resolved.Digest, v, prel)
 	}
 
 	// The rollout: its waves are frozen when its change starts; clusters that join later go
@@ -373,7 +364,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 		s.failure = &failure{reason: ReasonValuesInvalid, msg: err.Error(), stalled: true}
 		return ctrl.Result{}, nil
 	}
-	change := rolloutDigest(resolved.Digest, base, prel)
+	change := r.digests.rollout(resolved.Digest, base, prel)
 	st := prel.Status.Rollout
 	if st == nil || st.ConfigDigest != change || (r.passComplete(spec, st, s) && hasNewTargets(st, targets)) {
 		st = freeze(spec, targets, change)
@@ -679,16 +670,6 @@ func rolloutSpec(prel *pluginsv1.PluginRelease) (rollout.Spec, error) {
 	return spec, nil
 }
 
-// rolloutDigest identifies a change as the rollout sees it: the chart, the shared values and the
-// template (per-cluster renders differ, the change is the same).
-func rolloutDigest(chartDigest string, base map[string]any, prel *pluginsv1.PluginRelease) string {
-	b, _ := json.Marshal(base)
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n%s\n", chartDigest, prel.Spec.ValuesTemplate, prel.GetTargetNamespace())
-	h.Write(b)
-	return "sha256:" + hex.EncodeToString(h.Sum(nil))[:32]
-}
-
 func remediationFor(prel *pluginsv1.PluginRelease, install bool) *pluginsv1.Remediation {
 	a := prel.Spec.Upgrade
 	if install {
@@ -889,7 +870,7 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 			return finish(pluginsv1.PhaseFailed, true, msg)
 		}
 	}
-	o.revision, o.manifestDigest = rel.Version, manifestDigest(rel.Manifest)
+	o.revision, o.manifestDigest = rel.Version, r.digests.manifest(rel.Manifest)
 	return finish(pluginsv1.PhaseDeployed, false, fmt.Sprintf("%s %s, revision %d", resolved.Name, resolved.Version, rel.Version))
 }
 

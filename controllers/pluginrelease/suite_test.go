@@ -26,6 +26,7 @@ import (
 	"github.com/paddock-dev/paddock/controllers/pluginrepository"
 	"github.com/paddock-dev/paddock/internal/chartrepo"
 	"github.com/paddock-dev/paddock/internal/clustercache"
+	"github.com/paddock-dev/paddock/internal/digestkey"
 	"github.com/paddock-dev/paddock/internal/netpolicy"
 	"github.com/paddock-dev/paddock/internal/scheme"
 	"github.com/paddock-dev/paddock/test/envs"
@@ -45,6 +46,8 @@ var (
 	logs   envs.SyncBuffer
 	// reconciler is the PluginRelease controller under test (to look at its in-memory state).
 	reconciler *Reconciler
+	// digestKey is the key the suite's manager keys status digests with.
+	digestKey []byte
 )
 
 func TestMain(m *testing.M) {
@@ -82,6 +85,16 @@ func runSuite(m *testing.M) int {
 	repoOpts := chartrepo.Options{Policy: netpolicy.Policy{AllowLoopback: true, LoopbackFlag: "--allow-loopback-repositories"}, Timeout: 10 * time.Second}
 	store := chartrepo.NewStore()
 	charts = &chartrepo.ChartCache{Options: repoOpts}
+	// The manager's path: the key Secret is created on the first start.
+	if err := envs.EnsureNamespace(ctx, mgmt, secretNS); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	digestKey, err = digestkey.Ensure(ctx, mgmt, mgmt, secretNS, digestkey.DefaultSecretName)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	setups := []func() error{
 		func() error {
 			return (&membercluster.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Cache: members,
@@ -96,7 +109,8 @@ func runSuite(m *testing.M) int {
 		func() error {
 			reconciler = &Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Cache: members,
 				Repositories: store, Charts: charts, Recorder: mgr.GetEventRecorder("pluginrelease-controller"),
-				RetryDelay: time.Second, DeletionGracePeriod: 10 * time.Second, ProtectedNamespaces: []string{secretNS}}
+				RetryDelay: time.Second, DeletionGracePeriod: 10 * time.Second, ProtectedNamespaces: []string{secretNS},
+				DigestKey: digestKey}
 			return reconciler.SetupWithManager(mctx, mgr, controller.Options{MaxConcurrentReconciles: 4})
 		},
 	}

@@ -3,8 +3,6 @@ package pluginrelease
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -249,14 +247,4 @@ func deepCopy(m map[string]any) map[string]any {
 	out := map[string]any{}
 	_ = json.Unmarshal(b, &out)
 	return out
-}
-
-// configDigest identifies what a target must run: the chart archive and the values (JSON with
-// sorted keys), plus the settings that change the release's objects.
-func configDigest(chartDigest string, vals map[string]any, prel *pluginsv1.PluginRelease) string {
-	b, _ := json.Marshal(vals)
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n%s\n%t\n", chartDigest, prel.GetReleaseName(), prel.GetTargetNamespace(), prel.Spec.CreateNamespace)
-	h.Write(b)
-	return "sha256:" + hex.EncodeToString(h.Sum(nil))[:32]
 }

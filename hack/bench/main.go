@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -48,6 +49,7 @@ import (
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 	"github.com/paddock-dev/paddock/controllers"
 	"github.com/paddock-dev/paddock/internal/clustercache"
+	"github.com/paddock-dev/paddock/internal/digestkey"
 	"github.com/paddock-dev/paddock/internal/scheme"
 	"github.com/paddock-dev/paddock/test/envs"
 )
@@ -219,7 +221,7 @@ func runOne(n int, o options, full bool) error {
 	}})
 	if err := controllers.Setup(ctx, mgr, controllers.Options{
 		DefaultConcurrency: 4, ClusterCache: cache, KubeconfigPolicy: clustercache.Policy{AllowLoopback: true},
-		KubeconfigSecretNamespaces: []string{"paddock-system"}, MaxConcurrentProbes: o.maxProbes,
+		KubeconfigSecretNamespaces: []string{"paddock-system"}, MaxConcurrentProbes: o.maxProbes, DigestKey: randomKey(),
 	}); err != nil {
 		return err
 	}
@@ -784,4 +786,11 @@ func procCPU(pid string) time.Duration {
 	u, _ := strconv.ParseInt(rest[11], 10, 64)
 	s, _ := strconv.ParseInt(rest[12], 10, 64)
 	return time.Duration(u+s) * time.Second / clockTicks
+}
+
+// randomKey is a digest key for one run (the manager keeps its own in a Secret).
+func randomKey() []byte {
+	b := make([]byte, digestkey.MinBytes)
+	_, _ = crand.Read(b)
+	return b
 }

@@ -76,7 +76,7 @@ func runPlugins(n int, o options) error {
 		DefaultConcurrency: 4, ClusterCache: cache, KubeconfigPolicy: clustercache.Policy{AllowLoopback: true},
 		KubeconfigSecretNamespaces: []string{"paddock-system"}, Repositories: repoOpts, RepositorySecretNamespace: "paddock-system",
 		Charts: charts, MaxConcurrentHelmActions: o.helmConcurrency,
-		Concurrency: map[string]int{"pluginrelease": 20},
+		Concurrency: map[string]int{"pluginrelease": 20}, DigestKey: randomKey(),
 	}); err != nil {
 		return err
 	}

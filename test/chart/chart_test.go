@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -118,7 +119,7 @@ func TestChartDefaultsApplyToARealAPIServer(t *testing.T) {
 	g.Expect(k).To(HaveKeyWithValue("ServiceAccount", 1))
 	g.Expect(k).To(HaveKeyWithValue("ClusterRole", 1))
 	g.Expect(k).To(HaveKeyWithValue("ClusterRoleBinding", 1))
-	g.Expect(k).To(HaveKeyWithValue("Role", 3), "leader election, kubeconfig Secrets, repository Secrets")
+	g.Expect(k).To(HaveKeyWithValue("Role", 4), "leader election, kubeconfig Secrets, repository Secrets, digest key")
 	applyDryRun(t, objs)
 
 	d := deployment(t, objs)
@@ -128,6 +129,7 @@ func TestChartDefaultsApplyToARealAPIServer(t *testing.T) {
 	g.Expect(c.Args).To(ContainElement("--kubeconfig-secret-namespaces="+releaseNamespace(objs)), "the release namespace by default")
 	g.Expect(c.Args).To(ContainElements("--repository-secret-namespace="+releaseNamespace(objs), "--max-repository-index-bytes=52428800"))
 	g.Expect(c.Args).To(ContainElement("--values-secret-namespaces="), "no PluginRelease reads values Secrets unless the chart says where")
+	g.Expect(c.Args).To(ContainElement(MatchRegexp(`^--digest-key-secret=.+-digest-key$`)))
 	g.Expect(c.Args).NotTo(ContainElement(HavePrefix("--allow-loopback")), "never in a real deployment")
 	g.Expect(c.LivenessProbe).NotTo(BeNil())
 	g.Expect(c.ReadinessProbe).NotTo(BeNil())
@@ -145,11 +147,18 @@ func TestChartDefaultsApplyToARealAPIServer(t *testing.T) {
 			g.Expect(rules).NotTo(ContainElement(HaveKeyWithValue("resources", ContainElement("secrets"))), "no cluster-wide Secret read")
 		}
 	}
-	g.Expect(secretRoleNamespaces(objs)).To(ConsistOf(releaseNamespace(objs), releaseNamespace(objs)), "kubeconfig and repository Secrets")
+	g.Expect(secretRoleNamespaces(objs, "get")).To(ConsistOf(releaseNamespace(objs), releaseNamespace(objs)), "kubeconfig and repository Secrets")
+	g.Expect(secretRoleNamespaces(objs, "create")).To(ConsistOf(releaseNamespace(objs)), "the digest key, created in the release namespace only")
+	for _, o := range objs {
+		if o.GetKind() == "Role" && strings.HasSuffix(o.GetName(), "-digest-key") {
+			rules, _, _ := unstructured.NestedSlice(o.Object, "rules")
+			g.Expect(rules).To(ConsistOf(HaveKeyWithValue("verbs", ConsistOf("create"))), "nothing but create")
+		}
+	}
 }
 
-// secretRoleNamespaces lists the namespaces of the Roles that grant reading Secrets.
-func secretRoleNamespaces(objs []*unstructured.Unstructured) []string {
+// secretRoleNamespaces lists the namespaces of the Roles that grant verb on Secrets.
+func secretRoleNamespaces(objs []*unstructured.Unstructured, verb string) []string {
 	var out []string
 	for _, o := range objs {
 		if o.GetKind() != "Role" {
@@ -157,7 +166,9 @@ func secretRoleNamespaces(objs []*unstructured.Unstructured) []string {
 		}
 		rules, _, _ := unstructured.NestedSlice(o.Object, "rules")
 		for _, r := range rules {
-			if res, ok := r.(map[string]any)["resources"].([]any); ok && len(res) == 1 && res[0] == "secrets" {
+			rule := r.(map[string]any)
+			verbs, _ := rule["verbs"].([]any)
+			if res, ok := rule["resources"].([]any); ok && len(res) == 1 && res[0] == "secrets" && slices.Contains(verbs, any(verb)) {
 				out = append(out, o.GetNamespace())
 			}
 		}
@@ -186,8 +197,8 @@ func TestChartVariantsApply(t *testing.T) {
 			"valuesSecretNamespaces":     []any{"default", "kube-public"}},
 	})
 	k := kinds(objs)
-	g.Expect(k).To(HaveKeyWithValue("Role", 5), "kubeconfig Secrets in two namespaces, repository Secrets, values Secrets in two; no leader election Role")
-	g.Expect(secretRoleNamespaces(objs)).To(ConsistOf(releaseNamespace(objs), "default", releaseNamespace(objs), "default", "kube-public"))
+	g.Expect(k).To(HaveKeyWithValue("Role", 6), "kubeconfig Secrets in two namespaces, repository Secrets, values Secrets in two, digest key; no leader election Role")
+	g.Expect(secretRoleNamespaces(objs, "get")).To(ConsistOf(releaseNamespace(objs), "default", releaseNamespace(objs), "default", "kube-public"))
 	for _, o := range objs {
 		if o.GetKind() == "Role" && strings.HasSuffix(o.GetName(), "-values-secrets") {
 			rules, _, _ := unstructured.NestedSlice(o.Object, "rules")

@@ -361,10 +361,12 @@ type ClusterReleaseStatus struct {
 	// Revision is the Helm revision there.
 	// +optional
 	Revision int32 `json:"revision,omitempty"`
-	// ConfigDigest identifies the chart digest and values deployed there (a change redeploys).
+	// ConfigDigest identifies the chart digest and values deployed there (a change redeploys): an
+	// HMAC under the manager's digest key, so it tells nothing about the values (Secrets included).
 	// +optional
 	ConfigDigest string `json:"configDigest,omitempty"`
-	// ManifestDigest identifies the manifest of the revision Paddock's own action produced there.
+	// ManifestDigest identifies the manifest of the revision Paddock's own action produced there
+	// (an HMAC under the manager's digest key).
 	// Drift detection compares the member's objects only with a release record that matches it:
 	// a record rewritten in the member (by anyone who may write Secrets in its namespace) is never
 	// used to patch or create objects.
@@ -406,7 +408,7 @@ type DriftStatus struct {
 
 // RolloutStatus is the progress of a staged rollout.
 type RolloutStatus struct {
-	// ConfigDigest identifies the change being rolled out.
+	// ConfigDigest identifies the change being rolled out (an HMAC under the manager's digest key).
 	// +optional
 	ConfigDigest string `json:"configDigest,omitempty"`
 	// Wave is the current wave's name.
