@@ -607,12 +607,14 @@ func (w *sharedWatch) endLocked() {
 }
 
 func (w *sharedWatch) stopTooLargeLocked() {
-	if !w.tooLarge {
-		close(w.stoppedTooLarge)
-		w.tooLargeAt.Store(time.Now().UnixNano())
-	}
+	first := !w.tooLarge
 	w.tooLarge = true
+	// The handlers are told first: whoever WaitForWatchSynced releases knows they have been.
 	w.endLocked()
+	if first {
+		w.tooLargeAt.Store(time.Now().UnixNano())
+		close(w.stoppedTooLarge)
+	}
 	w.objs = map[string]*metav1.PartialObjectMetadata{}
 	w.bytes = 0
 	w.cancel()
