@@ -286,10 +286,20 @@ func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelea
 			"add a driftDetection.ignore rule for them (not corrected again until it changes)", driftRepeatLimit, driftRepeatWindow)
 		return o
 	}
+	// Every object is tried: one the member refuses (a webhook, a quota) must not leave the
+	// others drifted until it is fixed.
+	var failed []string
 	for _, d := range found {
 		if err := r.correct(ctx, cl, rel, d); err != nil {
-			return fail(fmt.Sprintf("correcting %s: %s", d.String(), r.clean(prel.UID, err)))
+			failed = append(failed, fmt.Sprintf("correcting %s: %s", d.String(), r.clean(prel.UID, err)))
 		}
+	}
+	if len(failed) > 0 {
+		msg := fmt.Sprintf("corrected %d of %d drifted objects; %s", len(found)-len(failed), len(found), failed[0])
+		if len(failed) > 1 {
+			msg += fmt.Sprintf(" (and %d more)", len(failed)-1)
+		}
+		return fail(msg)
 	}
 	o.action, o.finished = opDriftCorrected, time.Now()
 	o.msg = fmt.Sprintf("corrected %d objects without a new revision", len(found))

@@ -117,3 +117,48 @@ func TestDriftIsCorrectedWithoutANewRevision(t *testing.T) {
 	g.Expect(configMapIn(g, 0, "drift").Data["greeting"]).To(Equal("hand-edited-again"), "the ignored field keeps the member's value")
 	g.Expect(helmRevisions(g, 0, "drift")).To(Equal(1), "no drift correction ever made a revision")
 }
+
+// One object the member refuses to put back does not leave the others drifted: each is tried, and
+// the refusal is reported with what was corrected.
+func TestOneRefusedCorrectionDoesNotStopTheOthers(t *testing.T) {
+	g := NewWithT(t)
+	members := attachMembers(t)
+	_, repo := serveHello(t, "0.1.0")
+	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "drift-refused", Namespace: "apps"},
+		Spec: pluginsv1.PluginReleaseSpec{
+			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
+			Targets:         pluginsv1.Targets{ClusterNames: members[:1]},
+			CreateNamespace: true,
+			Values:          &apiextensionsv1.JSON{Raw: []byte(`{"greeting":"desired","second":true}`)},
+		}}
+	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+	waitReleaseReady(t, prel)
+	member := env.Members[0].Client
+
+	// The first object in the manifest is edited and made immutable (its data cannot be patched
+	// back any more); the second is deleted.
+	g.Eventually(func() error {
+		cm := configMapIn(g, 0, "drift-refused")
+		cm.Data["greeting"] = "hand-edited"
+		cm.Immutable = ptrTo(true)
+		return member.Update(ctx, cm)
+	}, eventuallyWait, poll).Should(Succeed())
+	g.Expect(member.Delete(ctx, configMapNamed(g, 0, "drift-refused-second"))).To(Succeed())
+
+	g.Eventually(func(g Gomega) {
+		cm := configMapNamed(g, 0, "drift-refused-second")
+		g.Expect(cm).NotTo(BeNil(), "the deleted object is created again")
+		g.Expect(cm.Data["greeting"]).To(Equal("desired"))
+	}, eventuallyWait, poll).Should(Succeed())
+	got := &pluginsv1.PluginRelease{}
+	g.Eventually(func(g Gomega) {
+		g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(prel), got)).To(Succeed())
+		d := got.Status.Clusters[0].Drift
+		g.Expect(d).NotTo(BeNil())
+		g.Expect(d.Message).To(ContainSubstring("corrected 1 of 2 drifted objects; correcting ConfigMap apps/drift-refused-hello"))
+		g.Expect(d.Message).To(ContainSubstring("immutable"))
+	}, eventuallyWait, poll).Should(Succeed())
+	g.Expect(configMapIn(g, 0, "drift-refused").Data["greeting"]).To(Equal("hand-edited"))
+	g.Expect(helmRevisions(g, 0, "drift-refused")).To(Equal(1))
+}
