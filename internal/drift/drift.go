@@ -164,10 +164,43 @@ func diffValue(out []string, path string, desired, live any, ignored []string) [
 		}
 		return out
 	}
-	if scalarEqual(desired, live) {
+	if scalarEqual(desired, live, quantityPath(path)) {
 		return out
 	}
 	return append(out, path)
+}
+
+// quantitySegments are the fields under which built-in kinds hold resource.Quantity values, which
+// the apiserver stores normalised (cpu: 1000m reads back as "1"): container resources, quotas,
+// limit ranges, overhead, emptyDir size limits, HPA targets.
+var quantitySegments = map[string]bool{
+	"limits": true, "requests": true, "hard": true, "overhead": true, "sizeLimit": true,
+	"max": true, "min": true, "default": true, "defaultRequest": true, "maxLimitRequestRatio": true,
+	"averageValue": true, "capacity": true, "allocatable": true,
+}
+
+// quantityPath reports whether the field at path may hold a quantity. Elsewhere (a ConfigMap's
+// data, labels, an env var) "1" and "1000m" are different strings, and an edit from one to the
+// other is drift.
+func quantityPath(path string) bool {
+	segs := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	if len(segs) == 0 {
+		return false
+	}
+	switch segs[0] {
+	case "data", "stringData", "binaryData", "metadata":
+		return false
+	}
+	for i, seg := range segs {
+		if quantitySegments[seg] {
+			return true
+		}
+		// HPA metric targets: target.value.
+		if seg == "value" && i > 0 && segs[i-1] == "target" {
+			return true
+		}
+	}
+	return false
 }
 
 // isEmpty: values the apiserver drops (omitempty) compare equal to absence.
@@ -192,7 +225,7 @@ func isEmpty(v any) bool {
 	return false
 }
 
-func scalarEqual(a, b any) bool {
+func scalarEqual(a, b any, quantity bool) bool {
 	if fa, ok := number(a); ok {
 		if fb, ok := number(b); ok {
 			return fa == fb
@@ -200,6 +233,9 @@ func scalarEqual(a, b any) bool {
 	}
 	if reflect.DeepEqual(a, b) {
 		return true
+	}
+	if !quantity {
+		return false
 	}
 	sa, ok1 := a.(string)
 	sb, ok2 := b.(string)

@@ -206,3 +206,23 @@ func TestIgnoredPathsByTarget(t *testing.T) {
 	g.Expect(IgnoredPaths(rules, cm, "hello")).To(ConsistOf("/metadata/annotations"))
 	g.Expect(IgnoredPaths(rules, cm, "other")).To(ConsistOf("/metadata/annotations", "/data"))
 }
+
+// Quantities compare by value only where built-in kinds hold quantities: elsewhere "1" and
+// "1000m" are different strings, and an edit from one to the other is drift.
+func TestQuantitiesCompareByValueOnlyInQuantityFields(t *testing.T) {
+	g := NewWithT(t)
+	desired := live(t, `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{"size":"1"}},"data":{"cpu":"1"},"spec":{
+	  "containers":[{"name":"c","env":[{"name":"N","value":"1"}],"resources":{"limits":{"cpu":"1","memory":"1Gi"},"requests":{"cpu":2}}}],
+	  "volumes":[{"name":"v","emptyDir":{"sizeLimit":"1Gi"}}]}}`)
+	l := live(t, `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{"size":"1000m"}},"data":{"cpu":"1000m"},"spec":{
+	  "containers":[{"name":"c","env":[{"name":"N","value":"1000m"}],"resources":{"limits":{"cpu":"1000m","memory":"1024Mi"},"requests":{"cpu":"2"}}}],
+	  "volumes":[{"name":"v","emptyDir":{"sizeLimit":"1024Mi"}}]}}`)
+	g.Expect(Diff(desired, l, nil)).To(Equal([]string{
+		"/data/cpu",
+		"/metadata/labels/size",
+		"/spec/containers/0/env/0/value",
+	}))
+	g.Expect(quantityPath("/spec/metrics/0/resource/target/averageValue")).To(BeTrue())
+	g.Expect(quantityPath("/spec/metrics/0/object/target/value")).To(BeTrue())
+	g.Expect(quantityPath("/data/limits")).To(BeFalse())
+}
