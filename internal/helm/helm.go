@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	yamlv3 "go.yaml.in/yaml/v3"
 	"helm.sh/helm/v3/pkg/action"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/release"
@@ -23,8 +24,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
 
 	"github.com/paddock-dev/paddock/internal/clustercache"
 )
@@ -47,38 +46,115 @@ func ReleaseLabelValue(namespace, name string) string {
 // labeller is the post-renderer that adds ReleaseLabel to every rendered object.
 type labeller struct{ value string }
 
+// Run works on the YAML node tree, not on decoded values: numbers, quoting, key order and
+// comments stay exactly as the chart rendered them (a decode to map[string]any and back turned
+// every number into a float64, so an integer beyond 2^53 changed).
 func (l labeller) Run(in *bytes.Buffer) (*bytes.Buffer, error) {
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(in.Bytes()), 4096)
+	dec := yamlv3.NewDecoder(bytes.NewReader(in.Bytes()))
 	out := &bytes.Buffer{}
 	for {
-		var m map[string]any
-		if err := dec.Decode(&m); err != nil {
+		var doc yamlv3.Node
+		if err := dec.Decode(&doc); err != nil {
 			if errors.Is(err, io.EOF) {
 				return out, nil
 			}
 			return nil, fmt.Errorf("post-rendering: %w", err)
 		}
-		if len(m) == 0 {
-			continue
+		if len(doc.Content) == 0 || doc.Content[0].Kind == yamlv3.ScalarNode && doc.Content[0].Tag == "!!null" {
+			continue // an empty document
 		}
-		md, _ := m["metadata"].(map[string]any)
-		if md == nil {
-			md = map[string]any{}
-			m["metadata"] = md
+		root := doc.Content[0]
+		if root.Kind != yamlv3.MappingNode {
+			return nil, fmt.Errorf("post-rendering: a rendered document is not an object (YAML line %d)", root.Line)
 		}
-		labels, _ := md["labels"].(map[string]any)
-		if labels == nil {
-			labels = map[string]any{}
-			md["labels"] = labels
+		var node any = &doc
+		if md, ok := mappingAt(root, "metadata"); ok {
+			if labels, ok := mappingAt(md, "labels"); ok {
+				setScalar(labels, ReleaseLabel, l.value)
+			} else {
+				node = nil
+			}
+		} else {
+			node = nil
 		}
-		labels[ReleaseLabel] = l.value
-		b, err := yaml.Marshal(m)
-		if err != nil {
-			return nil, fmt.Errorf("post-rendering: %w", err)
+		if node == nil {
+			// metadata or its labels come from an alias or a merge key: labelled on the decoded
+			// object instead (yaml.v3 keeps integers as integers), so that the label neither
+			// lands in every other place the anchor is used nor hides merged labels.
+			m := map[string]any{}
+			if err := doc.Decode(&m); err != nil {
+				return nil, fmt.Errorf("post-rendering: %w", err)
+			}
+			md, _ := m["metadata"].(map[string]any)
+			if md == nil {
+				md = map[string]any{}
+				m["metadata"] = md
+			}
+			labels, _ := md["labels"].(map[string]any)
+			if labels == nil {
+				labels = map[string]any{}
+				md["labels"] = labels
+			}
+			labels[ReleaseLabel] = l.value
+			node = m
 		}
 		out.WriteString("---\n")
-		out.Write(b)
+		enc := yamlv3.NewEncoder(out)
+		enc.SetIndent(2)
+		if err := enc.Encode(node); err != nil {
+			return nil, fmt.Errorf("post-rendering: %w", err)
+		}
+		if err := enc.Close(); err != nil {
+			return nil, fmt.Errorf("post-rendering: %w", err)
+		}
 	}
+}
+
+// mappingAt returns the mapping under key in m, making one if the key is missing or null. It
+// refuses (false) where the mapping is an alias or m or it holds a merge key ("<<").
+func mappingAt(m *yamlv3.Node, key string) (*yamlv3.Node, bool) {
+	if hasMergeKey(m) {
+		return nil, false
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value != key {
+			continue
+		}
+		switch v := m.Content[i+1]; {
+		case v.Kind == yamlv3.MappingNode && v.Anchor == "" && !hasMergeKey(v):
+			return v, true
+		case v.Kind == yamlv3.ScalarNode && v.Tag == "!!null":
+			fresh := &yamlv3.Node{Kind: yamlv3.MappingNode, Tag: "!!map"}
+			m.Content[i+1] = fresh
+			return fresh, true
+		default:
+			return nil, false
+		}
+	}
+	fresh := &yamlv3.Node{Kind: yamlv3.MappingNode, Tag: "!!map"}
+	m.Content = append(m.Content, &yamlv3.Node{Kind: yamlv3.ScalarNode, Tag: "!!str", Value: key}, fresh)
+	return fresh, true
+}
+
+func hasMergeKey(m *yamlv3.Node) bool {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Kind == yamlv3.ScalarNode && m.Content[i].Value == "<<" {
+			return true
+		}
+	}
+	return false
+}
+
+// setScalar sets key to the string value in mapping m.
+func setScalar(m *yamlv3.Node, key, value string) {
+	v := &yamlv3.Node{Kind: yamlv3.ScalarNode, Tag: "!!str", Value: value}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			m.Content[i+1] = v
+			return
+		}
+	}
+	m.Content = append(m.Content, &yamlv3.Node{Kind: yamlv3.ScalarNode, Tag: "!!str", Value: key}, v)
 }
 
 // Client runs actions on one release in one member.
