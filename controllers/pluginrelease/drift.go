@@ -2,8 +2,10 @@ package pluginrelease
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -291,7 +293,7 @@ func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelea
 	var failed []string
 	for _, d := range found {
 		if err := r.correct(ctx, cl, rel, d); err != nil {
-			failed = append(failed, fmt.Sprintf("correcting %s: %s", d.String(), r.clean(prel.UID, err)))
+			failed = append(failed, fmt.Sprintf("correcting %s: %s", d.String(), r.clean(prel.UID, errors.New(refusal(err)))))
 		}
 	}
 	if len(failed) > 0 {
@@ -323,7 +325,7 @@ func (r *Reconciler) correct(ctx context.Context, cl client.Client, rel *release
 		}
 		ann["meta.helm.sh/release-name"], ann["meta.helm.sh/release-namespace"] = rel.Name, rel.Namespace
 		obj.SetAnnotations(ann)
-		err := cl.Create(ctx, obj, client.FieldOwner("paddock"))
+		err := cl.Create(ctx, obj, client.FieldOwner("paddock"), client.FieldValidation(metav1.FieldValidationStrict))
 		if apierrors.IsAlreadyExists(err) {
 			return nil
 		}
@@ -333,7 +335,43 @@ func (r *Reconciler) correct(ctx context.Context, cl client.Client, rel *release
 	if err != nil {
 		return err
 	}
-	return cl.Patch(ctx, d.live, client.RawPatch(types.MergePatchType, patch), client.FieldOwner("paddock"))
+	// Strict: a field the member does not know (a chart's typo, a CRD of another version) is
+	// dropped by the apiserver on install and would be "corrected" again on every check.
+	return cl.Patch(ctx, d.live, client.RawPatch(types.MergePatchType, patch), client.FieldOwner("paddock"),
+		client.FieldValidation(metav1.FieldValidationStrict))
+}
+
+// invalidValue is the value part of a field error ("Invalid value: <value>: <detail>"): a string
+// in Go quotes, or anything up to the next colon.
+var invalidValue = regexp.MustCompile(`Invalid value: (?:"(?:[^"\\]|\\.)*"|[^:]*): `)
+
+// refusal words the member's refusal of a correction without the values it echoes: a merge
+// patch refused as a whole quotes the entire patched object (a Secret's data included) in its
+// message, and Paddock's status is no place for that.
+func refusal(err error) string {
+	var st apierrors.APIStatus
+	if !errors.As(err, &st) {
+		return err.Error()
+	}
+	s := st.Status()
+	var causes []string
+	if s.Details != nil {
+		for _, c := range s.Details.Causes {
+			msg := invalidValue.ReplaceAllString(c.Message, "")
+			if strings.Contains(msg, "Invalid value: ") || len(msg) > 200 {
+				msg = string(c.Type)
+			}
+			causes = append(causes, strings.TrimPrefix(c.Field+": "+msg, ": "))
+		}
+	}
+	switch {
+	case len(causes) > 0:
+		return fmt.Sprintf("the member refused it (%s): %s", s.Reason, strings.Join(causes, "; "))
+	case s.Reason == metav1.StatusReasonInvalid:
+		return "the member refused it (Invalid)"
+	default:
+		return s.Message
+	}
 }
 
 func driftSignature(found []drifted) string {

@@ -162,3 +162,36 @@ func TestOneRefusedCorrectionDoesNotStopTheOthers(t *testing.T) {
 	g.Expect(configMapIn(g, 0, "drift-refused").Data["greeting"]).To(Equal("hand-edited"))
 	g.Expect(helmRevisions(g, 0, "drift-refused")).To(Equal(1))
 }
+
+// A field the member does not know is dropped by the apiserver on install; drift detection then
+// finds it missing every time. Its correction is sent with strict field validation, so it fails
+// once with the member's reason instead of being "corrected" on every check.
+func TestAFieldTheMemberDoesNotKnowIsReportedNotCorrectedForever(t *testing.T) {
+	g := NewWithT(t)
+	members := attachMembers(t)
+	_, repo := serveHello(t, "0.1.0")
+	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "drift-unknown", Namespace: "apps"},
+		Spec: pluginsv1.PluginReleaseSpec{
+			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
+			Targets:         pluginsv1.Targets{ClusterNames: members[:1]},
+			CreateNamespace: true,
+			Values:          &apiextensionsv1.JSON{Raw: []byte(`{"unknownField":"oops"}`)},
+		}}
+	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+	waitReleaseReady(t, prel)
+	got := &pluginsv1.PluginRelease{}
+	g.Eventually(func(g Gomega) {
+		g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(prel), got)).To(Succeed())
+		d := got.Status.Clusters[0].Drift
+		g.Expect(d).NotTo(BeNil())
+		g.Expect(d.Message).To(ContainSubstring(`strict decoding error: unknown field "unknownField"`))
+		g.Expect(d.Message).NotTo(ContainSubstring("greeting"), "the refused object is not quoted (it could be a Secret)")
+		t.Log(d.Message)
+		g.Expect(d.Objects).To(ConsistOf("ConfigMap apps/drift-unknown-hello: /unknownField"))
+	}, eventuallyWait, poll).Should(Succeed())
+	for _, h := range got.Status.History {
+		g.Expect(h.Action).NotTo(Equal("drift-corrected"), "nothing was corrected")
+	}
+	g.Expect(helmRevisions(g, 0, "drift-unknown")).To(Equal(1))
+}
