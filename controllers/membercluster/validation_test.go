@@ -1,6 +1,7 @@
 package membercluster
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -42,8 +43,16 @@ func TestAdmissionValidation(t *testing.T) {
 		})
 	}
 
-	// Defaults are applied at admission.
+	// A name longer than a label value.
 	g := NewWithT(t)
+	long := &clustersv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: strings.Repeat("a", 64)},
+		Spec: clustersv1.MemberClusterSpec{Attach: &clustersv1.AttachSpec{KubeconfigSecretRef: ref}, Paused: true}}
+	g.Expect(mgmt.Create(ctx, long)).To(MatchError(ContainSubstring("a MemberCluster name has at most 63 characters")))
+	long.Name = strings.Repeat("a", 63)
+	g.Expect(mgmt.Create(ctx, long)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, long) })
+
+	// Defaults are applied at admission.
 	mc := &clustersv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "defaults"},
 		Spec: clustersv1.MemberClusterSpec{Attach: &clustersv1.AttachSpec{KubeconfigSecretRef: ref}, Paused: true}}
 	g.Expect(mgmt.Create(ctx, mc)).To(Succeed())

@@ -3,7 +3,7 @@ package pluginrelease
 import (
 	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/hex"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"hash"
@@ -16,12 +16,15 @@ import (
 // (internal/digestkey): a reader of status cannot test guesses of a secret value against them.
 type digester struct{ key []byte }
 
-// digestPrefix names the algorithm; 128 bits of the HMAC are kept.
-const digestPrefix = "hmac-sha256:"
+// digestPrefix names the algorithm (HMAC-SHA256); 128 bits of the HMAC are kept, in unpadded
+// base64url (a PluginRelease at 2,000 targets holds two per target).
+const digestPrefix = "hmac:"
 
 func (d digester) new() hash.Hash { return hmac.New(sha256.New, d.key) }
 
-func finish(h hash.Hash) string { return digestPrefix + hex.EncodeToString(h.Sum(nil)[:16]) }
+func finish(h hash.Hash) string {
+	return digestPrefix + base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:16])
+}
 
 // config identifies what a target must run: the chart archive and the values (JSON with sorted
 // keys), plus the settings that change the release's objects.

@@ -713,7 +713,9 @@ func (r *Reconciler) foldDrift(s *scope, cluster string, o outcome) {
 			}
 		})
 	default:
-		fresh := c.Drift == nil || strings.Join(c.Drift.Objects, "\n") != strings.Join(o.driftObjects, "\n")
+		// Compared as status holds it (trimmed for many targets), or it would be new every time.
+		objs := fitDriftObjects(o.driftObjects, textBudget(len(s.clusters))/4)
+		fresh := c.Drift == nil || strings.Join(c.Drift.Objects, "\n") != strings.Join(objs, "\n")
 		detected := metav1.Time{Time: o.finished}
 		if !fresh {
 			detected = c.Drift.DetectedAt

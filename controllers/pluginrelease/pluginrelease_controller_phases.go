@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"helm.sh/helm/v3/pkg/release"
 	corev1 "k8s.io/api/core/v1"
@@ -38,6 +39,7 @@ const (
 	ReasonSuspended          = "Suspended"
 	ReasonRepositoryNotReady = "RepositoryNotReady"
 	ReasonValuesInvalid      = "ValuesInvalid"
+	ReasonTooManyTargets     = "TooManyTargets"
 	ReasonRolloutHalted      = "RolloutHalted"
 	ReasonClustersFailed     = "ClustersFailed"
 	ReasonUninstalling       = "Uninstalling"
@@ -313,6 +315,13 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
+	}
+	if len(targets) > pluginsv1.MaxTargetClusters {
+		// Refused before anything is done anywhere: its status could not hold every target.
+		s.failure = &failure{reason: ReasonTooManyTargets, stalled: true, msg: fmt.Sprintf(
+			"spec.targets selects %d clusters; one PluginRelease serves at most %d: split it into several with narrower clusterSelectors (nothing was changed in any cluster)",
+			len(targets), pluginsv1.MaxTargetClusters)}
+		return ctrl.Result{}, nil
 	}
 	s.targets = targets
 	base, secrets, err := baseValues(ctx, r.valuesReader(), prel, r.SecretNamespaces, r.ProtectedNamespaces)
@@ -1092,9 +1101,15 @@ func sanitize(err error) string {
 
 var multiErrorHeader = regexp.MustCompile(`^\d+ errors? occurred:$`)
 
+// truncate cuts s to at most n bytes plus "...", on a rune boundary (a status must be valid
+// UTF-8). It is idempotent: a truncated string truncates to itself.
 func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "..."
+	if len(s) <= n || (len(s) <= n+3 && strings.HasSuffix(s, "...")) {
+		return s
 	}
-	return s
+	k := n
+	for k > 0 && !utf8.RuneStart(s[k]) {
+		k--
+	}
+	return s[:k] + "..."
 }

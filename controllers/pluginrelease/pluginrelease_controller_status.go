@@ -41,7 +41,9 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	budget := textBudget(len(names))
 	for _, n := range names {
+		fitCluster(s.clusters[n], budget)
 		st.Clusters = append(st.Clusters, *s.clusters[n])
 	}
 	if len(st.Clusters) == 0 {

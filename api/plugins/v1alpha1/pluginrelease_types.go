@@ -10,10 +10,13 @@ import (
 
 // Defaults of PluginRelease.
 const (
-	DefaultMaxHistory       = 10
-	DefaultActionTimeout    = 5 * time.Minute
-	DefaultMaxConcurrency   = 10
-	MaxTargetClusters       = 2000
+	DefaultMaxHistory     = 10
+	DefaultActionTimeout  = 5 * time.Minute
+	DefaultMaxConcurrency = 10
+	// MaxTargetClusters is the most clusters one PluginRelease may target: its status keeps a
+	// record per target, and at 1,000 the worst (every target failed and drifted) still fits in
+	// one object with room to spare; at 2,000 it does not. Split a larger fleet by label.
+	MaxTargetClusters       = 1000
 	MaxHistoryEntries       = 50
 	DefaultValuesKey        = "values.yaml"
 	DefaultUninstallTimeout = 5 * time.Minute
@@ -130,10 +133,10 @@ type ChartReference struct {
 // target).
 // +kubebuilder:validation:XValidation:rule="(has(self.clusterNames) && size(self.clusterNames) > 0) || has(self.clusterSelector)",message="targets needs clusterNames or clusterSelector"
 type Targets struct {
-	// ClusterNames are MemberCluster names.
+	// ClusterNames are MemberCluster names (at most 1000 targets in all, MaxTargetClusters).
 	// +optional
 	// +listType=set
-	// +kubebuilder:validation:MaxItems=2000
+	// +kubebuilder:validation:MaxItems=1000
 	// +kubebuilder:validation:items:MaxLength=253
 	ClusterNames []string `json:"clusterNames,omitempty"`
 	// ClusterSelector selects MemberClusters by label; {} selects all.
@@ -435,7 +438,7 @@ type WaveStatus struct {
 	// Name of the wave.
 	Name string `json:"name"`
 	// Clusters are the wave's targets, frozen at the rollout's start.
-	// +kubebuilder:validation:MaxItems=2000
+	// +kubebuilder:validation:MaxItems=1000
 	Clusters []string `json:"clusters"`
 	// CompletedAt is when every target of the wave reached the desired revision (bake time
 	// counts from here).
