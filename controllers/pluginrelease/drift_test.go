@@ -6,9 +6,7 @@ import (
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -31,15 +29,10 @@ func TestDriftIsCorrectedWithoutANewRevision(t *testing.T) {
 	g := NewWithT(t)
 	members := attachMembers(t)
 	_, repo := serveHello(t, "0.1.0")
-	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "drift", Namespace: "apps"},
-		Spec: pluginsv1.PluginReleaseSpec{
-			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
-			Targets:         pluginsv1.Targets{ClusterNames: members[:1]},
-			CreateNamespace: true,
-			Values:          &apiextensionsv1.JSON{Raw: []byte(`{"greeting":"desired"}`)},
-		}}
-	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
-	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+	prel := helloRelease("drift", repo, members[:1], func(s *pluginsv1.PluginReleaseSpec) {
+		s.Values = jsonValues(`{"greeting":"desired"}`)
+	})
+	createRelease(t, prel)
 	waitReleaseReady(t, prel)
 	member := env.Members[0].Client
 	g.Expect(helmRevisions(g, 0, "drift")).To(Equal(1))
@@ -124,15 +117,10 @@ func TestOneRefusedCorrectionDoesNotStopTheOthers(t *testing.T) {
 	g := NewWithT(t)
 	members := attachMembers(t)
 	_, repo := serveHello(t, "0.1.0")
-	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "drift-refused", Namespace: "apps"},
-		Spec: pluginsv1.PluginReleaseSpec{
-			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
-			Targets:         pluginsv1.Targets{ClusterNames: members[:1]},
-			CreateNamespace: true,
-			Values:          &apiextensionsv1.JSON{Raw: []byte(`{"greeting":"desired","second":true}`)},
-		}}
-	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
-	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+	prel := helloRelease("drift-refused", repo, members[:1], func(s *pluginsv1.PluginReleaseSpec) {
+		s.Values = jsonValues(`{"greeting":"desired","second":true}`)
+	})
+	createRelease(t, prel)
 	waitReleaseReady(t, prel)
 	member := env.Members[0].Client
 
@@ -170,15 +158,10 @@ func TestAFieldTheMemberDoesNotKnowIsReportedNotCorrectedForever(t *testing.T) {
 	g := NewWithT(t)
 	members := attachMembers(t)
 	_, repo := serveHello(t, "0.1.0")
-	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "drift-unknown", Namespace: "apps"},
-		Spec: pluginsv1.PluginReleaseSpec{
-			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
-			Targets:         pluginsv1.Targets{ClusterNames: members[:1]},
-			CreateNamespace: true,
-			Values:          &apiextensionsv1.JSON{Raw: []byte(`{"unknownField":"oops"}`)},
-		}}
-	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
-	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+	prel := helloRelease("drift-unknown", repo, members[:1], func(s *pluginsv1.PluginReleaseSpec) {
+		s.Values = jsonValues(`{"unknownField":"oops"}`)
+	})
+	createRelease(t, prel)
 	waitReleaseReady(t, prel)
 	got := &pluginsv1.PluginRelease{}
 	g.Eventually(func(g Gomega) {

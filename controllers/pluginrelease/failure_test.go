@@ -32,14 +32,8 @@ func TestMemberDownDuringAnUpgradeFailsOnlyThereAndIsRetriedWhenItReturns(t *tes
 	g := NewWithT(t)
 	members := attachMembers(t)
 	_, repo := serveHello(t, "0.1.0", "0.2.0")
-	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "downtime", Namespace: "apps"},
-		Spec: pluginsv1.PluginReleaseSpec{
-			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
-			Targets:         pluginsv1.Targets{ClusterNames: members},
-			CreateNamespace: true,
-		}}
-	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
-	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+	prel := helloRelease("downtime", repo, members)
+	createRelease(t, prel)
 	waitReleaseReady(t, prel)
 
 	down := env.Members[1]
@@ -119,15 +113,10 @@ func TestFailingChartIsRemediated(t *testing.T) {
 	g.Expect(eventNotes(inst)).To(ContainElement(MatchRegexp(`^install of failing 0\.1\.0 on ` + members[0] + ` failed after .*70000`)))
 
 	// An upgrade that fails (bad values) is rolled back: the member runs the previous revision.
-	up := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "rollback", Namespace: "apps"},
-		Spec: pluginsv1.PluginReleaseSpec{
-			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
-			Targets:         pluginsv1.Targets{ClusterNames: members[:1]},
-			CreateNamespace: true,
-			Upgrade:         &pluginsv1.ActionSpec{Remediation: &pluginsv1.Remediation{Strategy: pluginsv1.RemediationRollback}},
-		}}
-	g.Expect(mgmt.Create(ctx, up)).To(Succeed())
-	t.Cleanup(func() { _ = mgmt.Delete(ctx, up) })
+	up := helloRelease("rollback", repo, members[:1], func(s *pluginsv1.PluginReleaseSpec) {
+		s.Upgrade = &pluginsv1.ActionSpec{Remediation: &pluginsv1.Remediation{Strategy: pluginsv1.RemediationRollback}}
+	})
+	createRelease(t, up)
 	waitReleaseReady(t, up)
 	mergePatchRelease(g, up, `{"spec":{"values":{"invalidPort":70000}}}`)
 	g.Eventually(func(g Gomega) {

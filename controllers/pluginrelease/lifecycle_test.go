@@ -10,7 +10,6 @@ import (
 	"helm.sh/helm/v3/pkg/storage"
 	"helm.sh/helm/v3/pkg/storage/driver"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -34,12 +33,7 @@ func TestAReleaseLeftPendingByAKilledManagerIsRecovered(t *testing.T) {
 	g := NewWithT(t)
 	members := attachMembers(t)
 	_, repo := serveHello(t, "0.1.0")
-	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "crashed", Namespace: "apps"},
-		Spec: pluginsv1.PluginReleaseSpec{
-			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
-			Targets:         pluginsv1.Targets{ClusterNames: members[:1]},
-			CreateNamespace: true,
-		}}
+	prel := helloRelease("crashed", repo, members[:1])
 	// What the killed manager left: revision 1, pending-install, labelled as this PluginRelease's.
 	g.Expect(envs.EnsureNamespace(ctx, env.Members[0].Client, "apps")).To(Succeed())
 	st := helmStorage(g, 0)
@@ -70,14 +64,8 @@ func TestDeletingAMemberClusterUninstallsItsReleasesFirst(t *testing.T) {
 	members := attachMembers(t)
 	t.Cleanup(func() { attachMembers(t) })
 	_, repo := serveHello(t, "0.1.0")
-	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "leaving", Namespace: "apps"},
-		Spec: pluginsv1.PluginReleaseSpec{
-			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
-			Targets:         pluginsv1.Targets{ClusterNames: members},
-			CreateNamespace: true,
-		}}
-	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
-	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+	prel := helloRelease("leaving", repo, members)
+	createRelease(t, prel)
 	waitReleaseReady(t, prel)
 	mc := &clustersv1.MemberCluster{}
 	g.Eventually(func(g Gomega) {
@@ -105,13 +93,7 @@ func TestStateOfAReleaseDeletedBehindTheControllersBackIsSwept(t *testing.T) {
 	g := NewWithT(t)
 	members := attachMembers(t)
 	_, repo := serveHello(t, "0.1.0")
-	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "abandoned", Namespace: "apps"},
-		Spec: pluginsv1.PluginReleaseSpec{
-			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
-			Targets:         pluginsv1.Targets{ClusterNames: members[:1]},
-			TargetNamespace: "abandoned",
-			CreateNamespace: true,
-		}}
+	prel := helloRelease("abandoned", repo, members[:1], func(s *pluginsv1.PluginReleaseSpec) { s.TargetNamespace = "abandoned" })
 	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
 	got := waitReleaseReady(t, prel)
 	uid := got.UID

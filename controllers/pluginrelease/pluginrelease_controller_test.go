@@ -33,6 +33,31 @@ func serveHello(t *testing.T, versions ...string) (*chartrepos.HelmRepo, *plugin
 	return srv, repo
 }
 
+// helloRelease is a PluginRelease in the apps namespace of the hello chart 0.1.0 from repo into
+// clusters, creating its namespace; edit adjusts the spec before it is returned.
+func helloRelease(name string, repo *pluginsv1.PluginRepository, clusters []string, edit ...func(*pluginsv1.PluginReleaseSpec)) *pluginsv1.PluginRelease {
+	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "apps"},
+		Spec: pluginsv1.PluginReleaseSpec{
+			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
+			Targets:         pluginsv1.Targets{ClusterNames: clusters},
+			CreateNamespace: true,
+		}}
+	for _, e := range edit {
+		e(&prel.Spec)
+	}
+	return prel
+}
+
+// createRelease creates prel and deletes it when the test ends.
+func createRelease(t *testing.T, prel *pluginsv1.PluginRelease) {
+	t.Helper()
+	NewWithT(t).Expect(mgmt.Create(ctx, prel)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+}
+
+// jsonValues is spec.values from a JSON text.
+func jsonValues(raw string) *apiextensionsv1.JSON { return &apiextensionsv1.JSON{Raw: []byte(raw)} }
+
 func waitReleaseReady(t *testing.T, prel *pluginsv1.PluginRelease) *pluginsv1.PluginRelease {
 	t.Helper()
 	got := &pluginsv1.PluginRelease{}

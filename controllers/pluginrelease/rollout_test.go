@@ -36,18 +36,14 @@ func TestACanaryWaveThatFailsHaltsTheRollout(t *testing.T) {
 	labelMember(t, members[0], `{"tier":"canary"}`)
 	labelMember(t, members[1], `{"tier":"prod"}`)
 	_, repo := serveHello(t, "0.1.0")
-	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "canary", Namespace: "apps"},
-		Spec: pluginsv1.PluginReleaseSpec{
-			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
-			Targets:         pluginsv1.Targets{ClusterSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpExists}}}},
-			CreateNamespace: true,
-			// Broken on the canary only.
-			ValuesTemplate: `{{ if eq (index .Cluster.Labels "tier") "canary" }}invalidPort: 70001{{ end }}`,
-			Rollout: &pluginsv1.Rollout{Waves: []pluginsv1.Wave{{Name: "canary",
-				ClusterSelector: metav1.LabelSelector{MatchLabels: map[string]string{"tier": "canary"}}}}},
-		}}
-	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
-	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+	prel := helloRelease("canary", repo, nil, func(s *pluginsv1.PluginReleaseSpec) {
+		s.Targets.ClusterSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpExists}}}
+		// Broken on the canary only.
+		s.ValuesTemplate = `{{ if eq (index .Cluster.Labels "tier") "canary" }}invalidPort: 70001{{ end }}`
+		s.Rollout = &pluginsv1.Rollout{Waves: []pluginsv1.Wave{{Name: "canary",
+			ClusterSelector: metav1.LabelSelector{MatchLabels: map[string]string{"tier": "canary"}}}}}
+	})
+	createRelease(t, prel)
 
 	g.Eventually(func(g Gomega) {
 		got := getRelease(g, prel)

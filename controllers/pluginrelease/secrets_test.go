@@ -43,15 +43,10 @@ func TestValuesFromASecretAreUsedAndNeverShown(t *testing.T) {
 		StringData: map[string]string{"values.yaml": "greeting: " + greeting + "\ninvalidPort: " + port + "\n"}}
 	g.Expect(mgmt.Create(ctx, sec)).To(Succeed())
 	t.Cleanup(func() { _ = mgmt.Delete(ctx, sec) })
-	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "secret-values", Namespace: "apps"},
-		Spec: pluginsv1.PluginReleaseSpec{
-			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
-			Targets:         pluginsv1.Targets{ClusterNames: members[:1]},
-			CreateNamespace: true,
-			ValuesFrom:      []pluginsv1.ValuesReference{{Kind: "Secret", Name: sec.Name}},
-		}}
-	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
-	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+	prel := helloRelease("secret-values", repo, members[:1], func(s *pluginsv1.PluginReleaseSpec) {
+		s.ValuesFrom = []pluginsv1.ValuesReference{{Kind: "Secret", Name: sec.Name}}
+	})
+	createRelease(t, prel)
 
 	// The Secret's port makes the install fail: the apiserver's error quotes it, Paddock does not.
 	g.Eventually(func(g Gomega) {

@@ -132,14 +132,10 @@ func TestMoreTargetsThanOnePluginReleaseServesAreRefused(t *testing.T) {
 		g.Expect(err).NotTo(HaveOccurred())
 	}
 	t.Logf("created %d MemberClusters in %s", pluginsv1.MaxTargetClusters, time.Since(start))
-	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "too-many", Namespace: "apps"},
-		Spec: pluginsv1.PluginReleaseSpec{
-			Chart:           pluginsv1.ChartReference{Repository: repo.Name, Name: "hello", Version: "0.1.0"},
-			Targets:         pluginsv1.Targets{ClusterSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "fleet-big", Operator: metav1.LabelSelectorOpExists}}}},
-			CreateNamespace: true,
-		}}
-	g.Expect(mgmt.Create(ctx, prel)).To(Succeed())
-	t.Cleanup(func() { _ = mgmt.Delete(ctx, prel) })
+	prel := helloRelease("too-many", repo, nil, func(s *pluginsv1.PluginReleaseSpec) {
+		s.Targets.ClusterSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "fleet-big", Operator: metav1.LabelSelectorOpExists}}}
+	})
+	createRelease(t, prel)
 	got := &pluginsv1.PluginRelease{}
 	g.Eventually(func(g Gomega) {
 		g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(prel), got)).To(Succeed())
