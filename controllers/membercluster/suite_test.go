@@ -20,12 +20,9 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	ctrl "sigs.k8s.io/controller-runtime"
-	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 	"github.com/paddock-dev/paddock/internal/clustercache"
@@ -72,16 +69,7 @@ func runSuite(m *testing.M) int {
 
 	ctrl.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(os.Stderr, &suiteLogs)), zap.UseDevMode(true)))
 	sch := scheme.New()
-	mgr, err := ctrl.NewManager(env.Management.Config, ctrl.Options{
-		Scheme: sch,
-		// As main.go: Secrets cached only in the namespace kubeconfig Secrets may live in.
-		Cache: crcache.Options{ByObject: map[client.Object]crcache.ByObject{
-			&corev1.Secret{}: {Namespaces: map[string]crcache.Config{secretNS: {}}},
-		}},
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: ptrTo(true)},
-	})
+	mgr, err := env.Management.NewManager(sch, secretNS)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -107,11 +95,7 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	go func() {
-		if err := mgr.Start(ctx); err != nil {
-			fmt.Fprintln(os.Stderr, "manager:", err)
-		}
-	}()
+	envs.StartManager(ctx, mgr)
 	return m.Run()
 }
 

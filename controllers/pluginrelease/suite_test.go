@@ -10,16 +10,12 @@ import (
 
 	. "github.com/onsi/gomega"
 	"go.uber.org/zap/zapcore"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
-	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 	"github.com/paddock-dev/paddock/controllers/membercluster"
@@ -66,15 +62,7 @@ func runSuite(m *testing.M) int {
 	// V(2): Helm's own debug output too, so that the tests that look for leaks in logs see it.
 	ctrl.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(os.Stderr, &logs)), zap.UseDevMode(true), zap.Level(zapcore.Level(-2))))
 	sch := scheme.New()
-	mgr, err := ctrl.NewManager(env.Management.Config, ctrl.Options{
-		Scheme: sch,
-		Cache: crcache.Options{ByObject: map[client.Object]crcache.ByObject{
-			&corev1.Secret{}: {Namespaces: map[string]crcache.Config{secretNS: {}}},
-		}},
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: ptrTo(true)},
-	})
+	mgr, err := env.Management.NewManager(sch, secretNS)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -126,11 +114,7 @@ func runSuite(m *testing.M) int {
 			return 1
 		}
 	}
-	go func() {
-		if err := mgr.Start(mctx); err != nil {
-			fmt.Fprintln(os.Stderr, "manager:", err)
-		}
-	}()
+	envs.StartManager(mctx, mgr)
 	return m.Run()
 }
 

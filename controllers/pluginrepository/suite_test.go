@@ -8,14 +8,10 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
-	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/paddock-dev/paddock/internal/chartrepo"
 	"github.com/paddock-dev/paddock/internal/netpolicy"
@@ -52,15 +48,7 @@ func runSuite(m *testing.M) int {
 	defer func() { _ = env.Stop() }()
 	mgmt = env.Management.Client
 	ctrl.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(os.Stderr, &logs)), zap.UseDevMode(true)))
-	mgr, err := ctrl.NewManager(env.Management.Config, ctrl.Options{
-		Scheme: scheme.New(),
-		Cache: crcache.Options{ByObject: map[client.Object]crcache.ByObject{
-			&corev1.Secret{}: {Namespaces: map[string]crcache.Config{secretNS: {}}},
-		}},
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: ptrTo(true)},
-	})
+	mgr, err := env.Management.NewManager(scheme.New(), secretNS)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -86,11 +74,7 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	go func() {
-		if err := mgr.Start(mctx); err != nil {
-			fmt.Fprintln(os.Stderr, "manager:", err)
-		}
-	}()
+	envs.StartManager(mctx, mgr)
 	return m.Run()
 }
 
