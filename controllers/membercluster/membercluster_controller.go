@@ -91,6 +91,15 @@ type Reconciler struct {
 	secrets map[string]secretSeen
 	// cleanupProbes is when deletion last probed a member to prove a connection for cleanup.
 	cleanupProbes map[types.UID]time.Time
+	// deletions: the deletions confirmed against the apiserver, and the outcome of their cleanup
+	// once it ran (so that a retried finalizer patch never cleans up a second time).
+	deletions map[types.UID]*deletionState
+}
+
+// deletionState is what a deletion has done so far.
+type deletionState struct {
+	cleaned bool
+	event   *pendingEvent
 }
 
 // secretSeen: the Secret's metadata ("uid/resourceVersion/key/context") as last read, and the
@@ -222,6 +231,7 @@ func (r *Reconciler) init(ctx context.Context, log logr.Logger) {
 	r.conflicts = map[string]int{}
 	r.secrets = map[string]secretSeen{}
 	r.cleanupProbes = map[types.UID]time.Time{}
+	r.deletions = map[types.UID]*deletionState{}
 	r.ctx, r.log = ctx, log
 	r.slots = newProbeSlots(r.MaxConcurrentProbes)
 	// Inventory reads are short on healthy members and can be large (a node list): few at once.
@@ -355,6 +365,7 @@ func (r *Reconciler) forgetState(uid types.UID) {
 	st := r.health[uid]
 	delete(r.health, uid)
 	delete(r.cleanupProbes, uid)
+	delete(r.deletions, uid)
 	if st != nil {
 		delete(r.secrets, st.name)
 	}
@@ -385,6 +396,7 @@ func (r *Reconciler) forgetStateByName(name string, keep types.UID) {
 			gone = append(gone, st)
 			delete(r.health, uid)
 			delete(r.cleanupProbes, uid)
+			delete(r.deletions, uid)
 		}
 	}
 	r.mu.Unlock()
@@ -497,61 +509,77 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, mc *clustersv1.MemberC
 	// The cached copy may be stale: a pass that runs after this controller released the member
 	// (its own finalizer patch not in the cache yet) would connect to the member again and clean up
 	// a second time, and with a new MemberCluster of the same name already there it would work on
-	// that one's connection. Only the apiserver's copy says this deletion is still ours.
-	if live, err := r.stillDeleting(ctx, mc); err != nil || !live {
-		return ctrl.Result{}, err
-	}
+	// that one's connection. Only the apiserver's copy says this deletion is still ours: it is read
+	// when a deletion is first seen and again before cleanup, not on every wait for dependants.
 	r.mu.Lock()
-	if st := r.health[mc.UID]; st != nil {
-		deactivate(st)
+	del := r.deletions[mc.UID]
+	var cleaned bool
+	var ev *pendingEvent
+	if del != nil {
+		cleaned, ev = del.cleaned, del.event
 	}
 	r.mu.Unlock()
-	r.prepareCleanup(ctx, mc)
-	waited := r.Clock.Since(mc.DeletionTimestamp.Time)
+	var live *clustersv1.MemberCluster
+	if del == nil {
+		var err error
+		if live, err = r.stillDeleting(ctx, mc); err != nil || live == nil {
+			return ctrl.Result{}, err
+		}
+		del = &deletionState{}
+		r.mu.Lock()
+		r.deletions[mc.UID] = del
+		r.mu.Unlock()
+	}
+	if !cleaned {
+		r.mu.Lock()
+		if st := r.health[mc.UID]; st != nil {
+			deactivate(st)
+		}
+		r.mu.Unlock()
+		r.prepareCleanup(ctx, mc)
+		waited := r.Clock.Since(mc.DeletionTimestamp.Time)
 
-	// Controllers that placed things in the member go first (their finalizers are *.paddock.dev/),
-	// bounded by the grace period.
-	if others := dependantFinalizers(mc); len(others) > 0 && waited < r.DeletionGracePeriod {
-		log.Info("Waiting for dependants to clean up the member", "member", mc.Name, "finalizers", others)
-		return ctrl.Result{RequeueAfter: min(time.Second, r.DeletionGracePeriod-waited)}, nil
+		// Controllers that placed things in the member go first (their finalizers are
+		// *.paddock.dev/), bounded by the grace period.
+		if others := dependantFinalizers(mc); len(others) > 0 && waited < r.DeletionGracePeriod {
+			log.Info("Waiting for dependants to clean up the member", "member", mc.Name, "finalizers", others)
+			return ctrl.Result{RequeueAfter: min(time.Second, r.DeletionGracePeriod-waited)}, nil
+		}
+		if live == nil {
+			var err error
+			if live, err = r.stillDeleting(ctx, mc); err != nil || live == nil {
+				return ctrl.Result{}, err
+			}
+		}
+		if others := dependantFinalizers(live); len(others) > 0 && waited < r.DeletionGracePeriod {
+			return ctrl.Result{RequeueAfter: min(time.Second, r.DeletionGracePeriod-waited)}, nil
+		}
+		var requeue time.Duration
+		if ev, requeue = r.cleanupForDeletion(ctx, mc, waited); requeue > 0 {
+			return ctrl.Result{RequeueAfter: requeue}, nil
+		}
+		// Remembered until the finalizer is gone: the event is emitted once the patch has landed,
+		// and a failed patch retries the patch, never the cleanup.
+		r.mu.Lock()
+		del.cleaned, del.event = true, ev
+		r.mu.Unlock()
 	}
 
-	// The event is emitted once the finalizer patch has landed: a failed patch retries the
-	// cleanup and must not repeat it.
-	var ev *pendingEvent
-	if mc.Spec.DeletionPolicy != clustersv1.DeletionPolicyOrphan {
-		outcome, err := r.cleanupMember(ctx, mc)
-		reason := ""
-		if err != nil {
-			// A member controls its error text: bound it before it reaches events or logs.
-			reason = sanitizeMessage(err.Error())
-		}
-		var inUse *inUseError
-		switch {
-		case errors.As(err, &inUse):
-			ev = &pendingEvent{corev1.EventTypeNormal, "CleanupSkipped", "Delete", inUse.Error()}
-			log.Info("Skipped member cleanup", "member", mc.Name, "reason", reason)
-		case err != nil && outcome == cleanupRetry && waited < r.DeletionGracePeriod:
-			log.Info("Could not clean up member yet; retrying", "member", mc.Name, "reason", reason)
-			return ctrl.Result{RequeueAfter: min(retryInterval(mc.Spec.HealthCheck)*5, r.DeletionGracePeriod-waited)}, nil
-		case err != nil && outcome == cleanupRetry:
-			ev = &pendingEvent{corev1.EventTypeWarning, "CleanupAbandoned", "Delete", fmt.Sprintf(
-				"Gave up cleaning up the member after %s: %s; what Paddock placed there is left in place", r.DeletionGracePeriod, reason)}
-			log.Info("Abandoned member cleanup", "member", mc.Name, "reason", reason)
-		case err != nil:
-			ev = &pendingEvent{corev1.EventTypeWarning, "CleanupSkipped", "Delete", reason}
-			log.Info("Skipped member cleanup", "member", mc.Name, "reason", reason)
-		case outcome == cleanupDone:
-			ev = &pendingEvent{corev1.EventTypeNormal, "CleanedUp", "Delete", "Removed what Paddock placed in the member"}
+	if live == nil {
+		// A retry of the patch alone: based on the apiserver's copy too.
+		var err error
+		if live, err = r.stillDeleting(ctx, mc); err != nil || live == nil {
+			return ctrl.Result{}, err
 		}
 	}
-
 	// Disconnected before the finalizer goes: once the object is gone nothing may still reach the
-	// member through it. A failed patch retries, and the retry connects again if it must.
+	// member through it.
 	r.Cache.Disconnect(mc.Name)
-	orig := mc.DeepCopy()
-	controllerutil.RemoveFinalizer(mc, clustersv1.MemberClusterFinalizer)
-	if err := r.Client.Patch(ctx, mc, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil && !apierrors.IsNotFound(err) {
+	// Patched from the apiserver's copy, so that the optimistic lock fails only on a change since
+	// it was read (a dependant's finalizer going), not on a stale cache.
+	patched := live.DeepCopy()
+	controllerutil.RemoveFinalizer(patched, clustersv1.MemberClusterFinalizer)
+	if err := r.Client.Patch(ctx, patched, client.MergeFromWithOptions(live, client.MergeFromWithOptimisticLock{})); err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, fmt.Errorf("removing finalizer: %w", err)
 	}
 	if ev != nil {
@@ -563,18 +591,52 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, mc *clustersv1.MemberC
 	return ctrl.Result{}, nil
 }
 
-// stillDeleting reads the MemberCluster from the apiserver and reports whether it is the same
-// object, still deleting and still holding this controller's finalizer.
-func (r *Reconciler) stillDeleting(ctx context.Context, mc *clustersv1.MemberCluster) (bool, error) {
+// stillDeleting reads the MemberCluster from the apiserver and returns it if it is the same
+// object, still deleting and still holding this controller's finalizer (else nil).
+func (r *Reconciler) stillDeleting(ctx context.Context, mc *clustersv1.MemberCluster) (*clustersv1.MemberCluster, error) {
 	live := &clustersv1.MemberCluster{}
 	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(mc), live); err != nil {
-		if apierrors.IsNotFound(err) {
-			return false, nil
-		}
-		return false, err
+		return nil, client.IgnoreNotFound(err)
 	}
-	return live.UID == mc.UID && !live.DeletionTimestamp.IsZero() &&
-		controllerutil.ContainsFinalizer(live, clustersv1.MemberClusterFinalizer), nil
+	if live.UID != mc.UID || live.DeletionTimestamp.IsZero() ||
+		!controllerutil.ContainsFinalizer(live, clustersv1.MemberClusterFinalizer) {
+		return nil, nil
+	}
+	return live, nil
+}
+
+// cleanupForDeletion removes what Paddock placed in the member (unless the policy orphans it)
+// and returns the event that reports it, or how soon to try again.
+func (r *Reconciler) cleanupForDeletion(ctx context.Context, mc *clustersv1.MemberCluster, waited time.Duration) (*pendingEvent, time.Duration) {
+	if mc.Spec.DeletionPolicy == clustersv1.DeletionPolicyOrphan {
+		return nil, 0
+	}
+	log := ctrl.LoggerFrom(ctx)
+	outcome, err := r.cleanupMember(ctx, mc)
+	reason := ""
+	if err != nil {
+		// A member controls its error text: bound it before it reaches events or logs.
+		reason = sanitizeMessage(err.Error())
+	}
+	var inUse *inUseError
+	switch {
+	case errors.As(err, &inUse):
+		log.Info("Skipped member cleanup", "member", mc.Name, "reason", reason)
+		return &pendingEvent{corev1.EventTypeNormal, "CleanupSkipped", "Delete", inUse.Error()}, 0
+	case err != nil && outcome == cleanupRetry && waited < r.DeletionGracePeriod:
+		log.Info("Could not clean up member yet; retrying", "member", mc.Name, "reason", reason)
+		return nil, min(retryInterval(mc.Spec.HealthCheck)*5, r.DeletionGracePeriod-waited)
+	case err != nil && outcome == cleanupRetry:
+		log.Info("Abandoned member cleanup", "member", mc.Name, "reason", reason)
+		return &pendingEvent{corev1.EventTypeWarning, "CleanupAbandoned", "Delete", fmt.Sprintf(
+			"Gave up cleaning up the member after %s: %s; what Paddock placed there is left in place", r.DeletionGracePeriod, reason)}, 0
+	case err != nil:
+		log.Info("Skipped member cleanup", "member", mc.Name, "reason", reason)
+		return &pendingEvent{corev1.EventTypeWarning, "CleanupSkipped", "Delete", reason}, 0
+	case outcome == cleanupDone:
+		return &pendingEvent{corev1.EventTypeNormal, "CleanedUp", "Delete", "Removed what Paddock placed in the member"}, 0
+	}
+	return nil, 0
 }
 
 // prepareCleanup puts the member in its "deleting, cleanup only" state: Get refuses it, and

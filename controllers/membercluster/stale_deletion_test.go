@@ -75,3 +75,73 @@ func TestAStaleDeletionPassDoesNotReachTheMemberAgain(t *testing.T) {
 	noTrace(pass())
 	g.Expect(get(g, "stale-delete").DeletionTimestamp.IsZero()).To(BeTrue())
 }
+
+// conflictOnce serves one MemberCluster from a copy (to the cache and the uncached reader alike)
+// and refuses the first patch of it with a conflict, as when a dependant's finalizer goes between
+// the read and the finalizer patch.
+type conflictOnce struct {
+	client.Client
+	obj     *clustersv1.MemberCluster
+	patches int
+}
+
+func (c *conflictOnce) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if mc, ok := obj.(*clustersv1.MemberCluster); ok && key.Name == c.obj.Name {
+		c.obj.DeepCopyInto(mc)
+		return nil
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+func (c *conflictOnce) Patch(ctx context.Context, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+	if obj.GetName() != c.obj.Name {
+		return c.Client.Patch(ctx, obj, patch, opts...)
+	}
+	c.patches++
+	if c.patches == 1 {
+		return apierrors.NewConflict(clustersv1.GroupVersion.WithResource("memberclusters").GroupResource(), obj.GetName(), nil)
+	}
+	return nil
+}
+
+// A finalizer patch that conflicts after the member was cleaned up is retried alone: the retry
+// neither reaches the member again (here it no longer answers, so a second cleanup could only
+// time out) nor reports the cleanup twice.
+func TestAConflictedFinalizerPatchDoesNotCleanUpTwice(t *testing.T) {
+	g := NewWithT(t)
+	m1 := env.Members[0]
+	attach(t, "conflict-delete", m1.Kubeconfig())
+	mc := waitCondition(t, "conflict-delete", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
+	g.Expect(mgmt.Delete(ctx, mc)).To(Succeed())
+	g.Eventually(func() bool {
+		return apierrors.IsNotFound(mgmt.Get(ctx, client.ObjectKey{Name: "conflict-delete"}, &clustersv1.MemberCluster{}))
+	}, eventuallyWait, poll).Should(BeTrue())
+
+	// The same deletion again, served by a client that refuses the first finalizer patch.
+	ghost := mc.DeepCopy()
+	ghost.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	ghost.Finalizers = []string{clustersv1.MemberClusterFinalizer}
+	cl := &conflictOnce{Client: mgmt, obj: ghost}
+	c := clustercache.New(clustercache.Options{Scheme: scheme.New(), Timeout: 5 * time.Second})
+	rec := events.NewFakeRecorder(10)
+	r := &Reconciler{Client: cl, APIReader: cl, Cache: c, Recorder: rec, Policy: clustercache.Policy{AllowLoopback: true},
+		SecretNamespaces: []string{secretNS}, MaxConcurrentProbes: 5, StatusHeartbeat: time.Hour, DeletionGracePeriod: time.Minute}
+	rctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	r.init(rctx, logr.Discard())
+	req := ctrl.Request{NamespacedName: client.ObjectKey{Name: "conflict-delete"}}
+	_, err := r.reconcile(ctx, req)
+	g.Expect(apierrors.IsConflict(err)).To(BeTrue(), "the first patch conflicts: %v", err)
+	g.Expect(rec.Events).To(BeEmpty(), "reported once the patch has landed")
+
+	m1.Freeze()
+	t.Cleanup(m1.Thaw)
+	start := time.Now()
+	res, err := r.reconcile(ctx, req)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.RequeueAfter).To(BeZero())
+	g.Expect(cl.patches).To(Equal(2), "the retry patched the finalizer away")
+	g.Expect(time.Since(start)).To(BeNumerically("<", testTimeout), "the retry did not reach the member")
+	g.Expect(rec.Events).To(HaveLen(1))
+	g.Expect(<-rec.Events).To(ContainSubstring("CleanedUp"))
+}
