@@ -714,8 +714,7 @@ func (r *Reconciler) foldDrift(s *scope, cluster string, o outcome) {
 		})
 	default:
 		// Compared as status holds it (trimmed for many targets), or it would be new every time.
-		objs := fitDriftObjects(o.driftObjects, textBudget(len(s.clusters))/4)
-		fresh := c.Drift == nil || strings.Join(c.Drift.Objects, "\n") != strings.Join(objs, "\n")
+		fresh := c.Drift == nil || !sameDriftObjects(c.Drift.Objects, o.driftObjects)
 		detected := metav1.Time{Time: o.finished}
 		if !fresh {
 			detected = c.Drift.DetectedAt

@@ -1,6 +1,8 @@
 package pluginrelease
 
 import (
+	"slices"
+
 	pluginsv1 "github.com/paddock-dev/paddock/api/plugins/v1alpha1"
 )
 
@@ -20,12 +22,33 @@ const (
 	fitMinText = 64
 )
 
+// fitStep: the number of targets is rounded up to a multiple of it, so that the budget changes
+// only in steps (a cluster joining or leaving mostly changes nothing).
+const fitStep = 100
+
 // textBudget is the text one target may hold in status among n (0: no limit).
 func textBudget(n int) int {
 	if n <= fitFreeClusters {
 		return 0
 	}
+	n = (n + fitStep - 1) / fitStep * fitStep
 	return max(fitMinText, fitTotalText/n)
+}
+
+// sameDriftObjects reports whether stored, a drift report as status holds it, is report trimmed
+// at some budget: at this pass's or at the one of an earlier pass with another number of targets.
+// Compared so, a report is not new just because the number of targets changed.
+func sameDriftObjects(stored, report []string) bool {
+	equal := func(a, b []string) bool { return slices.Equal(a, b) }
+	if equal(stored, report) {
+		return true
+	}
+	for n := fitFreeClusters + 1; n <= 2*pluginsv1.MaxTargetClusters; n += fitStep {
+		if equal(stored, fitDriftObjects(report, textBudget(n)/4)) {
+			return true
+		}
+	}
+	return false
 }
 
 // fitCluster trims c's texts to budget: half for the message, half for the drift report.

@@ -3,6 +3,7 @@ package pluginrelease
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -35,6 +36,28 @@ func TestFitIsIdempotentAndFreeForFewTargets(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(strings.ToValidUTF8(string(js), "?")).To(Equal(string(js)), "valid UTF-8")
 	g.Expect(truncate("ab"+long, 3)).To(Equal("ab..."), "never half a rune")
+}
+
+// A drift report trimmed for one number of targets is the same report for another number: one
+// cluster joining or leaving a large release raises no DriftDetected event on every drifted target.
+func TestATrimmedDriftReportIsTheSameForAnotherNumberOfTargets(t *testing.T) {
+	g := NewWithT(t)
+	var report []string
+	for i := range 10 {
+		report = append(report, fmt.Sprintf("ConfigMap apps/object-with-a-rather-long-name-%02d: /data/key-%02d", i, i))
+	}
+	for _, was := range []int{100, 201, 999, 1000, 1001, 1999} {
+		stored := fitDriftObjects(report, textBudget(was)/4)
+		g.Expect(sameDriftObjects(stored, report)).To(BeTrue(), "trimmed at %d targets", was)
+	}
+	g.Expect(fitDriftObjects(report, textBudget(1000)/4)).NotTo(Equal(fitDriftObjects(report, textBudget(1001)/4)),
+		"the budget does change in steps")
+	g.Expect(textBudget(901)).To(Equal(textBudget(1000)), "but not with every cluster")
+
+	changed := slices.Clone(report)
+	changed[0] = "Deployment apps/web: /spec/replicas"
+	g.Expect(sameDriftObjects(fitDriftObjects(report, textBudget(1000)/4), changed)).To(BeFalse(), "a new first object is new")
+	g.Expect(sameDriftObjects(report, report[:9])).To(BeFalse(), "an object fewer, untrimmed, is new")
 }
 
 // The worst status of a PluginRelease at the limit of targets (MaxTargetClusters): every target
