@@ -83,6 +83,8 @@ type scope struct {
 	latest bool
 	// heldBack counts the targets a halted rollout does not start.
 	heldBack int
+	// noRoom are the targets that wait for room in status (see hasRoom).
+	noRoom map[string]bool
 	// retrying: some failed target will be retried by time alone.
 	retrying bool
 	// retryAt is when an uninstall that failed may be tried again.
@@ -108,6 +110,21 @@ func (s *scope) cluster(name string) *pluginsv1.ClusterReleaseStatus {
 		s.clusters[name] = c
 	}
 	return c
+}
+
+// hasRoom reports whether status can hold name: it has an entry already, or there are fewer than
+// MaxTargetClusters. Clusters that left the targets keep theirs until they are uninstalled, so a
+// release whose targets were all replaced holds both for a while; new targets wait for room
+// (taking none while it lacks), which keeps status within what etcd stores.
+func (s *scope) hasRoom(name string) bool {
+	if _, ok := s.clusters[name]; ok || len(s.clusters) < pluginsv1.MaxTargetClusters {
+		return true
+	}
+	if s.noRoom == nil {
+		s.noRoom = map[string]bool{}
+	}
+	s.noRoom[name] = true
+	return false
 }
 
 func setPhase(c *pluginsv1.ClusterReleaseStatus, phase pluginsv1.ClusterPhase, msg string) {
@@ -427,6 +444,9 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 		}
 	}
 	for _, name := range d.Start {
+		if !s.hasRoom(name) {
+			continue
+		}
 		if r.cancelDrift(prel.UID, name) {
 			continue
 		}
@@ -440,10 +460,10 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	}
 	// Targets whose member is not usable wait for it (those cut off mid-action stay Failed).
 	for name := range targets {
-		c := s.cluster(name)
-		if states[name] != rollout.Blocked || r.isRunning(s, name) || !inWaves(st, name) {
+		if states[name] != rollout.Blocked || r.isRunning(s, name) || !inWaves(st, name) || !s.hasRoom(name) {
 			continue
 		}
+		c := s.cluster(name)
 		s.unreachable = append(s.unreachable, name)
 		if c.Phase != pluginsv1.PhaseFailed {
 			_, err := r.Cache.Get(ctx, name)
@@ -457,7 +477,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	// Clusters still frozen in a wave the rollout has not reached wait.
 	for _, w := range st.Waves {
 		for _, name := range w.Clusters {
-			if _, ok := targets[name]; !ok {
+			if _, ok := targets[name]; !ok || !s.hasRoom(name) {
 				continue
 			}
 			c := s.cluster(name)
@@ -468,7 +488,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	}
 	// Targets not in this pass (joined meanwhile) wait for the next.
 	for name := range targets {
-		if !inWaves(st, name) {
+		if !inWaves(st, name) && s.hasRoom(name) {
 			setPhase(s.cluster(name), pluginsv1.PhaseWaiting, "joined during the rollout; handled by the next pass")
 		}
 	}

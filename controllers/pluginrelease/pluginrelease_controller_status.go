@@ -154,6 +154,10 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 			sort.Strings(s.unreachable)
 			msg += "; waiting for unreachable " + strings.Join(s.unreachable, ", ")
 		}
+		if len(s.noRoom) > 0 {
+			msg += fmt.Sprintf("; %d new clusters wait until the clusters that left are uninstalled (status holds at most %d)",
+				len(s.noRoom), pluginsv1.MaxTargetClusters)
+		}
 		if s.decision != nil && s.decision.Waiting != "" {
 			msg += "; " + s.decision.Waiting
 		}

@@ -174,6 +174,29 @@ func TestMoreTargetsThanOnePluginReleaseServesAreRefused(t *testing.T) {
 	// One fewer: it proceeds, and the real member gets the release.
 	g.Expect(mgmt.Delete(ctx, &clustersv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "big-0000"}})).To(Succeed())
 	g.Eventually(func() int { return helmRevisions(g, 0, "too-many") }, eventuallyWait, poll).Should(Equal(1))
+	g.Eventually(func() int { return len(getRelease(g, prel).Status.Clusters) }, eventuallyWait, poll).Should(Equal(pluginsv1.MaxTargetClusters))
+
+	// All but one replaced by a new target: the 999 that left keep their entries until they are
+	// uninstalled (here: given up after the grace period, their members never connected), and the
+	// new one waits for room instead of growing status past what etcd stores.
+	mergePatchRelease(g, prel, fmt.Sprintf(`{"spec":{"targets":{"clusterSelector":null,"clusterNames":[%q,%q]}}}`, members[0], members[1]))
+	waited, most := false, 0
+	g.Eventually(func(g Gomega) {
+		got := getRelease(g, prel)
+		most = max(most, len(got.Status.Clusters))
+		if c := clusterStatus(got, members[1]); c == nil {
+			g.Expect(helmRevisions(g, 1, "too-many")).To(BeZero())
+			if r := meta.FindStatusCondition(got.Status.Conditions, pluginsv1.ReadyCondition); r != nil &&
+				strings.Contains(r.Message, "1 new clusters wait until the clusters that left are uninstalled") {
+				waited = true
+			}
+		}
+		g.Expect(got.Status.Clusters).To(HaveLen(2), "the clusters that left are gone")
+	}, 2*eventuallyWait, poll).Should(Succeed())
+	g.Expect(most).To(BeNumerically("<=", pluginsv1.MaxTargetClusters), "status never held more than the limit")
+	g.Expect(waited).To(BeTrue(), "the new target waited for room, and Ready said so")
+	waitReleaseReady(t, prel)
+	g.Expect(helmRevisions(g, 1, "too-many")).To(Equal(1))
 	t.Logf("done %s after the creates", time.Since(start))
 }
 
