@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"regexp"
+	"regexp/syntax"
 	"strconv"
 	"strings"
 	"text/template"
@@ -21,9 +22,15 @@ import (
 //     target on every pass; env, DNS and files reach outside);
 //   - no define, template or block (recursion), no range over an integer, and a budget of range
 //     iterations across the whole render;
-//   - every function's string arguments and result are capped, and so are its integer arguments
-//     (widths, counts), so no single call allocates much;
-//   - the render has a deadline.
+//   - every function's arguments and result are capped by their whole size (strings, and lists
+//     and dicts with all they hold), and so are its integer arguments (widths, counts), so no
+//     single call allocates much and no value grows past the cap by nesting;
+//   - no function changes a value in place (set, unset, merge): values are never shared into
+//     themselves, so none is cyclic (printing a cyclic map overflows the stack, which kills the
+//     process);
+//   - a regular expression's cost (its program size times its input) is bounded;
+//   - the render has a deadline, checked by every function call and every range, so a render
+//     that runs past it stops there instead of running on in the background.
 const (
 	maxTemplateIterations = 100000
 	maxFuncBytes          = 256 << 10
@@ -47,8 +54,8 @@ var allowedFuncs = []string{
 	"float64", "atoi", "toDecimal",
 	// lists and dicts
 	"list", "first", "last", "rest", "initial", "append", "prepend", "concat", "reverse", "uniq",
-	"without", "has", "compact", "slice", "chunk", "dict", "get", "set", "unset", "hasKey", "pluck",
-	"keys", "pick", "omit", "values", "merge", "mergeOverwrite", "dig", "deepCopy",
+	"without", "has", "compact", "slice", "chunk", "dict", "get", "hasKey", "pluck",
+	"keys", "pick", "omit", "values", "dig", "deepCopy",
 	// encodings and digests
 	"b64enc", "b64dec", "b32enc", "b32dec", "toJson", "toPrettyJson", "toRawJson", "fromJson",
 	"sha1sum", "sha256sum", "adler32sum",
@@ -58,13 +65,22 @@ var allowedFuncs = []string{
 
 var printfWidth = regexp.MustCompile(`%[-+# 0]*([0-9]+|\*)?(\.([0-9]+|\*))?`)
 
-// renderBudget is one render's shared allowance.
-type renderBudget struct{ iterations int }
+// renderBudget is one render's shared allowance. One render runs on one goroutine.
+type renderBudget struct {
+	iterations int
+	// deadline: past it, every function call and range fails (zero: none).
+	deadline time.Time
+}
 
 var (
 	errIterations = fmt.Errorf("the template loops more than %d times in all", maxTemplateIterations)
 	errRangeInt   = errors.New("range over an integer is not allowed; range over a list or a map")
+	errDeadline   = fmt.Errorf("the template takes longer than %s to render", templateTimeout)
 )
+
+func (b *renderBudget) expired() bool {
+	return b != nil && !b.deadline.IsZero() && time.Now().After(b.deadline)
+}
 
 // templateFuncs returns the allowed functions, capped, sharing b.
 func templateFuncs(b *renderBudget) template.FuncMap {
@@ -72,11 +88,14 @@ func templateFuncs(b *renderBudget) template.FuncMap {
 	f := template.FuncMap{}
 	for _, name := range allowedFuncs {
 		if fn, ok := all[name]; ok {
-			f[name] = capped(name, fn)
+			f[name] = capped(name, fn, b)
 		}
 	}
 	// The builtins that build strings, capped the same way (and printf's widths).
 	f["printf"] = func(format string, args ...any) (string, error) {
+		if b.expired() {
+			return "", errDeadline
+		}
 		widths := 0
 		for _, m := range printfWidth.FindAllStringSubmatch(format, -1) {
 			for _, n := range []string{m[1], m[3]} {
@@ -97,12 +116,18 @@ func templateFuncs(b *renderBudget) template.FuncMap {
 		return checkResult("printf", fmt.Sprintf(format, args...))
 	}
 	f["print"] = func(args ...any) (string, error) {
+		if b.expired() {
+			return "", errDeadline
+		}
 		if err := checkArgs("print", args); err != nil {
 			return "", err
 		}
 		return checkResult("print", fmt.Sprint(args...))
 	}
 	f["println"] = func(args ...any) (string, error) {
+		if b.expired() {
+			return "", errDeadline
+		}
 		if err := checkArgs("println", args); err != nil {
 			return "", err
 		}
@@ -110,6 +135,9 @@ func templateFuncs(b *renderBudget) template.FuncMap {
 	}
 	// Inserted into every range's pipeline by guardRanges.
 	f["paddockRange"] = func(v any) (any, error) {
+		if b.expired() {
+			return nil, errDeadline
+		}
 		rv := reflect.ValueOf(v)
 		switch rv.Kind() {
 		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8,
@@ -136,12 +164,55 @@ func checkResult(name, s string) (string, error) {
 // maxListLen bounds every list a template builds or passes.
 const maxListLen = 10000
 
+// weigh is the size of v with all it holds (string bytes, and 8 for every element), counted up
+// to just past limit.
+func weigh(v reflect.Value, limit int) int {
+	for v.IsValid() && (v.Kind() == reflect.Interface || v.Kind() == reflect.Pointer) {
+		if v.IsNil() {
+			return 8
+		}
+		v = v.Elem()
+	}
+	if !v.IsValid() {
+		return 8
+	}
+	switch v.Kind() {
+	case reflect.String:
+		return 8 + v.Len()
+	case reflect.Slice, reflect.Array:
+		n := 8
+		for i := 0; i < v.Len() && n <= limit; i++ {
+			n += weigh(v.Index(i), limit-n)
+		}
+		return n
+	case reflect.Map:
+		n := 8
+		it := v.MapRange()
+		for it.Next() && n <= limit {
+			n += weigh(it.Key(), limit-n)
+			n += weigh(it.Value(), limit-n)
+		}
+		return n
+	case reflect.Struct:
+		n := 8
+		for i := 0; i < v.NumField() && n <= limit; i++ {
+			if v.Type().Field(i).IsExported() {
+				n += weigh(v.Field(i), limit-n)
+			}
+		}
+		return n
+	}
+	return 8
+}
+
 func checkArgs(name string, args []any) error {
 	total := 0
 	for _, a := range args {
+		total += weigh(reflect.ValueOf(a), maxFuncBytes-total)
+		if total > maxFuncBytes {
+			return fmt.Errorf("%s: arguments larger than %d bytes", name, maxFuncBytes)
+		}
 		switch x := a.(type) {
-		case string:
-			total += len(x)
 		case []any:
 			if len(x) > maxListLen {
 				return fmt.Errorf("%s: a list of more than %d elements", name, maxListLen)
@@ -151,9 +222,6 @@ func checkArgs(name string, args []any) error {
 				return fmt.Errorf("%s: a list of more than %d elements", name, maxListLen)
 			}
 		}
-	}
-	if total > maxFuncBytes {
-		return fmt.Errorf("%s: arguments larger than %d bytes", name, maxFuncBytes)
 	}
 	return estimate(name, args)
 }
@@ -196,6 +264,15 @@ func estimate(name string, args []any) error {
 				return tooBig
 			}
 		}
+	}
+	if strings.HasPrefix(name, "regex") && name != "regexQuoteMeta" && len(args) >= 2 {
+		pat, _ := args[0].(string)
+		s, _ := args[1].(string)
+		if err := regexCost(name, pat, s); err != nil {
+			return err
+		}
+	}
+	switch name {
 	case "regexReplaceAll", "regexReplaceAllLiteral", "regexFindAll", "regexSplit":
 		if len(args) >= 1 {
 			if pat, ok := args[0].(string); ok {
@@ -218,11 +295,36 @@ func estimate(name string, args []any) error {
 	return nil
 }
 
+// maxRegexCost bounds a regular expression's program size times the length of its input, which
+// bounds the time of a match (Go's regexp is linear in both): about a tenth of a second.
+const (
+	maxRegexCost    = 2 << 20
+	maxRegexPattern = 1024
+)
+
+func regexCost(name, pat, s string) error {
+	if len(pat) > maxRegexPattern {
+		return fmt.Errorf("%s: the pattern is longer than %d bytes", name, maxRegexPattern)
+	}
+	re, err := syntax.Parse(pat, syntax.Perl)
+	if err != nil {
+		return nil // the function itself reports it
+	}
+	prog, err := syntax.Compile(re.Simplify())
+	if err != nil {
+		return nil
+	}
+	if len(prog.Inst)*(len(s)+1) > maxRegexCost {
+		return fmt.Errorf("%s: the pattern is too complex for an input of %d bytes (make one of them smaller)", name, len(s))
+	}
+	return nil
+}
+
 var errorType = reflect.TypeOf((*error)(nil)).Elem()
 
 // capped wraps fn (any signature) with checkArgs and, for string results, checkResult. The
 // wrapper returns an error as its last result, as text/template expects.
-func capped(name string, fn any) any {
+func capped(name string, fn any, b *renderBudget) any {
 	fv := reflect.ValueOf(fn)
 	ft := fv.Type()
 	in := make([]reflect.Type, ft.NumIn())
@@ -254,6 +356,9 @@ func capped(name string, fn any) any {
 			}
 			return append(res, reflect.ValueOf(&err).Elem())
 		}
+		if b.expired() {
+			return fail(errDeadline)
+		}
 		if err := checkArgs(name, vals); err != nil {
 			return fail(err)
 		}
@@ -280,6 +385,9 @@ func capped(name string, fn any) any {
 				if e := rv.Elem(); e.IsValid() && (e.Kind() == reflect.Slice || e.Kind() == reflect.Map) && e.Len() > maxListLen {
 					return fail(fmt.Errorf("%s: a result of more than %d elements", name, maxListLen))
 				}
+			}
+			if weigh(res[0], maxFuncBytes) > maxFuncBytes {
+				return fail(fmt.Errorf("%s: the result is larger than %d bytes", name, maxFuncBytes))
 			}
 		}
 		if len(out) == 1 {

@@ -62,6 +62,12 @@ func TestValuesTemplateRefusesWhatCouldHangOrExhaustTheManager(t *testing.T) {
 		"replace of nothing":     {`{{ replace "" "xxxx" "abc" }}`, "the string to replace is empty"},
 		"empty regex":            {`{{ regexReplaceAll "x*" "abc" "yyyy" }}`, "matches the empty string"},
 		"many printf widths":     {`{{ printf "` + strings.Repeat("%9999d", 40) + `" }}`, "would be larger than"},
+		"a map set into itself":  {`{{ $d := dict }}{{ $_ := set $d "a" $d }}{{ $d }}`, `function "set" not defined`},
+		"merge in place":         {`{{ $d := dict }}{{ $_ := merge $d (dict "a" $d) }}{{ $d }}`, `function "merge" not defined`},
+		"doubling nested lists":  {`{{ $a := list (printf "%999s" "") }}{{ range list 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 }}{{ $a = list $a $a }}{{ end }}{{ $a }}`, "larger than"},
+		"join of large strings":  {`{{ $s := printf "%9999s" "" }}{{ $l := list $s $s $s $s $s $s $s $s $s $s }}{{ $m := list $l $l $l $l $l $l $l $l $l $l }}{{ $n := list $m $m $m }}{{ toJson $n }}`, "larger than"},
+		"costly regex":           {`{{ $s := printf "%9999s" "" }}{{ regexMatch "(?:(?: ?){30}){30}x" (cat $s $s $s $s $s $s $s $s $s $s) }}`, "too complex"},
+		"long regex":             {`{{ regexMatch "` + strings.Repeat("a", 2000) + `" "a" }}`, "longer than 1024"},
 		"doubling lists":         {`{{ $l := list 1 }}{{ range list 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 }}{{ $l = concat $l $l }}{{ end }}`, "more than 10000 elements"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -80,4 +86,19 @@ func TestValuesTemplateOutputIsCapped(t *testing.T) {
 	_, err := render(`{{ $a := printf "%9999s" "" }}{{ $b := cat $a $a $a $a $a $a $a $a $a $a $a $a $a $a $a $a $a $a $a $a }}` +
 		strings.Repeat(`{{ $b }}{{ $b }}{{ $b }}{{ $b }}{{ $b }}{{ $b }}`, 10))
 	g.Expect(err).To(MatchError(ContainSubstring("renders more than")))
+}
+
+// Past its deadline every function call and range fails, so a render that overruns stops instead
+// of running on after the caller gave up on it.
+func TestARenderPastItsDeadlineStops(t *testing.T) {
+	g := NewWithT(t)
+	b := &renderBudget{deadline: time.Now().Add(-time.Millisecond)}
+	for _, text := range []string{`{{ upper "a" }}`, `{{ printf "%s" "a" }}`, `{{ range list 1 }}{{ end }}`} {
+		tmpl, err := parseValuesTemplate(text, b)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(tmpl.Execute(&strings.Builder{}, nil)).To(MatchError(errDeadline), text)
+	}
+	tmpl, err := parseValuesTemplate(`{{ upper "a" }}`, &renderBudget{deadline: time.Now().Add(time.Minute)})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(tmpl.Execute(&strings.Builder{}, nil)).To(Succeed())
 }

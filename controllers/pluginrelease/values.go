@@ -210,7 +210,8 @@ func clusterValues(prel *pluginsv1.PluginRelease, base map[string]any, mc *clust
 	if prel.Spec.ValuesTemplate == "" {
 		return vals, nil
 	}
-	tmpl, err := parseValuesTemplate(prel.Spec.ValuesTemplate, &renderBudget{})
+	budget := &renderBudget{deadline: time.Now().Add(templateTimeout)}
+	tmpl, err := parseValuesTemplate(prel.Spec.ValuesTemplate, budget)
 	if err != nil {
 		return nil, &valuesError{msg: fmt.Sprintf("spec.valuesTemplate does not parse: %s", err)}
 	}
@@ -230,6 +231,9 @@ func clusterValues(prel *pluginsv1.PluginRelease, base map[string]any, mc *clust
 		return nil, &valuesError{msg: fmt.Sprintf("spec.valuesTemplate takes longer than %s to render for cluster %s", templateTimeout, mc.Name), retry: true}
 	}
 	if err := execErr; err != nil {
+		if errors.Is(err, errDeadline) {
+			return nil, &valuesError{msg: fmt.Sprintf("spec.valuesTemplate takes longer than %s to render for cluster %s", templateTimeout, mc.Name), retry: true}
+		}
 		if errors.Is(err, errTooLarge) {
 			return nil, &valuesError{msg: fmt.Sprintf("spec.valuesTemplate renders more than %d bytes for cluster %s", maxValuesBytes, mc.Name)}
 		}
