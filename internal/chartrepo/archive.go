@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"errors"
 	"io"
+	"path"
 	"strings"
 
 	"helm.sh/helm/v3/pkg/chart"
@@ -113,7 +114,11 @@ func scan(b []byte, l ArchiveLimits, bud *budget, depth int) (int64, error) {
 		if h.Size > bud.bytes {
 			return 0, fail(pluginsv1.ReasonChartInvalid, "the chart archive expands beyond %d bytes", l.MaxExpandedBytes)
 		}
-		nested := strings.HasSuffix(h.Name, ".tgz") || strings.HasSuffix(h.Name, ".tar.gz")
+		// Named as Helm's loader reads the name (backslashes are separators, "x/", "x/." and
+		// "a//x" are x), or a subchart archive named "sub.tgz/" would load with a fresh budget of
+		// its own, its expansion never counted here.
+		name := path.Clean(strings.ReplaceAll(h.Name, "\\", "/"))
+		nested := strings.HasSuffix(name, ".tgz") || strings.HasSuffix(name, ".tar.gz")
 		var content []byte
 		var n int64
 		if nested {

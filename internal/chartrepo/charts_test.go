@@ -194,18 +194,27 @@ func TestArchiveLimits(t *testing.T) {
 	for i := 0; i < 8; i++ {
 		wide[fmt.Sprintf("x/charts/sub%d.tgz", i)] = tgz(map[string][]byte{"sub/values.yaml": bytes.Repeat([]byte("# pad\n"), 200000)})
 	}
+	// Subchart archives under names Helm's loader cleans: each would else load with a budget of
+	// its own (a 433-byte archive loaded 4 MiB under a 1 MiB limit).
+	oddNames := func(name string) []byte {
+		return tgz(map[string][]byte{"x/Chart.yaml": chartYAML, name: tgz(map[string][]byte{"sub/Chart.yaml": []byte("apiVersion: v2\nname: sub\nversion: 0.1.0\n"),
+			"sub/templates/zeros.yaml": make([]byte, 4<<20)})})
+	}
 	for name, tc := range map[string]struct {
 		archive []byte
 		limits  ArchiveLimits
 		want    string
 	}{
-		"too large":     {ok, ArchiveLimits{MaxArchiveBytes: 10}, "more than the limit of 10"},
-		"too many":      {tgz(many), ArchiveLimits{MaxFiles: 20}, "more than 20 files"},
-		"bomb":          {bomb, ArchiveLimits{}, "compression bomb"},
-		"expanded":      {bomb, ArchiveLimits{MaxExpandedBytes: 1 << 20, MaxRatio: 1 << 30}, "expands beyond"},
-		"deep":          {nested, ArchiveLimits{MaxDepth: 3}, "more than 3 deep"},
-		"shared budget": {tgz(wide), ArchiveLimits{MaxExpandedBytes: 4 << 20, MaxRatio: 1 << 30}, "expands beyond"},
-		"not gzip":      {[]byte("PK\x03\x04 zip"), ArchiveLimits{}, "not gzip"},
+		"subchart named with a dot":        {oddNames("x/charts/sub.tgz/."), ArchiveLimits{MaxExpandedBytes: 1 << 20, MaxRatio: 1 << 30}, "expands beyond"},
+		"subchart named with backslashes":  {oddNames("x\\charts\\sub.tgz\\"), ArchiveLimits{MaxExpandedBytes: 1 << 20, MaxRatio: 1 << 30}, "expands beyond"},
+		"subchart named with double slash": {oddNames("x//charts//sub.tgz"), ArchiveLimits{MaxExpandedBytes: 1 << 20, MaxRatio: 1 << 30}, "expands beyond"},
+		"too large":                        {ok, ArchiveLimits{MaxArchiveBytes: 10}, "more than the limit of 10"},
+		"too many":                         {tgz(many), ArchiveLimits{MaxFiles: 20}, "more than 20 files"},
+		"bomb":                             {bomb, ArchiveLimits{}, "compression bomb"},
+		"expanded":                         {bomb, ArchiveLimits{MaxExpandedBytes: 1 << 20, MaxRatio: 1 << 30}, "expands beyond"},
+		"deep":                             {nested, ArchiveLimits{MaxDepth: 3}, "more than 3 deep"},
+		"shared budget":                    {tgz(wide), ArchiveLimits{MaxExpandedBytes: 4 << 20, MaxRatio: 1 << 30}, "expands beyond"},
+		"not gzip":                         {[]byte("PK\x03\x04 zip"), ArchiveLimits{}, "not gzip"},
 		// Entries of another type than regular still hold data that Helm's loader reads.
 		"bomb as contiguous files": {tgzTyped(map[string][]byte{"x/Chart.yaml": chartYAML, "x/templates/zeros.yaml": make([]byte, 8<<20)}, tar.TypeCont), ArchiveLimits{}, "compression bomb"},
 		"subcharts of an odd type": {tgzTyped(wide, '7'), ArchiveLimits{MaxExpandedBytes: 4 << 20, MaxRatio: 1 << 30}, "expands beyond"},
