@@ -79,3 +79,24 @@ func TestDigestKeySecret(t *testing.T) {
 	g.Expect(err).To(MatchError(ContainSubstring("at least 32 bytes")))
 	g.Expect(err.Error()).NotTo(ContainSubstring("short\""), "the Secret's content is not told")
 }
+
+// A drift that another controller keeps setting is corrected driftRepeatLimit times, then
+// reported: the clean check that follows each correction (the other controller has not set its
+// value again yet) does not restart the count, or an autoscaler would be fought forever.
+func TestARecurringDriftIsCorrectedALimitedNumberOfTimes(t *testing.T) {
+	g := NewWithT(t)
+	key := actionKey{uid: "u", cluster: "c"}
+	r := &Reconciler{drift: map[actionKey]*driftState{key: {}}}
+	corrections := 0
+	for range 10 {
+		if !r.repeatedDrift(key, "Deployment apps/web: /spec/replicas") {
+			corrections++
+			r.driftClean(key) // the check right after the correction
+		}
+	}
+	g.Expect(corrections).To(Equal(driftRepeatLimit))
+	// A clean check while it is reported ends the report; a new fight is counted afresh.
+	r.driftClean(key)
+	g.Expect(r.repeatedDrift(key, "Deployment apps/web: /spec/replicas")).To(BeFalse())
+	g.Expect(r.repeatedDrift(key, "ConfigMap apps/other: /data")).To(BeFalse(), "another drift is corrected")
+}

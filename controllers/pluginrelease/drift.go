@@ -76,10 +76,12 @@ type driftState struct {
 	watched   bool
 	dirty     bool
 	lastCheck time.Time
-	// The last corrected drift, and how often it came back.
+	// The last corrected drift, how often it was corrected, and whether it is now reported
+	// instead of corrected (latched).
 	lastSig       string
 	repeats       int
 	lastCorrected time.Time
+	latched       bool
 }
 
 func (r *Reconciler) driftStateLocked(key actionKey, prel *pluginsv1.PluginRelease) *driftState {
@@ -266,11 +268,7 @@ func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelea
 	}
 	r.mu.Unlock()
 	if len(found) == 0 {
-		r.mu.Lock()
-		if st := r.drift[actionKey{prel.UID, cluster}]; st != nil {
-			st.lastSig, st.repeats = "", 0
-		}
-		r.mu.Unlock()
+		r.driftClean(actionKey{prel.UID, cluster})
 		return o
 	}
 	for i, d := range found {
@@ -382,7 +380,9 @@ func driftSignature(found []drifted) string {
 	return fmt.Sprintf("%x", h.Sum64())
 }
 
-// repeatedDrift records a correction of sig and says whether it came back too often.
+// repeatedDrift records a correction of sig and says whether it came back too often: after
+// driftRepeatLimit corrections within driftRepeatWindow it is reported, not corrected, for as
+// long as the same drift stays (a new drift, or a clean check, ends that).
 func (r *Reconciler) repeatedDrift(key actionKey, sig string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -391,20 +391,30 @@ func (r *Reconciler) repeatedDrift(key actionKey, sig string) bool {
 		return false
 	}
 	now := time.Now()
-	if st.lastSig == sig && st.repeats >= driftRepeatLimit {
-		// Reported, not fought, for as long as the same drift stays (a new drift, or none, ends it).
-		return true
-	}
-	if st.lastSig == sig && now.Sub(st.lastCorrected) < driftRepeatWindow {
-		st.repeats++
+	if st.lastSig == sig && (st.latched || now.Sub(st.lastCorrected) < driftRepeatWindow) {
 		if st.repeats >= driftRepeatLimit {
+			st.latched = true
 			return true
 		}
+		st.repeats++
 	} else {
-		st.lastSig, st.repeats = sig, 1
+		st.lastSig, st.repeats, st.latched = sig, 1, false
 	}
 	st.lastCorrected = now
 	return false
+}
+
+// driftClean records a check that found no drift. It ends a latched report (whatever fought
+// the chart stopped), but does not clear the count of corrections: the check that follows every
+// correction is clean until the other controller sets its value again, seconds or minutes later
+// (an autoscaler), and clearing there would let a fight go on forever. The count expires with
+// driftRepeatWindow.
+func (r *Reconciler) driftClean(key actionKey) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st := r.drift[key]; st != nil && st.latched {
+		st.lastSig, st.repeats, st.latched = "", 0, false
+	}
 }
 
 func chartVersion(rel *release.Release) string {
