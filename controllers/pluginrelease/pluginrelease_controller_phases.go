@@ -601,6 +601,18 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 				} else {
 					out[name] = rollout.Pending
 				}
+			case c.Phase == pluginsv1.PhaseConflict && c.ConfigDigest == want:
+				// Looked at again (one read of the release record) with a growing delay, whatever
+				// the remediation says: the other release may be removed, or spec.adopt set (which
+				// changes no digest, so it is seen here, at once).
+				if due := c.LastTransitionTime.Add(r.retryDelay(c.Failures)); s.prel.Spec.Adopt || !now.Before(due) {
+					out[name] = rollout.Pending
+				} else {
+					out[name] = rollout.Failed
+					if retryAt.IsZero() || due.Before(retryAt) {
+						retryAt = due
+					}
+				}
 			case (c.Phase == pluginsv1.PhaseFailed || c.Phase == pluginsv1.PhaseConflict) && c.ConfigDigest == want:
 				due := c.LastTransitionTime.Add(r.retryDelay(c.Failures))
 				if c.Phase == pluginsv1.PhaseFailed && c.Failures <= retries && !now.Before(due) {

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/release"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -17,6 +19,7 @@ import (
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 	pluginsv1 "github.com/paddock-dev/paddock/api/plugins/v1alpha1"
 	"github.com/paddock-dev/paddock/test/chartrepos"
+	"github.com/paddock-dev/paddock/test/envs"
 )
 
 // labelMember sets labels on a MemberCluster for the test's duration.
@@ -140,6 +143,34 @@ func TestAReleaseItDidNotInstallIsAConflict(t *testing.T) {
 	}, eventuallyWait, poll).Should(BeTrue())
 	g.Expect(configMapIn(g, 0, "shared")).NotTo(BeNil())
 	g.Expect(helmRevisions(g, 0, "shared")).To(Equal(1))
+}
+
+// A conflict is not final: setting spec.adopt (which changes no digest) takes the release over
+// at once.
+func TestAConflictIsTakenOverOnceAdoptIsSet(t *testing.T) {
+	g := NewWithT(t)
+	members := attachMembers(t)
+	_, repo := serveHello(t, "0.1.0")
+	g.Expect(envs.EnsureNamespace(ctx, env.Members[0].Client, "apps")).To(Succeed())
+	// A release of that name that no PluginRelease installed: made by Helm's own storage.
+	taker := helloRelease("taker", repo, members[:1], func(s *pluginsv1.PluginReleaseSpec) {
+		s.ReleaseName = "taken"
+		s.Values = jsonValues(`{"greeting":"taker"}`)
+	})
+	st := helmStorage(g, 0)
+	g.Expect(st.Create(&release.Release{Name: "taken", Namespace: "apps", Version: 1,
+		Chart: &chart.Chart{Metadata: &chart.Metadata{Name: "hello", Version: "0.1.0", APIVersion: "v2"}},
+		Info:  &release.Info{Status: release.StatusDeployed, Description: "installed by hand"}})).To(Succeed())
+	createRelease(t, taker)
+	g.Eventually(func(g Gomega) {
+		c := clusterStatus(getRelease(g, taker), members[0])
+		g.Expect(c).NotTo(BeNil())
+		g.Expect(c.Phase).To(Equal(pluginsv1.PhaseConflict))
+	}, eventuallyWait, poll).Should(Succeed())
+	mergePatchRelease(g, taker, `{"spec":{"adopt":true}}`)
+	waitReleaseReady(t, taker)
+	g.Expect(configMapIn(g, 0, "taken").Data["greeting"]).To(Equal("taker"))
+	g.Expect(helmRevisions(g, 0, "taken")).To(Equal(2), "upgraded over the adopted record")
 }
 
 func TestChartsWithCRDsAndDependencies(t *testing.T) {
