@@ -645,8 +645,15 @@ func (r *Reconciler) passComplete(spec rollout.Spec, st *pluginsv1.RolloutStatus
 			if !ok {
 				continue
 			}
+			// Settled: at the change, failed at it or in conflict, or waiting for its member to
+			// come back (which may take days: clusters that joined meanwhile must not wait for it).
 			c, ok := s.clusters[name]
-			if !ok || c.ConfigDigest != want || (c.Phase != pluginsv1.PhaseDeployed && c.Phase != pluginsv1.PhaseFailed) {
+			if !ok {
+				return false
+			}
+			settled := c.Phase == pluginsv1.PhaseUnreachable ||
+				(c.ConfigDigest == want && (c.Phase == pluginsv1.PhaseDeployed || c.Phase == pluginsv1.PhaseFailed || c.Phase == pluginsv1.PhaseConflict))
+			if !settled {
 				return false
 			}
 		}

@@ -173,6 +173,35 @@ func TestAConflictIsTakenOverOnceAdoptIsSet(t *testing.T) {
 	g.Expect(helmRevisions(g, 0, "taken")).To(Equal(2), "upgraded over the adopted record")
 }
 
+// A cluster that joins the targets gets the release even while another target stays unreachable
+// (here a MemberCluster that is never connected): the pass that froze the targets is settled.
+func TestAJoinerDoesNotWaitForAnUnreachableTarget(t *testing.T) {
+	g := NewWithT(t)
+	members := attachMembers(t)
+	_, repo := serveHello(t, "0.1.0")
+	labelMember(t, members[0], `{"joiner-test":"yes"}`)
+	ghost := &clustersv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "never-there", Labels: map[string]string{"joiner-test": "yes"}},
+		Spec: clustersv1.MemberClusterSpec{Paused: true, Attach: &clustersv1.AttachSpec{
+			KubeconfigSecretRef: clustersv1.SecretKeyReference{Namespace: secretNS, Name: "none"}}}}
+	g.Expect(mgmt.Create(ctx, ghost)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, ghost) })
+	prel := helloRelease("joiner", repo, nil, func(s *pluginsv1.PluginReleaseSpec) {
+		s.Targets.ClusterSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"joiner-test": "yes"}}
+	})
+	createRelease(t, prel)
+	g.Eventually(func(g Gomega) {
+		got := getRelease(g, prel)
+		g.Expect(clusterStatus(got, members[0])).NotTo(BeNil())
+		g.Expect(clusterStatus(got, members[0]).Phase).To(Equal(pluginsv1.PhaseDeployed))
+		g.Expect(clusterStatus(got, "never-there")).NotTo(BeNil())
+		g.Expect(clusterStatus(got, "never-there").Phase).To(Equal(pluginsv1.PhaseUnreachable))
+	}, eventuallyWait, poll).Should(Succeed())
+
+	labelMember(t, members[1], `{"joiner-test":"yes"}`)
+	g.Eventually(func() int { return helmRevisions(g, 1, "joiner") }, eventuallyWait, poll).Should(Equal(1))
+	g.Expect(clusterStatus(getRelease(g, prel), "never-there").Phase).To(Equal(pluginsv1.PhaseUnreachable))
+}
+
 func TestChartsWithCRDsAndDependencies(t *testing.T) {
 	g := NewWithT(t)
 	members := attachMembers(t)
