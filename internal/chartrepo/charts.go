@@ -116,6 +116,16 @@ func (c *ChartCache) Get(ctx context.Context, src *Source, name, version string)
 	return nil, fail(pluginsv1.ReasonRepositoryNotReachable, "the repository has not been fetched yet")
 }
 
+// cacheScope keeps what a repository downloaded with credentials to that repository: another
+// repository whose index (or manifest) names the same digest must not be served a private chart
+// without ever asking the private repository. Anonymous downloads are public and shared.
+func cacheScope(src *Source) string {
+	if src.Credentials.Authenticates() {
+		return "repo:" + string(src.UID) + "/"
+	}
+	return ""
+}
+
 func (c *ChartCache) getHelm(ctx context.Context, src *Source, name, version string) (*Resolved, error) {
 	if len(src.Index.Versions(name)) == 0 {
 		return nil, fail(pluginsv1.ReasonChartNotFound, "the repository has no chart %q", name)
@@ -132,6 +142,7 @@ func (c *ChartCache) getHelm(ctx context.Context, src *Source, name, version str
 	if cv.Digest != "" {
 		key = "sha256:" + strings.ToLower(cv.Digest)
 	}
+	key = cacheScope(src) + key
 	return c.load(ctx, key, name, cv.Version, func() ([]byte, error) {
 		b, err := c.downloadHTTP(ctx, src, abs)
 		if err != nil {
@@ -221,7 +232,7 @@ func (c *ChartCache) getOCI(ctx context.Context, src *Source, name, version stri
 	hit, ok := c.resolved[key]
 	c.mu.Unlock()
 	if ok && hit.fetchedAt.Equal(src.FetchedAt) {
-		return c.loadOCI(ctx, r, ref, hit.tag, name, hit.version, hit.layer)
+		return c.loadOCI(ctx, src, r, ref, hit.tag, name, hit.version, hit.layer)
 	}
 	c.resolutions.Add(1)
 	var tags []string
@@ -295,12 +306,12 @@ func (c *ChartCache) getOCI(ctx context.Context, src *Source, name, version stri
 	}
 	c.resolved[key] = ociResolution{fetchedAt: src.FetchedAt, tag: tag, version: picked, layer: *layer}
 	c.mu.Unlock()
-	return c.loadOCI(ctx, r, ref, tag, name, picked, *layer)
+	return c.loadOCI(ctx, src, r, ref, tag, name, picked, *layer)
 }
 
 // loadOCI returns the chart whose archive is layer l (downloaded once per digest).
-func (c *ChartCache) loadOCI(ctx context.Context, r *remote.Repository, ref, tag, name, picked string, l ocispec.Descriptor) (*Resolved, error) {
-	return c.load(ctx, l.Digest.String(), name, picked, func() ([]byte, error) {
+func (c *ChartCache) loadOCI(ctx context.Context, src *Source, r *remote.Repository, ref, tag, name, picked string, l ocispec.Descriptor) (*Resolved, error) {
+	return c.load(ctx, cacheScope(src)+l.Digest.String(), name, picked, func() ([]byte, error) {
 		rc, err := r.Blobs().Fetch(ctx, l)
 		if err != nil {
 			if ctx.Err() != nil {

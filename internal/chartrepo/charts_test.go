@@ -115,6 +115,51 @@ entries:
 	g.Expect(sawAuth.Load()).To(BeFalse(), "no Authorization header reached the other origin")
 }
 
+// A chart downloaded with credentials is kept to its repository: another repository whose index
+// names the same digest is not served it from the cache (it asks its own server, which here has
+// nothing); anonymous downloads are shared.
+func TestAPrivateChartIsNotServedToAnotherRepository(t *testing.T) {
+	g := NewWithT(t)
+	private := chartrepos.NewHelmRepo(chartrepos.Options{Username: "u", Password: "p", TLS: true})
+	defer private.Close()
+	ch := hello(t, "0.1.0")[0]
+	g.Expect(private.Add(ch)).To(Succeed())
+	creds, err := CredentialsFromSecret("s", map[string][]byte{KeyCA: private.CAPEM(), KeyUsername: []byte("u"), KeyPassword: []byte("p")})
+	g.Expect(err).NotTo(HaveOccurred())
+	c := &ChartCache{Options: loopback()}
+	privSrc := helmSource(t, private, creds)
+	privSrc.UID = "private-repo"
+	_, err = c.Get(ctx, privSrc, "hello", "0.1.0")
+	g.Expect(err).NotTo(HaveOccurred())
+
+	guesser := chartrepos.NewHelmRepo(chartrepos.Options{})
+	defer guesser.Close()
+	guesser.SetRawIndex([]byte(fmt.Sprintf(`apiVersion: v1
+entries:
+  hello:
+  - {name: hello, version: 0.1.0, urls: [%s/charts/nothing-here.tgz], digest: %s}
+`, guesser.URL(), ch.Digest())))
+	guessSrc := helmSource(t, guesser, Credentials{})
+	guessSrc.UID = "other-repo"
+	_, err = c.Get(ctx, guessSrc, "hello", "0.1.0")
+	g.Expect(err).To(HaveOccurred(), "not served from the private repository's download")
+	g.Expect(guesser.Hits("/charts/nothing-here.tgz")).To(Equal(1), "it asked its own server")
+
+	// Two anonymous repositories listing one archive share the download.
+	public := chartrepos.NewHelmRepo(chartrepos.Options{})
+	defer public.Close()
+	g.Expect(public.Add(ch)).To(Succeed())
+	mirror := chartrepos.NewHelmRepo(chartrepos.Options{})
+	defer mirror.Close()
+	g.Expect(mirror.Add(ch)).To(Succeed())
+	before := c.Downloads()
+	for _, r := range []*chartrepos.HelmRepo{public, mirror} {
+		_, err = c.Get(ctx, helmSource(t, r, Credentials{}), "hello", "0.1.0")
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+	g.Expect(c.Downloads() - before).To(Equal(int64(1)))
+}
+
 func TestOCIChartsResolveRangesAndDownloadOnce(t *testing.T) {
 	g := NewWithT(t)
 	reg := chartrepos.NewOCIRegistry(chartrepos.Options{Username: "u", Password: "p", TLS: true})
