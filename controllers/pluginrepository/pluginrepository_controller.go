@@ -183,6 +183,13 @@ func (r *Reconciler) fetch(ctx context.Context, s *scope) {
 	creds, err := r.credentials(ctx, repo)
 	if err != nil {
 		s.fail(err)
+		if reason := s.failure.Reason; s.prev != nil && s.prev.Credentials.Authenticates() &&
+			(reason == pluginsv1.ReasonSecretNotFound || reason == pluginsv1.ReasonSecretInvalid) {
+			// Withdrawn credentials are not used again: the last good index keeps serving
+			// what is cached, without them.
+			s.cur = s.prev.WithoutCredentials()
+			r.Store.Set(repo.Name, s.cur)
+		}
 		return
 	}
 	start := r.Clock.Now()

@@ -224,6 +224,15 @@ func TestPrivateRepositoryCredentials(t *testing.T) {
 	g.Expect(strings.Join(eventsFor(repo), "\n")).NotTo(ContainSubstring(password))
 	g.Expect(logs.String()).NotTo(ContainSubstring(password))
 
+	// The Secret deleted: its credentials are not used again, while the last good index serves.
+	g.Expect(mgmt.Delete(ctx, secret)).To(Succeed())
+	gone := waitReady(t, repo, pluginsv1.ReasonSecretNotFound)
+	g.Expect(gone.Status.ChartCount).To(Equal(int32(1)), "the last good index")
+	src, _ = store.Get(repo.Name)
+	g.Expect(src.Index).NotTo(BeNil())
+	g.Expect(src.Credentials.Authenticates()).To(BeFalse(), "withdrawn")
+	g.Expect(src.Private).To(BeTrue(), "its cached charts stay its own")
+
 	// The TLS CA is the Secret's: without it, a TLS error.
 	noCA := createSecret(t, map[string]string{"username": "ops", "password": password})
 	repo2 := createRepo(t, pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: srv.URL(),

@@ -120,7 +120,7 @@ func (c *ChartCache) Get(ctx context.Context, src *Source, name, version string)
 // repository whose index (or manifest) names the same digest must not be served a private chart
 // without ever asking the private repository. Anonymous downloads are public and shared.
 func cacheScope(src *Source) string {
-	if src.Credentials.Authenticates() {
+	if src.Private || src.Credentials.Authenticates() {
 		return "repo:" + string(src.UID) + "/"
 	}
 	return ""

@@ -23,6 +23,20 @@ type Source struct {
 	Credentials Credentials
 	// FetchedAt is when Index was fetched (or the registry answered).
 	FetchedAt time.Time
+	// Private: charts were downloaded with credentials, so their cache entries are this
+	// repository's alone (kept when the credentials are withdrawn).
+	Private bool
+}
+
+// WithoutCredentials is the Source that keeps serving when its credentials are withdrawn (the
+// Secret deleted, or no longer valid): its index still resolves what releases run, cached
+// charts still serve them, but nothing is downloaded with the old credentials. A registry's
+// client holds them, so an OCI repository resolves nothing more until it is fetched again.
+func (s *Source) WithoutCredentials() *Source {
+	c := *s
+	c.Private = s.Private || s.Credentials.Authenticates()
+	c.Credentials, c.Registry = Credentials{}, nil
+	return &c
 }
 
 // Store holds every repository's Source by PluginRepository name.
