@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 
@@ -99,4 +100,27 @@ func TestARecurringDriftIsCorrectedALimitedNumberOfTimes(t *testing.T) {
 	r.driftClean(key)
 	g.Expect(r.repeatedDrift(key, "Deployment apps/web: /spec/replicas")).To(BeFalse())
 	g.Expect(r.repeatedDrift(key, "ConfigMap apps/other: /data")).To(BeFalse(), "another drift is corrected")
+}
+
+// The values of a release's Secrets are always all redacted, however many there are, and
+// earlier (rotated) ones as many as fit; the list a reader holds is never changed under it.
+func TestRememberedSecretsKeepEveryCurrentValue(t *testing.T) {
+	g := NewWithT(t)
+	var old []string
+	for i := range maxRememberedSecrets {
+		old = append(old, fmt.Sprintf("old-%04d", i))
+	}
+	held := slices.Clone(old)
+	current := []string{"zzz-current", "aaa-current", "zzz-current"}
+	got := rememberSecrets(old, current)
+	g.Expect(got).To(HaveLen(maxRememberedSecrets))
+	g.Expect(got[:2]).To(Equal([]string{"zzz-current", "aaa-current"}), "the current values, whatever they sort as")
+	g.Expect(got).To(ContainElement("old-0000"), "the newest earlier ones")
+	g.Expect(old).To(Equal(held))
+
+	many := make([]string, 2*maxRememberedSecrets)
+	for i := range many {
+		many[i] = fmt.Sprintf("v-%d", i)
+	}
+	g.Expect(rememberSecrets(old, many)).To(Equal(many), "a Secret with more values than the bound")
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"regexp"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -346,13 +345,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	// Kept across passes (a rotated Secret's old values may still be in a running action's
 	// errors): only added to, bounded, dropped with the PluginRelease.
 	if len(secrets) > 0 {
-		merged := append(r.secrets[prel.UID], secrets...)
-		slices.Sort(merged)
-		merged = slices.Compact(merged)
-		if len(merged) > 512 {
-			merged = merged[len(merged)-512:]
-		}
-		r.secrets[prel.UID] = merged
+		r.secrets[prel.UID] = rememberSecrets(r.secrets[prel.UID], secrets)
 	}
 	r.mu.Unlock()
 	if err != nil {
@@ -528,6 +521,29 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 		next = 30 * time.Second
 	}
 	return ctrl.Result{RequeueAfter: next}, nil
+}
+
+// maxRememberedSecrets bounds the values of rotated Secrets kept for redaction.
+const maxRememberedSecrets = 512
+
+// rememberSecrets returns a new list (readers may hold the old one outside the lock): every
+// current value, then as many earlier ones as fit, newest first.
+func rememberSecrets(old, current []string) []string {
+	limit := max(maxRememberedSecrets, len(current))
+	seen := map[string]bool{}
+	out := make([]string, 0, min(len(current)+len(old), limit))
+	for _, list := range [][]string{current, old} {
+		for _, v := range list {
+			if len(out) == limit {
+				return out
+			}
+			if !seen[v] {
+				seen[v] = true
+				out = append(out, v)
+			}
+		}
+	}
+	return out
 }
 
 func (r *Reconciler) resync() time.Duration {
