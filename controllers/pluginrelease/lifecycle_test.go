@@ -1,6 +1,7 @@
 package pluginrelease
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	"helm.sh/helm/v3/pkg/release"
 	"helm.sh/helm/v3/pkg/storage"
 	"helm.sh/helm/v3/pkg/storage/driver"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -126,4 +128,26 @@ func TestStateOfAReleaseDeletedBehindTheControllersBackIsSwept(t *testing.T) {
 		g.Expect(k.ns).NotTo(Equal("abandoned"), "a watch of the release's namespace is still open")
 	}
 	reconciler.mu.Unlock()
+}
+
+// With uninstall.keepHistory, a cluster that leaves the targets keeps the release's history; when
+// it comes back the release is installed over that history (Helm refuses the name otherwise).
+func TestAClusterThatComesBackIsInstalledOverKeptHistory(t *testing.T) {
+	g := NewWithT(t)
+	members := attachMembers(t)
+	_, repo := serveHello(t, "0.1.0")
+	prel := helloRelease("kept", repo, members, func(s *pluginsv1.PluginReleaseSpec) {
+		s.Uninstall = &pluginsv1.UninstallSpec{KeepHistory: true}
+	})
+	createRelease(t, prel)
+	waitReleaseReady(t, prel)
+	mergePatchRelease(g, prel, fmt.Sprintf(`{"spec":{"targets":{"clusterNames":[%q]}}}`, members[1]))
+	g.Eventually(func() *corev1.ConfigMap { return configMapIn(g, 0, "kept") }, eventuallyWait, poll).Should(BeNil())
+	g.Expect(helmRevisions(g, 0, "kept")).To(Equal(1), "the history is kept")
+	waitReleaseReady(t, prel)
+
+	mergePatchRelease(g, prel, fmt.Sprintf(`{"spec":{"targets":{"clusterNames":[%q,%q]}}}`, members[0], members[1]))
+	got := waitReleaseReady(t, prel)
+	g.Expect(clusterStatus(got, members[0]).Revision).To(Equal(int32(2)), "a new revision over the kept one")
+	g.Expect(configMapIn(g, 0, "kept")).NotTo(BeNil())
 }

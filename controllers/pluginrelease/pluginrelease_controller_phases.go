@@ -886,6 +886,8 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 	var rel *release.Release
 	if install {
 		opts.Timeout, opts.Wait = prel.Spec.Install.TimeoutOr(pluginsv1.DefaultActionTimeout), prel.Spec.Install != nil && prel.Spec.Install.Wait
+		// History kept at an uninstall (uninstall.keepHistory): installed over it, a new revision.
+		opts.Replace = last != nil && last.Info != nil && last.Info.Status == release.StatusUninstalled
 		rel, err = hc.Install(ctx, ch, vals, opts)
 		if err != nil && r.cutOff(cluster, err) {
 			o.unreachable = true
@@ -895,9 +897,15 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 			msg := "install failed: " + r.clean(prel.UID, err)
 			// A failed install is uninstalled, so that the next attempt starts clean; not when it
 			// was cancelled (shutdown): Helm may still be working, and the next manager recovers it.
+			// Only a release this attempt made: the record is read again, and one that is not
+			// ours (another PluginRelease that installed the same name a moment before, which is
+			// why this install failed) is left alone.
 			if ctx.Err() == nil {
-				if uerr := hc.Uninstall(opts.Timeout, false); uerr != nil {
-					msg += "; cleaning it up failed too: " + r.clean(prel.UID, uerr)
+				if cur, lerr := hc.Last(); lerr == nil && cur != nil && cur.Labels[helm.OwnerLabel] == owner &&
+					(last == nil || cur.Version > last.Version) {
+					if uerr := hc.Uninstall(opts.Timeout, opts.Replace); uerr != nil {
+						msg += "; cleaning it up failed too: " + r.clean(prel.UID, uerr)
+					}
 				}
 			}
 			return finish(pluginsv1.PhaseFailed, true, msg)

@@ -226,6 +226,9 @@ type Options struct {
 	// the chart uses, on every action (three quarters of an install's CPU in the benchmark, which
 	// made a fleet rollout CPU-bound).
 	ClientSideValidation bool
+	// Replace installs over a release whose history was kept at uninstall (Helm refuses the
+	// name otherwise).
+	Replace bool
 }
 
 // Install installs ch with vals.
@@ -243,6 +246,7 @@ func (c *Client) Install(ctx context.Context, ch *chart.Chart, vals map[string]a
 	in.Labels, in.Description = o.Labels, o.Description
 	in.PostRenderer = labeller{ReleaseLabelValue(c.Namespace, c.Name)}
 	in.DisableOpenAPIValidation = !o.ClientSideValidation
+	in.Replace = o.Replace
 	return in.RunWithContext(ctx, ch, vals)
 }
 
