@@ -610,7 +610,7 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 			case c.Reason == pluginsv1.ClusterReasonMemberUnreachable && c.ConfigDigest == want:
 				// Cut off by the member going away, and it is back: retried (after the delay).
 				if due := c.LastTransitionTime.Add(r.retryDelay(1)); now.Before(due) {
-					out[name] = rollout.Failed
+					out[name] = rollout.Retrying
 					if retryAt.IsZero() || due.Before(retryAt) {
 						retryAt = due
 					}
@@ -631,13 +631,17 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 				}
 			case (c.Phase == pluginsv1.PhaseFailed || c.Phase == pluginsv1.PhaseConflict) && c.ConfigDigest == want:
 				due := c.LastTransitionTime.Add(r.retryDelay(c.Failures))
-				if c.Phase == pluginsv1.PhaseFailed && c.Failures <= retries && !now.Before(due) {
+				switch {
+				case c.Phase == pluginsv1.PhaseFailed && c.Failures <= retries && !now.Before(due):
 					out[name] = rollout.Pending
-				} else {
-					out[name] = rollout.Failed
-					if c.Phase == pluginsv1.PhaseFailed && c.Failures <= retries && (retryAt.IsZero() || due.Before(retryAt)) {
+				case c.Phase == pluginsv1.PhaseFailed && c.Failures <= retries:
+					// Retried later: not a failure of the wave (yet), and the wave is not complete.
+					out[name] = rollout.Retrying
+					if retryAt.IsZero() || due.Before(retryAt) {
 						retryAt = due
 					}
+				default:
+					out[name] = rollout.Failed
 				}
 			default:
 				// Unreachable targets are retried when the member is back: Pending again.

@@ -134,6 +134,11 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 		case s.retrying:
 			set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, ReasonClustersFailed, "failed clusters are retried (remediation retries, or a member that was unreachable)")
 			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
+		case s.decision != nil && !s.decision.Complete && !s.decision.Halted:
+			// Failures within the budget, and the rollout goes on (bake time, a member to come
+			// back): in progress, not kstatus Failed.
+			set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, ReasonProgressing, "the rollout goes on: "+s.decision.Waiting)
+			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
 		default:
 			// Nothing more will happen until the spec, the chart or the fleet changes: kstatus Failed.
 			set(pluginsv1.StalledCondition, metav1.ConditionTrue, ReasonClustersFailed,

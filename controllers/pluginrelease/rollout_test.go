@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
@@ -75,6 +76,35 @@ func TestACanaryWaveThatFailsHaltsTheRollout(t *testing.T) {
 	g.Expect(c0).NotTo(BeNil())
 	g.Expect(c1).NotTo(BeNil())
 	g.Expect(c0.Time.After(c1.Time)).To(BeFalse(), "the canary wave completed first")
+}
+
+// A canary that failed and waits for its remediation retry keeps its wave open: with a failure
+// budget and no bake time, the next wave starts only once the canary's retries are spent (before,
+// the wait counted as a failure within the budget and the wave as complete).
+func TestTheNextWaveWaitsForTheCanarysRetries(t *testing.T) {
+	g := NewWithT(t)
+	members := attachMembers(t)
+	labelMember(t, members[0], `{"tier":"canary"}`)
+	labelMember(t, members[1], `{"tier":"prod"}`)
+	_, repo := serveHello(t, "0.1.0")
+	prel := helloRelease("retried-canary", repo, nil, func(s *pluginsv1.PluginReleaseSpec) {
+		s.Targets.ClusterSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpExists}}}
+		s.ValuesTemplate = `{{ if eq (index .Cluster.Labels "tier") "canary" }}invalidPort: 70001{{ end }}`
+		s.Install = &pluginsv1.ActionSpec{Remediation: &pluginsv1.Remediation{Retries: 2}}
+		one := intstr.FromInt32(1)
+		s.Rollout = &pluginsv1.Rollout{MaxFailures: &one, Waves: []pluginsv1.Wave{{Name: "canary",
+			ClusterSelector: metav1.LabelSelector{MatchLabels: map[string]string{"tier": "canary"}}}}}
+	})
+	createRelease(t, prel)
+	var canaryFailures int32 = -1
+	g.Eventually(func(g Gomega) {
+		got := getRelease(g, prel)
+		c := clusterStatus(got, members[0])
+		g.Expect(c).NotTo(BeNil())
+		g.Expect(helmRevisions(g, 1, "retried-canary")).To(BeNumerically(">", 0))
+		canaryFailures = c.Failures
+	}, 2*eventuallyWait, 50*time.Millisecond).Should(Succeed())
+	g.Expect(canaryFailures).To(Equal(int32(3)), "prod started after the canary's first try and both retries failed")
 }
 
 func TestBadChartReferencesGiveClearConditions(t *testing.T) {

@@ -103,6 +103,10 @@ const (
 	// slot and is no failure, but its wave is not complete while it is blocked: a canary that
 	// cannot be reached never lets the next wave start.
 	Blocked
+	// Retrying: the action failed and is tried again after a delay (remediation retries, or a
+	// member that was cut off and is back). It takes no start slot and is no failure yet, but its
+	// wave is not complete: the next wave never starts before it has the change.
+	Retrying
 )
 
 // Decision is what the caller does now.
@@ -133,13 +137,15 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 	}
 	for i, w := range waves {
 		var pending []string
-		running, succeeded, failed, blocked, size := 0, 0, 0, 0, 0
+		running, succeeded, failed, blocked, retrying, size := 0, 0, 0, 0, 0, 0
 		for _, c := range w.Clusters {
 			switch states[c] {
 			case Gone:
 				continue
 			case Blocked:
 				blocked++
+			case Retrying:
+				retrying++
 			case Running:
 				running++
 			case Succeeded:
@@ -159,7 +165,7 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 				failed, size, w.Name, budget)
 			return d
 		}
-		if len(pending) > 0 || running > 0 || blocked > 0 {
+		if len(pending) > 0 || running > 0 || blocked > 0 || retrying > 0 {
 			d.Wave = i
 			d.CompletedAt[i] = nil
 			mc := spec.MaxConcurrency
@@ -185,6 +191,12 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 					d.Waiting += "; "
 				}
 				d.Waiting += fmt.Sprintf("wave %s: %d clusters unreachable (the wave completes when they are back)", w.Name, blocked)
+			}
+			if retrying > 0 {
+				if d.Waiting != "" {
+					d.Waiting += "; "
+				}
+				d.Waiting += fmt.Sprintf("wave %s: %d failed clusters wait to be retried", w.Name, retrying)
 			}
 			return d
 		}

@@ -145,3 +145,19 @@ func TestAnUnreachableCanaryBlocksTheNextWaveWithoutTakingSlots(t *testing.T) {
 	g.Expect(d.Wave).To(Equal(1))
 	g.Expect(d.Start).To(HaveLen(1))
 }
+
+// A canary that failed and waits for its retry is no failure yet (no halt at maxFailures 0) and
+// keeps its wave incomplete (with a failure budget and no bake time, the next wave does not start
+// before the canary has the change).
+func TestACanaryWaitingForItsRetryHoldsTheNextWave(t *testing.T) {
+	g := NewWithT(t)
+	for _, budget := range []int32{0, 1} {
+		spec := Spec{MaxFailures: ptr(intstr.FromInt32(budget)), Waves: []WaveSpec{{Name: "canary", Selector: sel("canary=true")}}}
+		waves := Plan(spec, fleet(4, "c00"))
+		d := Decide(spec, waves, map[string]State{"c00": Retrying}, time.Now())
+		g.Expect(d.Halted).To(BeFalse(), "budget %d", budget)
+		g.Expect(d.Wave).To(Equal(0), "budget %d", budget)
+		g.Expect(d.Start).To(BeEmpty())
+		g.Expect(d.Waiting).To(ContainSubstring("1 failed clusters wait to be retried"))
+	}
+}
