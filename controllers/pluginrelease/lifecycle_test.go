@@ -151,3 +151,35 @@ func TestAClusterThatComesBackIsInstalledOverKeptHistory(t *testing.T) {
 	g.Expect(clusterStatus(got, members[0]).Revision).To(Equal(int32(2)), "a new revision over the kept one")
 	g.Expect(configMapIn(g, 0, "kept")).NotTo(BeNil())
 }
+
+// A target whose status lost track of what it runs (the manager stopped between a Helm action and
+// its status write, or the digest key is new, so every digest changed) while the member runs the
+// desired chart and values is recorded as it is: no second Helm revision on every target.
+func TestATargetAlreadyRunningTheChangeGetsNoNewRevision(t *testing.T) {
+	g := NewWithT(t)
+	members := attachMembers(t)
+	_, repo := serveHello(t, "0.1.0")
+	prel := helloRelease("rekeyed", repo, members[:1], func(s *pluginsv1.PluginReleaseSpec) {
+		s.Values = jsonValues(`{"greeting":"kept","port":8080}`)
+	})
+	createRelease(t, prel)
+	got := waitReleaseReady(t, prel)
+	g.Expect(helmRevisions(g, 0, "rekeyed")).To(Equal(1))
+	was := got.Status.Clusters[0].ConfigDigest
+
+	g.Eventually(func() error {
+		cur := getRelease(g, prel)
+		cur.Status.Clusters[0].ConfigDigest = "hmac:made-with-another-key"
+		return mgmt.Status().Update(ctx, cur)
+	}, eventuallyWait, poll).Should(Succeed())
+	mergePatchRelease(g, prel, `{"spec":{"maxHistory":5}}`) // a spec change, so a pass runs now
+	got = waitReleaseReady(t, prel)
+	g.Expect(got.Status.Clusters[0].ConfigDigest).To(Equal(was))
+	g.Expect(got.Status.Clusters[0].Revision).To(Equal(int32(1)))
+	g.Expect(got.Status.History[0].Message).To(ContainSubstring("no Helm action"))
+	g.Expect(helmRevisions(g, 0, "rekeyed")).To(Equal(1))
+
+	// A real change still upgrades.
+	mergePatchRelease(g, prel, `{"spec":{"values":{"greeting":"changed"}}}`)
+	g.Eventually(func() int { return helmRevisions(g, 0, "rekeyed") }, eventuallyWait, poll).Should(Equal(2))
+}

@@ -1,7 +1,9 @@
 package pluginrelease
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -884,8 +886,10 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 	if err != nil {
 		return finish(pluginsv1.PhaseFailed, true, err.Error())
 	}
+	chartLabel := helm.ChartLabelValue(resolved.Digest)
 	opts := helm.Options{CreateNamespace: prel.Spec.CreateNamespace, MaxHistory: prel.Spec.GetMaxHistory(),
-		Labels: map[string]string{helm.OwnerLabel: owner}, Description: "Paddock PluginRelease " + prel.Namespace + "/" + prel.Name}
+		Labels:      map[string]string{helm.OwnerLabel: owner, helm.ChartLabel: chartLabel},
+		Description: "Paddock PluginRelease " + prel.Namespace + "/" + prel.Name}
 	install := last == nil || last.Info == nil || last.Info.Status == release.StatusUninstalled
 	var rel *release.Release
 	if install {
@@ -914,6 +918,14 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 			}
 			return finish(pluginsv1.PhaseFailed, true, msg)
 		}
+	} else if alreadyRunning(last, owner, chartLabel, resolved, vals) {
+		// The member runs this chart with these values already, as this PluginRelease left it:
+		// status lost the outcome (the manager stopped before writing it) or its digests changed
+		// (a new digest key). Recorded, without another Helm revision.
+		o.action, o.fromVersion = opUpgrade, resolved.Version
+		o.revision, o.manifestDigest = last.Version, r.digests.manifest(last.Manifest)
+		return finish(pluginsv1.PhaseDeployed, false, fmt.Sprintf("%s %s, revision %d (already running these values; no Helm action)",
+			resolved.Name, resolved.Version, last.Version))
 	} else {
 		o.action = opUpgrade
 		if from == "" && last.Chart != nil && last.Chart.Metadata != nil {
@@ -948,6 +960,27 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 	}
 	o.revision, o.manifestDigest = rel.Version, r.digests.manifest(rel.Manifest)
 	return finish(pluginsv1.PhaseDeployed, false, fmt.Sprintf("%s %s, revision %d", resolved.Name, resolved.Version, rel.Version))
+}
+
+// alreadyRunning says whether last, the member's latest release record, is deployed, this
+// PluginRelease's, made from the chart archive chartLabel names, with exactly vals.
+func alreadyRunning(last *release.Release, owner, chartLabel string, resolved *chartrepo.Resolved, vals map[string]any) bool {
+	if last == nil || last.Info == nil || last.Info.Status != release.StatusDeployed ||
+		last.Labels[helm.OwnerLabel] != owner || last.Labels[helm.ChartLabel] != chartLabel || chartLabel == "" {
+		return false
+	}
+	// The chart's own metadata too: a rollback may carry labels of another revision.
+	if last.Chart == nil || last.Chart.Metadata == nil || last.Chart.Metadata.Name != resolved.Name ||
+		last.Chart.Metadata.Version != resolved.Version {
+		return false
+	}
+	// Compared as JSON (keys sorted; the record's numbers come back as float64).
+	a, err1 := json.Marshal(last.Config)
+	b, err2 := json.Marshal(vals)
+	if len(last.Config) == 0 && len(vals) == 0 {
+		return true
+	}
+	return err1 == nil && err2 == nil && bytes.Equal(a, b)
 }
 
 // startUninstall removes the release from a cluster that is no longer a target (or from every

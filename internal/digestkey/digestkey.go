@@ -8,7 +8,8 @@
 //
 // The key lives in a Secret in the manager's namespace. The manager creates it on its first
 // start, and every replica and every later start reads the same one. A new key changes every
-// digest, so each PluginRelease target is upgraded once to the same chart and values.
+// digest, so each PluginRelease target is looked at once (a target already running the desired
+// chart and values is recorded without a Helm action).
 package digestkey
 
 import (
@@ -49,7 +50,7 @@ func Ensure(ctx context.Context, reader client.Reader, writer client.Writer, nam
 			Namespace: namespace, Name: name,
 			Labels: map[string]string{"app.kubernetes.io/managed-by": "paddock"},
 			Annotations: map[string]string{"paddock.dev/purpose": "Keys the digests in Paddock's status " +
-				"(PluginRelease configDigest, manifestDigest). Deleting it makes every PluginRelease target upgrade once."},
+				"(PluginRelease configDigest, manifestDigest). Deleting it makes every PluginRelease target be checked once against its member."},
 		},
 		Type:      corev1.SecretTypeOpaque,
 		Immutable: ptr(true),

@@ -32,6 +32,20 @@ import (
 // that installed it, as "<namespace>/<name>" is not a label value: "<namespace>.<name>".
 const OwnerLabel = "plugins.paddock.dev/owner"
 
+// ChartLabel labels a release record with the archive digest of the chart it was made from
+// (128 bits of its sha256 in hex), so that a release already running the desired chart and values
+// is recognised without another Helm revision.
+const ChartLabel = "plugins.paddock.dev/chart"
+
+// ChartLabelValue is ChartLabel's value for an archive digest "sha256:<hex>".
+func ChartLabelValue(digest string) string {
+	d := strings.TrimPrefix(digest, "sha256:")
+	if len(d) > 32 {
+		d = d[:32]
+	}
+	return d
+}
+
 // ReleaseLabel is put on every object of a release (by a post-renderer), so that drift detection
 // can watch a release's objects with a label selector. Its value is ReleaseLabelValue.
 const ReleaseLabel = "plugins.paddock.dev/release"
