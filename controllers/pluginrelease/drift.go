@@ -244,7 +244,7 @@ func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelea
 		}
 		specs[driftWatchKey{member: cluster, gvr: m.Resource, ns: d.GetNamespace()}] = struct{}{}
 		desired := drift.Normalize(d)
-		ignored := drift.IgnoredPaths(rules, gvk, d.GetName())
+		ignored := drift.IgnoredPaths(rules, d)
 		live := &unstructured.Unstructured{}
 		live.SetGroupVersionKind(gvk)
 		err = cl.Get(ctx, client.ObjectKeyFromObject(d), live)

@@ -23,7 +23,6 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 )
 
@@ -63,14 +62,58 @@ type Rule struct {
 	Paths             []string
 }
 
-// IgnoredPaths returns the paths the rules ignore in an object.
-func IgnoredPaths(rules []Rule, gvk schema.GroupVersionKind, name string) []string {
-	var out []string
+// IgnoredPaths returns the paths ignored in desired: those the rules name, and those the chart
+// leaves for someone else to fill (ownedByOthers).
+func IgnoredPaths(rules []Rule, desired *unstructured.Unstructured) []string {
+	gvk, name := desired.GroupVersionKind(), desired.GetName()
+	out := ownedByOthers(desired)
 	for _, r := range rules {
 		if r.Kind != "" && (r.Kind != gvk.Kind || r.Group != gvk.Group || (r.Name != "" && r.Name != name)) {
 			continue
 		}
 		out = append(out, r.Paths...)
+	}
+	return out
+}
+
+// ownedByOthers are the paths of an object that, as the chart writes it, are for someone else to
+// fill: Helm's three-way merge leaves them alone, and correcting them fights that other party.
+//   - an aggregated ClusterRole's rules (the controller manager fills them from aggregationRule);
+//   - a Service's clusterIP(s) left empty (the apiserver allocates them);
+//   - a caBundle that cert-manager's CA injector fills (the object asks for it by annotation),
+//     in webhook configurations, CRD conversion webhooks and APIServices.
+func ownedByOthers(desired *unstructured.Unstructured) []string {
+	gvk := desired.GroupVersionKind()
+	var out []string
+	switch {
+	case gvk.Group == "rbac.authorization.k8s.io" && gvk.Kind == "ClusterRole":
+		if _, ok := desired.Object["aggregationRule"]; ok {
+			out = append(out, "/rules")
+		}
+	case gvk.Group == "" && gvk.Kind == "Service":
+		if ip, _, _ := unstructured.NestedString(desired.Object, "spec", "clusterIP"); ip == "" {
+			out = append(out, "/spec/clusterIP", "/spec/clusterIPs")
+		}
+	}
+	injected := false
+	for k := range desired.GetAnnotations() {
+		if strings.HasPrefix(k, "cert-manager.io/inject-") {
+			injected = true
+		}
+	}
+	if !injected {
+		return out
+	}
+	switch {
+	case gvk.Group == "admissionregistration.k8s.io" && (gvk.Kind == "ValidatingWebhookConfiguration" || gvk.Kind == "MutatingWebhookConfiguration"):
+		hooks, _, _ := unstructured.NestedSlice(desired.Object, "webhooks")
+		for i := range hooks {
+			out = append(out, "/webhooks/"+strconv.Itoa(i)+"/clientConfig/caBundle")
+		}
+	case gvk.Group == "apiextensions.k8s.io" && gvk.Kind == "CustomResourceDefinition":
+		out = append(out, "/spec/conversion/webhook/clientConfig/caBundle")
+	case gvk.Group == "apiregistration.k8s.io" && gvk.Kind == "APIService":
+		out = append(out, "/spec/caBundle")
 	}
 	return out
 }

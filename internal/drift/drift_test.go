@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	. "github.com/onsi/gomega"
-	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
 const manifest = `---
@@ -200,11 +200,48 @@ func TestIgnoredPathsByTarget(t *testing.T) {
 		{Group: "apps", Kind: "Deployment", Paths: []string{"/spec/replicas"}},
 		{Kind: "ConfigMap", Name: "other", Paths: []string{"/data"}},
 	}
-	dep := schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}
-	cm := schema.GroupVersionKind{Version: "v1", Kind: "ConfigMap"}
-	g.Expect(IgnoredPaths(rules, dep, "web")).To(ConsistOf("/metadata/annotations", "/spec/replicas"))
-	g.Expect(IgnoredPaths(rules, cm, "hello")).To(ConsistOf("/metadata/annotations"))
-	g.Expect(IgnoredPaths(rules, cm, "other")).To(ConsistOf("/metadata/annotations", "/data"))
+	obj := func(js string) *unstructured.Unstructured { return &unstructured.Unstructured{Object: live(t, js)} }
+	g.Expect(IgnoredPaths(rules, obj(`{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web"}}`))).To(ConsistOf("/metadata/annotations", "/spec/replicas"))
+	g.Expect(IgnoredPaths(rules, obj(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"hello"}}`))).To(ConsistOf("/metadata/annotations"))
+	g.Expect(IgnoredPaths(rules, obj(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"other"}}`))).To(ConsistOf("/metadata/annotations", "/data"))
+}
+
+// What a chart leaves for others to fill is not drift: the rules of an aggregated ClusterRole,
+// an empty clusterIP, a caBundle cert-manager injects. The same fields set by the chart are.
+func TestWhatOthersFillIsNotDrift(t *testing.T) {
+	g := NewWithT(t)
+	for name, tc := range map[string]struct {
+		desired, live string
+		want          []string
+	}{
+		"aggregated ClusterRole": {
+			`{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"agg"},"aggregationRule":{"clusterRoleSelectors":[{"matchLabels":{"a":"b"}}]},"rules":[]}`,
+			`{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"agg"},"aggregationRule":{"clusterRoleSelectors":[{"matchLabels":{"a":"b"}}]},"rules":[{"verbs":["get"],"apiGroups":[""],"resources":["pods"]}]}`,
+			nil},
+		"plain ClusterRole": {
+			`{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"plain"},"rules":[]}`,
+			`{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"plain"},"rules":[{"verbs":["*"],"apiGroups":["*"],"resources":["*"]}]}`,
+			[]string{"/rules"}},
+		"allocated clusterIP": {
+			`{"apiVersion":"v1","kind":"Service","metadata":{"name":"s"},"spec":{"clusterIP":"","ports":[{"port":80}]}}`,
+			`{"apiVersion":"v1","kind":"Service","metadata":{"name":"s"},"spec":{"clusterIP":"10.0.0.7","clusterIPs":["10.0.0.7"],"ports":[{"port":80}]}}`,
+			nil},
+		"headless Service changed": {
+			`{"apiVersion":"v1","kind":"Service","metadata":{"name":"s"},"spec":{"clusterIP":"None"}}`,
+			`{"apiVersion":"v1","kind":"Service","metadata":{"name":"s"},"spec":{"clusterIP":"10.0.0.7"}}`,
+			[]string{"/spec/clusterIP"}},
+		"injected caBundle": {
+			`{"apiVersion":"admissionregistration.k8s.io/v1","kind":"ValidatingWebhookConfiguration","metadata":{"name":"w","annotations":{"cert-manager.io/inject-ca-from":"ns/cert"}},"webhooks":[{"name":"a","clientConfig":{"caBundle":"Cg=="}}]}`,
+			`{"apiVersion":"admissionregistration.k8s.io/v1","kind":"ValidatingWebhookConfiguration","metadata":{"name":"w","annotations":{"cert-manager.io/inject-ca-from":"ns/cert"}},"webhooks":[{"name":"a","clientConfig":{"caBundle":"UkVBTA=="}}]}`,
+			nil},
+		"caBundle not injected": {
+			`{"apiVersion":"admissionregistration.k8s.io/v1","kind":"ValidatingWebhookConfiguration","metadata":{"name":"w"},"webhooks":[{"name":"a","clientConfig":{"caBundle":"Cg=="}}]}`,
+			`{"apiVersion":"admissionregistration.k8s.io/v1","kind":"ValidatingWebhookConfiguration","metadata":{"name":"w"},"webhooks":[{"name":"a","clientConfig":{"caBundle":"UkVBTA=="}}]}`,
+			[]string{"/webhooks/0/clientConfig/caBundle"}},
+	} {
+		d := &unstructured.Unstructured{Object: live(t, tc.desired)}
+		g.Expect(Diff(d.Object, live(t, tc.live), IgnoredPaths(nil, d))).To(Equal(tc.want), name)
+	}
 }
 
 // Quantities compare by value only where built-in kinds hold quantities: elsewhere "1" and
