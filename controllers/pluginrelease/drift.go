@@ -308,6 +308,15 @@ func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelea
 
 // correct puts one object back: created again when it is gone, merge-patched when it departs.
 func (r *Reconciler) correct(ctx context.Context, cl client.Client, rel *release.Release, d drifted) error {
+	if d.live != nil {
+		// An object another Helm release took over (its ownership annotations name that one) is
+		// that release's now: reported, not patched back into this one.
+		ann := d.live.GetAnnotations()
+		name, ns := ann["meta.helm.sh/release-name"], ann["meta.helm.sh/release-namespace"]
+		if (name != "" && name != rel.Name) || (ns != "" && ns != rel.Namespace) {
+			return fmt.Errorf("not corrected: it belongs to Helm release %s/%s now", truncate(ns, 63), truncate(name, 63))
+		}
+	}
 	if d.live == nil {
 		obj := d.desired.DeepCopy()
 		// Helm's own ownership marks, so that the next upgrade takes the object as its own.

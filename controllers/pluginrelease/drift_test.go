@@ -178,3 +178,28 @@ func TestAFieldTheMemberDoesNotKnowIsReportedNotCorrectedForever(t *testing.T) {
 	}
 	g.Expect(helmRevisions(g, 0, "drift-unknown")).To(Equal(1))
 }
+
+// An object another Helm release took over (its ownership annotations say so) is reported, not
+// patched back into this release.
+func TestAnObjectAnotherReleaseTookOverIsNotCorrected(t *testing.T) {
+	g := NewWithT(t)
+	members := attachMembers(t)
+	_, repo := serveHello(t, "0.1.0")
+	prel := helloRelease("drift-taken", repo, members[:1], func(s *pluginsv1.PluginReleaseSpec) {
+		s.Values = jsonValues(`{"greeting":"desired"}`)
+	})
+	createRelease(t, prel)
+	waitReleaseReady(t, prel)
+	g.Eventually(func() error {
+		cm := configMapIn(g, 0, "drift-taken")
+		cm.Data["greeting"] = "theirs"
+		cm.Annotations["meta.helm.sh/release-name"] = "someone-else"
+		return env.Members[0].Client.Update(ctx, cm)
+	}, eventuallyWait, poll).Should(Succeed())
+	g.Eventually(func(g Gomega) {
+		d := clusterStatus(getRelease(g, prel), members[0]).Drift
+		g.Expect(d).NotTo(BeNil())
+		g.Expect(d.Message).To(ContainSubstring("belongs to Helm release apps/someone-else"))
+	}, eventuallyWait, poll).Should(Succeed())
+	g.Expect(configMapIn(g, 0, "drift-taken").Data["greeting"]).To(Equal("theirs"))
+}
