@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -354,4 +355,13 @@ func TestClientCertificateOnlyForTheOrigin(t *testing.T) {
 	defer mu.Unlock()
 	g.Expect(got["origin"]).To(Equal(seen{certs: true, auth: true}))
 	g.Expect(got["foreign"]).To(Equal(seen{}), "the other host (same address, another port) got the certificate or the token")
+}
+
+// An error that quotes a presigned URL (a CDN redirect) reaches status without its query.
+func TestErrorsDropURLQueries(t *testing.T) {
+	g := NewWithT(t)
+	err := classify(errors.New(`GET "https://cdn.example.com/blobs/sha256:ab?X-Amz-Signature=s3cr3t&X-Amz-Credential=AKIA": mismatch Content-Length`))
+	g.Expect(err.Message).NotTo(ContainSubstring("s3cr3t"))
+	g.Expect(err.Message).NotTo(ContainSubstring("AKIA"))
+	g.Expect(err.Message).To(ContainSubstring("https://cdn.example.com/blobs/sha256:ab?…"))
 }

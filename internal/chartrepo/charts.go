@@ -374,6 +374,10 @@ func (c *ChartCache) load(ctx context.Context, key, name, version string, downlo
 			}
 			return nil, e.err
 		}
+		if e.res.Name != name || e.res.Version != version {
+			// An index (or manifest) that lists this archive under another name or version.
+			return nil, fail(pluginsv1.ReasonChartInvalid, "the archive listed as %s %s holds another chart", name, version)
+		}
 		return e.res, nil
 	}
 	e = &chartEntry{ready: make(chan struct{}), used: time.Now()}

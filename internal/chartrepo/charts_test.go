@@ -158,6 +158,17 @@ entries:
 		g.Expect(err).NotTo(HaveOccurred())
 	}
 	g.Expect(c.Downloads() - before).To(Equal(int64(1)))
+
+	// An index that lists the cached archive under another version is refused on a cache hit too.
+	liar := chartrepos.NewHelmRepo(chartrepos.Options{})
+	defer liar.Close()
+	liar.SetRawIndex([]byte(fmt.Sprintf(`apiVersion: v1
+entries:
+  hello:
+  - {name: hello, version: 9.9.9, urls: [%s/charts/hello-0.1.0.tgz], digest: %s}
+`, public.URL(), ch.Digest())))
+	_, err = c.Get(ctx, helmSource(t, liar, Credentials{}), "hello", "9.9.9")
+	g.Expect(reasonOf(err)).To(Equal(pluginsv1.ReasonChartInvalid))
 }
 
 func TestOCIChartsResolveRangesAndDownloadOnce(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"strings"
 
 	pluginsv1 "github.com/paddock-dev/paddock/api/plugins/v1alpha1"
@@ -64,9 +65,17 @@ func classify(err error) *Error {
 		if ue.Timeout() {
 			return fail(pluginsv1.ReasonRepositoryNotReachable, "the repository did not answer in time")
 		}
-		return fail(pluginsv1.ReasonRepositoryNotReachable, "the repository is not reachable: %s", ue.Err)
+		return fail(pluginsv1.ReasonRepositoryNotReachable, "the repository is not reachable: %s", withoutQueries(ue.Err.Error()))
 	}
-	return fail(pluginsv1.ReasonRepositoryNotReachable, "the repository is not reachable: %s", err)
+	return fail(pluginsv1.ReasonRepositoryNotReachable, "the repository is not reachable: %s", withoutQueries(err.Error()))
+}
+
+var urlQuery = regexp.MustCompile(`(?i)(\b[a-z][a-z0-9+.-]*://[^\s?#"']*)[?#][^\s"']*`)
+
+// withoutQueries drops the query and fragment of every URL in msg: after a redirect to a CDN an
+// error may quote a presigned URL, whose query is a credential.
+func withoutQueries(msg string) string {
+	return urlQuery.ReplaceAllString(msg, "$1?…")
 }
 
 // tlsCause is err's message without the *url.Error wrapping (which quotes the URL).
