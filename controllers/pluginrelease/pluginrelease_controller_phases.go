@@ -1099,7 +1099,10 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, s *scope) (ctrl.Result
 	grace := r.deletionGrace()
 	expired := time.Since(prel.DeletionTimestamp.Time) > grace
 	for name, c := range s.clusters {
-		if expired && c.Phase == pluginsv1.PhaseUninstalling && c.Message != "uninstalling" {
+		// Given up only after failing for a grace period of its own: an uninstall that ran long
+		// (hooks, a timeout) and failed once is retried, not dropped.
+		if expired && c.Phase == pluginsv1.PhaseUninstalling && c.Message != "uninstalling" &&
+			c.LastTransitionTime != nil && time.Since(c.LastTransitionTime.Time) > grace {
 			r.skipUninstall(s, name, c, grace)
 			continue
 		}
