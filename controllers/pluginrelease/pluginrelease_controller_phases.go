@@ -1126,7 +1126,7 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, s *scope) (ctrl.Result
 	r.mu.Unlock()
 	orig := prel.DeepCopy()
 	controllerutil.RemoveFinalizer(prel, Finalizer)
-	if err := r.Client.Patch(ctx, prel, client.MergeFrom(orig)); err != nil && !apierrors.IsNotFound(err) {
+	if err := r.Client.Patch(ctx, prel, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
 	}
 	s.deleted = true
