@@ -438,6 +438,8 @@ func chartVersion(rel *release.Release) string {
 func (r *Reconciler) watchRelease(key actionKey, prel *pluginsv1.PluginRelease, specs map[driftWatchKey]struct{}) bool {
 	ok := true
 	var stops []func()
+	var wakeAfter []types.NamespacedName
+	defer func() { r.poke(wakeAfter...) }()
 	r.mu.Lock()
 	st := r.driftStateLocked(key, prel)
 	for k := range st.watches {
@@ -475,6 +477,14 @@ func (r *Reconciler) watchRelease(key actionKey, prel *pluginsv1.PluginRelease, 
 			delete(st.watches, k)
 		} else {
 			w.stop = stop
+			// A change made between the check that is running now and the new watch's first
+			// list arrives as an Added event, which wakes nobody: one more check, once it runs.
+			for u := range w.users {
+				if ust := r.drift[u]; ust != nil {
+					ust.dirty = true
+					wakeAfter = append(wakeAfter, ust.nn)
+				}
+			}
 		}
 		r.mu.Unlock()
 		if err == nil && !alive {
