@@ -255,6 +255,12 @@ func (r *Reconciler) credentials(ctx context.Context, repo *pluginsv1.PluginRepo
 		return chartrepo.Credentials{}, &chartrepo.Error{Reason: pluginsv1.ReasonRepositoryNotReachable,
 			Message: fmt.Sprintf("reading Secret %s failed: %s", nn, apierrors.ReasonForError(err))}
 	}
+	// Secrets that are credentials of something else are never sent to a repository: whoever may
+	// write a PluginRepository names a Secret and a URL, and could otherwise collect them.
+	if secret.Type == corev1.SecretTypeServiceAccountToken || secret.Labels["app.kubernetes.io/managed-by"] == "paddock" {
+		return chartrepo.Credentials{}, &chartrepo.Error{Reason: pluginsv1.ReasonSecretInvalid,
+			Message: fmt.Sprintf("Secret %s is not a repository credentials Secret (a ServiceAccount token, or one Paddock manages); create one for the repository", nn)}
+	}
 	return chartrepo.CredentialsFromSecret(nn.String(), secret.Data)
 }
 

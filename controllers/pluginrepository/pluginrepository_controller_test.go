@@ -248,6 +248,12 @@ func TestRefusedConfigurationStalls(t *testing.T) {
 	defer plain.Close()
 	creds := createSecret(t, map[string]string{"username": "ops", "password": "pw"})
 	broken := createSecret(t, map[string]string{"username": "ops"})
+	// A ServiceAccount token (the manager's own, say) is never a repository's bearer token.
+	saToken := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{GenerateName: "sa-token-", Namespace: secretNS,
+		Annotations: map[string]string{corev1.ServiceAccountNameKey: "default"}},
+		Type: corev1.SecretTypeServiceAccountToken, Data: map[string][]byte{"token": []byte("sa-token-value")}}
+	g.Expect(mgmt.Create(ctx, saToken)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, saToken) })
 	cases := []struct {
 		name   string
 		spec   pluginsv1.PluginRepositorySpec
@@ -262,6 +268,8 @@ func TestRefusedConfigurationStalls(t *testing.T) {
 			SecretRef: &pluginsv1.LocalSecretReference{Name: "does-not-exist"}}, pluginsv1.ReasonSecretNotFound, "does not exist"},
 		{"half a credential", pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: "https://charts.example.com",
 			SecretRef: &pluginsv1.LocalSecretReference{Name: broken.Name}}, pluginsv1.ReasonSecretInvalid, `needs both "username" and "password"`},
+		{"a ServiceAccount token", pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: "https://charts.example.com",
+			SecretRef: &pluginsv1.LocalSecretReference{Name: saToken.Name}}, pluginsv1.ReasonSecretInvalid, "not a repository credentials Secret"},
 	}
 	for _, tc := range cases {
 		repo := createRepo(t, tc.spec)
