@@ -308,6 +308,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.
 		defer func() {
 			log.FromContext(ctx).V(1).Info("Pass finished", "took", time.Since(passStart).String(), "requeueAfter", res.RequeueAfter.String(), "error", retErr != nil)
 		}()
+		s.passErr = retErr
 		if err := r.patchStatus(ctx, s); err != nil {
 			if apierrors.IsConflict(err) {
 				res, retErr = ctrl.Result{Requeue: true}, nil

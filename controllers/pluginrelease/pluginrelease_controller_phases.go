@@ -90,6 +90,9 @@ type scope struct {
 	retrying bool
 	// retryAt is when an uninstall that failed may be tried again.
 	retryAt time.Time
+	// passErr: the pass ended in an error (retried); it decided nothing, so the conditions
+	// stay as they were (what it folded is still written).
+	passErr error
 	// readRVs are the resourceVersions this pass read (from the cache, and after adding the
 	// finalizer): older than anything its status patch writes.
 	readRVs []string

@@ -88,6 +88,9 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 	sort.Strings(failed)
 
 	switch {
+	case s.passErr != nil && prel.DeletionTimestamp.IsZero():
+		// A pass cut short by an error (a read that failed) knows too little to judge: a
+		// healthy release is not made unready, nor a failing one Ready with "0 clusters".
 	case s.suspended:
 		// Suspended: Ready keeps its last verdict; kstatus stays Current.
 		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)
