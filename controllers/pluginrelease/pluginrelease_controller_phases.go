@@ -193,7 +193,11 @@ func (r *Reconciler) fold(s *scope) {
 					if c.ConfigDigest != o.digest || c.Phase != pluginsv1.PhaseFailed {
 						c.Failures = 0
 					}
-					c.Failures++
+					if !o.unreachable {
+						// A cut-off (the member went away) is retried whatever the remediation
+						// says, and uses none of its retries.
+						c.Failures++
+					}
 					c.ConfigDigest = o.digest
 					c.Phase = o.phase
 				}
@@ -572,12 +576,12 @@ func (r *Reconciler) retryDelay(failures int32) time.Duration {
 // states maps every frozen cluster to the rollout engine's view, and says when the earliest
 // failed target becomes due for a retry.
 func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[string]rollout.State, time.Time) {
-	retries := int32(0)
-	if rem := remediationFor(s.prel, true); rem != nil {
-		retries = rem.Retries
-	}
-	if rem := remediationFor(s.prel, false); rem != nil && rem.Retries > retries {
-		retries = rem.Retries
+	// The retries of the action that failed: install's or upgrade's.
+	retriesOf := func(c *pluginsv1.ClusterReleaseStatus) int32 {
+		if rem := remediationFor(s.prel, c.LastOperation != opUpgrade); rem != nil {
+			return rem.Retries
+		}
+		return 0
 	}
 	out := map[string]rollout.State{}
 	var retryAt time.Time
@@ -635,6 +639,7 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 					}
 				}
 			case (c.Phase == pluginsv1.PhaseFailed || c.Phase == pluginsv1.PhaseConflict) && c.ConfigDigest == want:
+				retries := retriesOf(c)
 				due := c.LastTransitionTime.Add(r.retryDelay(c.Failures))
 				switch {
 				case c.Phase == pluginsv1.PhaseFailed && c.Failures <= retries && !now.Before(due):
