@@ -46,13 +46,27 @@ func ParseManifest(manifest string) ([]*unstructured.Unstructured, error) {
 			continue
 		}
 		u := &unstructured.Unstructured{Object: m}
-		if u.GetAPIVersion() == "" || u.GetKind() == "" || u.GetName() == "" {
-			return nil, fmt.Errorf("the release manifest holds an object without apiVersion, kind or name")
+		objs := []*unstructured.Unstructured{u}
+		if u.IsList() {
+			// A List document (kind: List, or any *List): Helm installs its items.
+			list, err := u.ToList()
+			if err != nil {
+				return nil, fmt.Errorf("the release manifest holds a list that does not parse: %w", err)
+			}
+			objs = objs[:0]
+			for i := range list.Items {
+				objs = append(objs, &list.Items[i])
+			}
 		}
-		if len(out) == MaxObjects {
-			return nil, fmt.Errorf("the release manifest holds more than %d objects", MaxObjects)
+		for _, o := range objs {
+			if o.GetAPIVersion() == "" || o.GetKind() == "" || o.GetName() == "" {
+				return nil, fmt.Errorf("the release manifest holds an object without apiVersion, kind or name")
+			}
+			if len(out) == MaxObjects {
+				return nil, fmt.Errorf("the release manifest holds more than %d objects", MaxObjects)
+			}
+			out = append(out, o)
 		}
-		out = append(out, u)
 	}
 }
 

@@ -263,3 +263,25 @@ func TestQuantitiesCompareByValueOnlyInQuantityFields(t *testing.T) {
 	g.Expect(quantityPath("/spec/metrics/0/object/target/value")).To(BeTrue())
 	g.Expect(quantityPath("/data/limits")).To(BeFalse())
 }
+
+// A List document is its items, as Helm installs them.
+func TestAListDocumentIsItsItems(t *testing.T) {
+	g := NewWithT(t)
+	objs, err := ParseManifest(`---
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: ConfigMap, metadata: {name: a}}
+- {apiVersion: v1, kind: ConfigMap, metadata: {name: b}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: c}
+`)
+	g.Expect(err).NotTo(HaveOccurred())
+	var names []string
+	for _, o := range objs {
+		names = append(names, o.GetKind()+"/"+o.GetName())
+	}
+	g.Expect(names).To(Equal([]string{"ConfigMap/a", "ConfigMap/b", "Secret/c"}))
+}

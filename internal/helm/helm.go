@@ -309,7 +309,8 @@ func (c *Client) Uninstall(timeout time.Duration, keepHistory bool) error {
 	un := action.NewUninstall(c.cfg)
 	un.Timeout, un.KeepHistory, un.IgnoreNotFound = timeout, keepHistory, true
 	_, err := un.Run(c.Name)
-	if err != nil && strings.Contains(err.Error(), "not found") {
+	if errors.Is(err, driver.ErrReleaseNotFound) {
+		// Gone already (IgnoreNotFound covers a missing history; this, one removed meanwhile).
 		return nil
 	}
 	return err
