@@ -195,7 +195,14 @@ func (r *Reconciler) checkDrift(ctx context.Context, prel *pluginsv1.PluginRelea
 		return o
 	}
 	if rel.Labels[helm.OwnerLabel] != ownerValue(prel) || rel.Info.Status != release.StatusDeployed {
-		// Not ours any more, or an action of its own is under way: nothing to compare.
+		// Not ours any more, or not deployed (an action under way, or one run by hand that
+		// failed): nothing to compare, and said so rather than shown as no drift.
+		o.driftObjects = []string{fmt.Sprintf("Helm release record revision %d", rel.Version)}
+		if rel.Labels[helm.OwnerLabel] != ownerValue(prel) {
+			o.msg = fmt.Sprintf("the latest release record in the member (revision %d) was not made by this PluginRelease; nothing is compared or corrected until the next install or upgrade", rel.Version)
+		} else {
+			o.msg = fmt.Sprintf("the latest release record in the member (revision %d) is %s, not deployed; nothing is compared until it is", rel.Version, rel.Info.Status)
+		}
 		return o
 	}
 	o.revision, o.version = rel.Version, chartVersion(rel)
