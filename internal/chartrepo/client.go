@@ -71,8 +71,9 @@ func newHTTPClient(o Options, creds Credentials, origin *url.URL, foreignRedirec
 			ResponseHeaderTimeout:  30 * time.Second,
 			MaxResponseHeaderBytes: 64 << 10,
 			MaxIdleConnsPerHost:    4,
-			IdleConnTimeout:        90 * time.Second,
-			ForceAttemptHTTP2:      true,
+			// Clients of one fetch are dropped after it: their idle connections must not linger.
+			IdleConnTimeout:   15 * time.Second,
+			ForceAttemptHTTP2: true,
 		}
 	}
 	own := transport(creds.ClientCert)
