@@ -1,6 +1,7 @@
 package pluginrelease
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -101,4 +102,18 @@ func TestARenderPastItsDeadlineStops(t *testing.T) {
 	tmpl, err := parseValuesTemplate(`{{ upper "a" }}`, &renderBudget{deadline: time.Now().Add(time.Minute)})
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(tmpl.Execute(&strings.Builder{}, nil)).To(Succeed())
+}
+
+// spec.values shares the object with the status of up to MaxTargetClusters targets: large values
+// are refused with a pointer to valuesFrom.
+func TestLargeSpecValuesAreRefused(t *testing.T) {
+	g := NewWithT(t)
+	big := `{"blob":"` + strings.Repeat("x", maxSpecValuesBytes) + `"}`
+	prel := &pluginsv1.PluginRelease{Spec: pluginsv1.PluginReleaseSpec{Values: jsonValues(big)}}
+	_, _, err := baseValues(context.Background(), nil, prel, nil, nil)
+	g.Expect(err).To(MatchError(ContainSubstring("spec.valuesFrom")))
+	prel.Spec.Values = jsonValues(`{"small":1}`)
+	v, _, err := baseValues(context.Background(), nil, prel, nil, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(v).To(HaveKey("small"))
 }

@@ -25,6 +25,9 @@ import (
 // maxValuesBytes bounds one values source and a rendered template.
 const maxValuesBytes = 1 << 20
 
+// maxSpecValuesBytes bounds spec.values itself.
+const maxSpecValuesBytes = 128 << 10
+
 // valuesError is bad values input: a condition and an event, no retry until something changes.
 type valuesError struct {
 	msg string
@@ -99,6 +102,12 @@ func baseValues(ctx context.Context, c client.Reader, prel *pluginsv1.PluginRele
 			secrets = appendScalars(secrets, m)
 		}
 		out = merge(out, m)
+	}
+	if prel.Spec.Values != nil && len(prel.Spec.Values.Raw) > maxSpecValuesBytes {
+		// The object holds status for up to MaxTargetClusters targets too (etcd stores about
+		// 1.5 MiB in all): large values belong in a ConfigMap or Secret.
+		return nil, nil, &valuesError{msg: fmt.Sprintf("spec.values is %d bytes, more than %d: put large values in a ConfigMap or Secret and name it in spec.valuesFrom",
+			len(prel.Spec.Values.Raw), maxSpecValuesBytes)}
 	}
 	if prel.Spec.Values != nil && len(prel.Spec.Values.Raw) > 0 {
 		m := map[string]any{}
