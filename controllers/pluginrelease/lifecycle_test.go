@@ -179,7 +179,24 @@ func TestATargetAlreadyRunningTheChangeGetsNoNewRevision(t *testing.T) {
 	g.Expect(got.Status.History[0].Message).To(ContainSubstring("no Helm action"))
 	g.Expect(helmRevisions(g, 0, "rekeyed")).To(Equal(1))
 
+	// A record forged in the member (labels and values as ours, another manifest) is not believed:
+	// the chart is upgraded over it, and the forged object is never made.
+	st := helmStorage(g, 0)
+	rec, err := st.Last("rekeyed")
+	g.Expect(err).NotTo(HaveOccurred())
+	rec.Manifest += "\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: forged\n  namespace: apps\n"
+	g.Expect(st.Update(rec)).To(Succeed())
+	g.Eventually(func() error {
+		cur := getRelease(g, prel)
+		cur.Status.Clusters[0].ConfigDigest = "hmac:made-with-another-key"
+		return mgmt.Status().Update(ctx, cur)
+	}, eventuallyWait, poll).Should(Succeed())
+	mergePatchRelease(g, prel, `{"spec":{"maxHistory":6}}`)
+	g.Eventually(func() int { return helmRevisions(g, 0, "rekeyed") }, eventuallyWait, poll).Should(Equal(2))
+	waitReleaseReady(t, prel)
+	g.Expect(configMapNamed(g, 0, "forged")).To(BeNil())
+
 	// A real change still upgrades.
 	mergePatchRelease(g, prel, `{"spec":{"values":{"greeting":"changed"}}}`)
-	g.Eventually(func() int { return helmRevisions(g, 0, "rekeyed") }, eventuallyWait, poll).Should(Equal(2))
+	g.Eventually(func() int { return helmRevisions(g, 0, "rekeyed") }, eventuallyWait, poll).Should(Equal(3))
 }

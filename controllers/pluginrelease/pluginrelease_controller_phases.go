@@ -926,7 +926,7 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 			}
 			return finish(pluginsv1.PhaseFailed, true, msg)
 		}
-	} else if alreadyRunning(last, owner, chartLabel, resolved, vals) {
+	} else if alreadyRunning(last, owner, chartLabel, resolved, vals) && r.rendersAs(ctx, hc, resolved, vals, last.Manifest) {
 		// The member runs this chart with these values already, as this PluginRelease left it:
 		// status lost the outcome (the manager stopped before writing it) or its digests changed
 		// (a new digest key). Recorded, without another Helm revision.
@@ -968,6 +968,19 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 	}
 	o.revision, o.manifestDigest = rel.Version, r.digests.manifest(rel.Manifest)
 	return finish(pluginsv1.PhaseDeployed, false, fmt.Sprintf("%s %s, revision %d", resolved.Name, resolved.Version, rel.Version))
+}
+
+// rendersAs says whether the chart with vals renders (locally, no cluster) exactly manifest: a
+// release record whose labels and values say "already running" is believed only if its manifest
+// is what this chart makes, since whoever may write Secrets in the release namespace can write
+// a record too.
+func (r *Reconciler) rendersAs(ctx context.Context, hc *helm.Client, resolved *chartrepo.Resolved, vals map[string]any, manifest string) bool {
+	ch, err := resolved.Fresh()
+	if err != nil {
+		return false
+	}
+	got, err := hc.Render(ctx, ch, deepCopy(vals))
+	return err == nil && got == manifest
 }
 
 // alreadyRunning says whether last, the member's latest release record, is deployed, this

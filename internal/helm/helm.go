@@ -264,6 +264,24 @@ func (c *Client) Install(ctx context.Context, ch *chart.Chart, vals map[string]a
 	return in.RunWithContext(ctx, ch, vals)
 }
 
+// Render renders ch with vals as an upgrade of this release would, without the cluster (no
+// request is made): the manifest Helm would record. Capabilities are Helm's defaults, so a chart
+// that reads the cluster's renders differently from what a real upgrade records. ch is changed
+// (Helm prunes disabled dependencies): pass a copy of its own.
+func (c *Client) Render(ctx context.Context, ch *chart.Chart, vals map[string]any) (string, error) {
+	cfg := &action.Configuration{Log: func(string, ...any) {}}
+	in := action.NewInstall(cfg)
+	in.ReleaseName, in.Namespace = c.Name, c.Namespace
+	in.DryRun, in.ClientOnly, in.Replace, in.IsUpgrade = true, true, true, true
+	in.DisableOpenAPIValidation = true
+	in.PostRenderer = labeller{ReleaseLabelValue(c.Namespace, c.Name)}
+	rel, err := in.RunWithContext(ctx, ch, vals)
+	if err != nil {
+		return "", err
+	}
+	return rel.Manifest, nil
+}
+
 // ensureNamespace creates the release namespace unless it exists (labelled as Helm labels it).
 func (c *Client) ensureNamespace(ctx context.Context) error {
 	core, err := c.acc.CoreV1()
