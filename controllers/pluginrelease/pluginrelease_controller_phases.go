@@ -86,6 +86,10 @@ type scope struct {
 	heldBack int
 	// noRoom are the targets that wait for room in status (see hasRoom).
 	noRoom map[string]bool
+	// recheck are the targets in Conflict due to be looked at again; conflictAt when the next
+	// one is.
+	recheck    []string
+	conflictAt time.Time
 	// retrying: some failed target will be retried by time alone.
 	retrying bool
 	// retryAt is when an uninstall that failed may be tried again.
@@ -190,7 +194,7 @@ func (r *Reconciler) fold(s *scope) {
 					c.ChartVersion, c.AppVersion, c.Revision, c.ConfigDigest, c.Failures = o.version, o.app, int32(o.revision), o.digest, 0
 					c.ManifestDigest = o.manifestDigest
 				} else {
-					if c.ConfigDigest != o.digest || c.Phase != pluginsv1.PhaseFailed {
+					if c.ConfigDigest != o.digest || (c.Phase != pluginsv1.PhaseFailed && c.Phase != pluginsv1.PhaseConflict) {
 						c.Failures = 0
 					}
 					if !o.unreachable {
@@ -432,7 +436,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	st.Wave = st.Waves[st.WaveIndex].Name
 	st.Waiting = d.Waiting
 
-	if len(d.Start) > 0 && r.APIReader != nil && !s.latest {
+	if (len(d.Start) > 0 || len(s.recheck) > 0) && r.APIReader != nil && !s.latest {
 		// Starting an action on status older than the last one written would repeat an action
 		// whose outcome is already recorded: make sure the cache served the latest version
 		// (one read per pass that starts something).
@@ -441,7 +445,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
 		if live.ResourceVersion != s.orig.ResourceVersion {
-			d.Start = nil
+			d.Start, s.recheck = nil, nil
 			s.staleCache = true
 		}
 	}
@@ -456,6 +460,13 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 			s.unreachable = append(s.unreachable, name)
 			setPhase(s.cluster(name), pluginsv1.PhaseUnreachable, notUsable(name, err))
 			s.cluster(name).Reason = pluginsv1.ClusterReasonMemberUnreachable
+			continue
+		}
+		r.startInstallOrUpgrade(s, name, values[name])
+	}
+	// Conflicts due are looked at again (an install or upgrade that first reads the record).
+	for _, name := range s.recheck {
+		if r.isRunning(s, name) || !r.usable(name) {
 			continue
 		}
 		r.startInstallOrUpgrade(s, name, values[name])
@@ -517,6 +528,9 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	}
 	if !retryAt.IsZero() && retryAt.Sub(now) < next {
 		next = max(retryAt.Sub(now), time.Second)
+	}
+	if !s.conflictAt.IsZero() && s.conflictAt.Sub(now) < next {
+		next = max(s.conflictAt.Sub(now), time.Second)
 	}
 	if !s.retryAt.IsZero() && s.retryAt.Sub(now) < next {
 		next = max(s.retryAt.Sub(now), time.Second)
@@ -627,16 +641,17 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 					out[name] = rollout.Pending
 				}
 			case c.Phase == pluginsv1.PhaseConflict && c.ConfigDigest == want:
-				// Looked at again (one read of the release record) with a growing delay, whatever
-				// the remediation says: the other release may be removed, or spec.adopt set (which
+				// A failure of its wave (a halt holds), but looked at again (one read of the
+				// release record) with a growing delay whatever the remediation says, outside the
+				// rollout's slots: the other release may be removed, or spec.adopt set (which
 				// changes no digest, so it is seen here, at once).
+				out[name] = rollout.Failed
 				if due := c.LastTransitionTime.Add(r.retryDelay(c.Failures)); s.prel.Spec.Adopt || !now.Before(due) {
-					out[name] = rollout.Pending
-				} else {
-					out[name] = rollout.Failed
-					if retryAt.IsZero() || due.Before(retryAt) {
-						retryAt = due
-					}
+					s.recheck = append(s.recheck, name)
+				} else if s.conflictAt.IsZero() || due.Before(s.conflictAt) {
+					// Only a requeue: a conflict waits for someone, so it is no retry that
+					// keeps the release Reconciling.
+					s.conflictAt = due
 				}
 			case (c.Phase == pluginsv1.PhaseFailed || c.Phase == pluginsv1.PhaseConflict) && c.ConfigDigest == want:
 				retries := retriesOf(c)

@@ -193,9 +193,13 @@ func TestAConflictIsTakenOverOnceAdoptIsSet(t *testing.T) {
 		Info:  &release.Info{Status: release.StatusDeployed, Description: "installed by hand"}})).To(Succeed())
 	createRelease(t, taker)
 	g.Eventually(func(g Gomega) {
-		c := clusterStatus(getRelease(g, taker), members[0])
+		got := getRelease(g, taker)
+		c := clusterStatus(got, members[0])
 		g.Expect(c).NotTo(BeNil())
 		g.Expect(c.Phase).To(Equal(pluginsv1.PhaseConflict))
+		g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, pluginsv1.StalledCondition)).To(BeTrue(), "it waits for someone")
+		// Looked at again with a growing delay (1 s, 2 s, ... in this suite): the count grows.
+		g.Expect(c.Failures).To(BeNumerically(">=", 2))
 	}, eventuallyWait, poll).Should(Succeed())
 	mergePatchRelease(g, taker, `{"spec":{"adopt":true}}`)
 	waitReleaseReady(t, taker)

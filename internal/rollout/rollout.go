@@ -104,8 +104,9 @@ const (
 	// cannot be reached never lets the next wave start.
 	Blocked
 	// Retrying: the action failed and is tried again after a delay (remediation retries, or a
-	// member that was cut off and is back). It takes no start slot and is no failure yet, but its
-	// wave is not complete: the next wave never starts before it has the change.
+	// member that was cut off and is back). It counts against the failure budget while it waits
+	// (a failing canary holds the rest of its wave), takes no start slot, and keeps its wave
+	// open: the next wave never starts before it has the change or has spent its retries.
 	Retrying
 )
 
@@ -158,11 +159,14 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 			size++
 		}
 		budget := resolve(spec.MaxFailures, size, false, 0)
-		if failed > budget {
+		if failed+retrying > budget {
 			d.Wave, d.Halted = i, true
 			d.CompletedAt[i] = nil
 			d.Waiting = fmt.Sprintf("halted: %d of %d clusters of wave %s failed, more than maxFailures (%d); later waves are not started",
-				failed, size, w.Name, budget)
+				failed+retrying, size, w.Name, budget)
+			if retrying > 0 {
+				d.Waiting += fmt.Sprintf(" (%d of them are retried: the halt lifts if they succeed)", retrying)
+			}
 			return d
 		}
 		if len(pending) > 0 || running > 0 || blocked > 0 || retrying > 0 {

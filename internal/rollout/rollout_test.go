@@ -151,13 +151,22 @@ func TestAnUnreachableCanaryBlocksTheNextWaveWithoutTakingSlots(t *testing.T) {
 // before the canary has the change).
 func TestACanaryWaitingForItsRetryHoldsTheNextWave(t *testing.T) {
 	g := NewWithT(t)
-	for _, budget := range []int32{0, 1} {
-		spec := Spec{MaxFailures: ptr(intstr.FromInt32(budget)), Waves: []WaveSpec{{Name: "canary", Selector: sel("canary=true")}}}
-		waves := Plan(spec, fleet(4, "c00"))
-		d := Decide(spec, waves, map[string]State{"c00": Retrying}, time.Now())
-		g.Expect(d.Halted).To(BeFalse(), "budget %d", budget)
-		g.Expect(d.Wave).To(Equal(0), "budget %d", budget)
-		g.Expect(d.Start).To(BeEmpty())
-		g.Expect(d.Waiting).To(ContainSubstring("1 failed clusters wait to be retried"))
-	}
+	// Within a budget of 1: no halt, but the wave is open.
+	spec := Spec{MaxFailures: ptr(intstr.FromInt32(1)), Waves: []WaveSpec{{Name: "canary", Selector: sel("canary=true")}}}
+	waves := Plan(spec, fleet(4, "c00"))
+	d := Decide(spec, waves, map[string]State{"c00": Retrying}, time.Now())
+	g.Expect(d.Halted).To(BeFalse())
+	g.Expect(d.Wave).To(Equal(0))
+	g.Expect(d.Start).To(BeEmpty())
+	g.Expect(d.Waiting).To(ContainSubstring("1 failed clusters wait to be retried"))
+	// Beyond it (maxFailures 0): halted while it waits, so the rest of its wave does not start.
+	spec.MaxFailures = ptr(intstr.FromInt32(0))
+	waves = Plan(spec, fleet(4, "c00", "c01"))
+	d = Decide(spec, waves, map[string]State{"c00": Retrying}, time.Now())
+	g.Expect(d.Halted).To(BeTrue())
+	g.Expect(d.Start).To(BeEmpty(), "c01 waits")
+	g.Expect(d.Waiting).To(ContainSubstring("1 of them are retried"))
+	// Due again, it is Pending: started, and the halt is gone.
+	d = Decide(spec, waves, map[string]State{}, time.Now())
+	g.Expect(d.Halted).To(BeFalse())
 }
