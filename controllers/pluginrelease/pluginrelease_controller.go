@@ -124,6 +124,9 @@ type Reconciler struct {
 	secrets map[types.UID][]string
 	// uninstallAfter holds back retrying an uninstall that just failed.
 	uninstallAfter map[actionKey]time.Time
+	// uninstallFailing is when uninstalling from a target first failed (since its last success):
+	// the grace period before it is given up counts from there.
+	uninstallFailing map[actionKey]time.Time
 }
 
 type actionKey struct {
@@ -165,7 +168,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	r.running, r.done = map[actionKey]*runningAction{}, map[actionKey][]outcome{}
 	r.drift, r.watches, r.byLabel = map[actionKey]*driftState{}, map[driftWatchKey]*driftWatch{}, map[labelKey]map[actionKey]struct{}{}
 	r.pokes, r.pokeSignal = map[types.NamespacedName]struct{}{}, make(chan struct{}, 1)
-	r.written, r.uninstallAfter = map[types.UID][]string{}, map[actionKey]time.Time{}
+	r.written, r.uninstallAfter, r.uninstallFailing = map[types.UID][]string{}, map[actionKey]time.Time{}, map[actionKey]time.Time{}
 	r.secrets = map[types.UID][]string{}
 	go r.pump(ctx)
 	go r.sweeper(ctx)

@@ -209,8 +209,12 @@ func (r *Reconciler) fold(s *scope) {
 			if o.action == opUninstall {
 				if o.failed {
 					r.uninstallAfter[key] = o.finished.Add(r.retryDelay(1))
+					if _, ok := r.uninstallFailing[key]; !ok {
+						r.uninstallFailing[key] = o.finished
+					}
 				} else {
 					delete(r.uninstallAfter, key)
+					delete(r.uninstallFailing, key)
 				}
 			}
 			result := "Succeeded"
@@ -1098,12 +1102,19 @@ func (r *Reconciler) deletionGrace() time.Duration {
 // Warning event, rather than keeping the PluginRelease unready for ever.
 func (r *Reconciler) giveUpUninstall(s *scope, name string, c *pluginsv1.ClusterReleaseStatus, now time.Time) bool {
 	grace := r.deletionGrace()
-	if c.Phase != pluginsv1.PhaseUninstalling || c.Message == "uninstalling" || c.LastTransitionTime == nil ||
-		now.Sub(c.LastTransitionTime.Time) <= grace {
+	if c.Phase != pluginsv1.PhaseUninstalling || c.Message == "uninstalling" || !r.failingLonger(s.prel.UID, name, grace) {
 		return false
 	}
 	r.skipUninstall(s, name, c, grace)
 	return true
+}
+
+// failingLonger says whether uninstalling from cluster has been failing for longer than grace.
+func (r *Reconciler) failingLonger(uid types.UID, cluster string, grace time.Duration) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	since, ok := r.uninstallFailing[actionKey{uid, cluster}]
+	return ok && time.Since(since) > grace
 }
 
 func (r *Reconciler) skipUninstall(s *scope, name string, c *pluginsv1.ClusterReleaseStatus, grace time.Duration) {
@@ -1137,8 +1148,7 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, s *scope) (ctrl.Result
 	for name, c := range s.clusters {
 		// Given up only after failing for a grace period of its own: an uninstall that ran long
 		// (hooks, a timeout) and failed once is retried, not dropped.
-		if expired && c.Phase == pluginsv1.PhaseUninstalling && c.Message != "uninstalling" &&
-			c.LastTransitionTime != nil && time.Since(c.LastTransitionTime.Time) > grace {
+		if expired && c.Phase == pluginsv1.PhaseUninstalling && c.Message != "uninstalling" && r.failingLonger(prel.UID, name, grace) {
 			r.skipUninstall(s, name, c, grace)
 			continue
 		}
@@ -1157,6 +1167,11 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, s *scope) (ctrl.Result
 	for k := range r.uninstallAfter {
 		if k.uid == prel.UID {
 			delete(r.uninstallAfter, k)
+		}
+	}
+	for k := range r.uninstallFailing {
+		if k.uid == prel.UID {
+			delete(r.uninstallFailing, k)
 		}
 	}
 	r.mu.Unlock()

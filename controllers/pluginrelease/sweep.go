@@ -80,6 +80,11 @@ func (r *Reconciler) sweep(ctx context.Context) error {
 				delete(r.uninstallAfter, k)
 			}
 		}
+		for k := range r.uninstallFailing {
+			if k.uid == uid {
+				delete(r.uninstallFailing, k)
+			}
+		}
 		delete(r.written, uid)
 		delete(r.secrets, uid)
 	}
