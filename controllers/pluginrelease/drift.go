@@ -82,6 +82,8 @@ type driftState struct {
 	repeats       int
 	lastCorrected time.Time
 	latched       bool
+	// reportSig identifies the last drift report in full (status may hold it trimmed).
+	reportSig string
 }
 
 func (r *Reconciler) driftStateLocked(key actionKey, prel *pluginsv1.PluginRelease) *driftState {
@@ -735,8 +737,14 @@ func (r *Reconciler) foldDrift(s *scope, cluster string, o outcome) {
 		}
 	case len(o.driftObjects) == 0:
 		c.Drift = nil
+		if st := r.drift[actionKey{prel.UID, cluster}]; st != nil {
+			st.reportSig = ""
+		}
 	case o.action == opDriftCorrected:
 		c.Drift, c.LastOperation = nil, opDriftCorrected
+		if st := r.drift[actionKey{prel.UID, cluster}]; st != nil {
+			st.reportSig = ""
+		}
 		dur := o.finished.Sub(o.started).Round(100 * time.Millisecond)
 		s.history = append(s.history, pluginsv1.HistoryEntry{Time: metav1.Time{Time: o.finished}, Cluster: cluster,
 			Action: opDriftCorrected, FromVersion: o.version, ToVersion: o.version, Revision: int32(o.revision),
@@ -749,8 +757,18 @@ func (r *Reconciler) foldDrift(s *scope, cluster string, o outcome) {
 			}
 		})
 	default:
-		// Compared as status holds it (trimmed for many targets), or it would be new every time.
-		fresh := c.Drift == nil || !sameDriftObjects(c.Drift.Objects, o.driftObjects)
+		// Compared in full with the last report this process saw; else (after a restart) as
+		// status holds it, trimmed for many targets, or it would be new every time.
+		sig := strings.Join(o.driftObjects, "\n")
+		var fresh bool
+		if st := r.drift[actionKey{prel.UID, cluster}]; st != nil && st.reportSig != "" {
+			fresh = c.Drift == nil || st.reportSig != sig
+		} else {
+			fresh = c.Drift == nil || !sameDriftObjects(c.Drift.Objects, o.driftObjects)
+		}
+		if st := r.drift[actionKey{prel.UID, cluster}]; st != nil {
+			st.reportSig = sig
+		}
 		detected := metav1.Time{Time: o.finished}
 		if !fresh {
 			detected = c.Drift.DetectedAt

@@ -203,3 +203,23 @@ func TestMoreTargetsThanOnePluginReleaseServesAreRefused(t *testing.T) {
 func mergePatch(g Gomega, o client.Object, patch string) {
 	g.Expect(mgmt.Patch(ctx, o, client.RawPatch(types.MergePatchType, []byte(patch)))).To(Succeed())
 }
+
+// A drift report that grows by an object is new (an event, a new detectedAt), even where status
+// trims it to what it held before; the same report again is not.
+func TestAGrownDriftReportIsNew(t *testing.T) {
+	g := NewWithT(t)
+	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{UID: "u", Name: "p", Namespace: "apps"},
+		Status: pluginsv1.PluginReleaseStatus{Clusters: []pluginsv1.ClusterReleaseStatus{{Name: "c", Phase: pluginsv1.PhaseDeployed, ConfigDigest: "d"}}}}
+	r := &Reconciler{drift: map[actionKey]*driftState{{uid: "u", cluster: "c"}: {}}}
+	s := newScope(prel)
+	events := func(objs ...string) int {
+		before := len(s.events)
+		r.foldDrift(s, "c", outcome{action: opDriftCheck, digest: "d", driftObjects: objs, finished: time.Now()})
+		return len(s.events) - before
+	}
+	a := "ConfigMap apps/a: /x" // short enough to be all that some budget keeps
+	g.Expect(events(a)).To(Equal(1))
+	g.Expect(events(a)).To(Equal(0), "the same report")
+	g.Expect(events(a, "ConfigMap apps/b: /data/y")).To(Equal(1), "an object more")
+	g.Expect(events(a, "ConfigMap apps/b: /data/y")).To(Equal(0))
+}
