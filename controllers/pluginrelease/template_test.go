@@ -94,10 +94,11 @@ func TestValuesTemplateOutputIsCapped(t *testing.T) {
 func TestARenderPastItsDeadlineStops(t *testing.T) {
 	g := NewWithT(t)
 	b := &renderBudget{deadline: time.Now().Add(-time.Millisecond)}
-	for _, text := range []string{`{{ upper "a" }}`, `{{ printf "%s" "a" }}`, `{{ range list 1 }}{{ end }}`} {
+	for _, text := range []string{`{{ upper "a" }}`, `{{ printf "%s" "a" }}`, `{{ range . }}{{ end }}`} {
 		tmpl, err := parseValuesTemplate(text, b)
 		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(tmpl.Execute(&strings.Builder{}, nil)).To(MatchError(errDeadline), text)
+		// The data is a list, so the range reaches paddockRange without calling a function first.
+		g.Expect(tmpl.Execute(&strings.Builder{}, []int{1})).To(MatchError(errDeadline), text)
 	}
 	tmpl, err := parseValuesTemplate(`{{ upper "a" }}`, &renderBudget{deadline: time.Now().Add(time.Minute)})
 	g.Expect(err).NotTo(HaveOccurred())

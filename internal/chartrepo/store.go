@@ -29,9 +29,10 @@ type Source struct {
 }
 
 // WithoutCredentials is the Source that keeps serving when its credentials are withdrawn (the
-// Secret deleted, or no longer valid): its index still resolves what releases run, cached
-// charts still serve them, but nothing is downloaded with the old credentials. A registry's
-// client holds them, so an OCI repository resolves nothing more until it is fetched again.
+// Secret deleted, or no longer valid): a Helm repository's index still resolves what releases
+// run and its cached charts still serve them, but nothing is downloaded with the old
+// credentials. A registry's client holds them, so an OCI repository serves nothing until it is
+// fetched again with credentials.
 func (s *Source) WithoutCredentials() *Source {
 	c := *s
 	c.Private = s.Private || s.Credentials.Authenticates()
