@@ -33,22 +33,32 @@ func (c staleClient) Get(ctx context.Context, key client.ObjectKey, obj client.O
 	return c.Client.Get(ctx, key, obj, opts...)
 }
 
+// releasedCopy attaches a MemberCluster, deletes it until it is gone, and returns its last copy
+// as it was while deleting (deletion timestamp, this controller's finalizer): what a stale cache
+// would still serve.
+func releasedCopy(t *testing.T, name string, kubeconfig []byte) *clustersv1.MemberCluster {
+	t.Helper()
+	g := NewWithT(t)
+	attach(t, name, kubeconfig)
+	mc := waitCondition(t, name, clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
+	g.Expect(mgmt.Delete(ctx, mc)).To(Succeed())
+	g.Eventually(func() bool {
+		return apierrors.IsNotFound(mgmt.Get(ctx, client.ObjectKey{Name: name}, &clustersv1.MemberCluster{}))
+	}, eventuallyWait, poll).Should(BeTrue())
+	c := mc.DeepCopy()
+	c.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	c.Finalizers = []string{clustersv1.MemberClusterFinalizer}
+	return c
+}
+
 // A deletion pass that reads a stale copy (still deleting, still holding the finalizer) after the
 // member was released neither connects to the member again nor cleans up there a second time:
 // first with the object gone, then with a new MemberCluster of the same name in its place.
 func TestAStaleDeletionPassDoesNotReachTheMemberAgain(t *testing.T) {
 	g := NewWithT(t)
 	m1 := env.Members[0]
-	attach(t, "stale-delete", m1.Kubeconfig())
-	mc := waitCondition(t, "stale-delete", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
-	g.Expect(mgmt.Delete(ctx, mc)).To(Succeed())
-	g.Eventually(func() bool {
-		return apierrors.IsNotFound(mgmt.Get(ctx, client.ObjectKey{Name: "stale-delete"}, &clustersv1.MemberCluster{}))
-	}, eventuallyWait, poll).Should(BeTrue())
+	stale := releasedCopy(t, "stale-delete", m1.Kubeconfig())
 
-	stale := mc.DeepCopy()
-	stale.DeletionTimestamp = &metav1.Time{Time: time.Now()}
-	stale.Finalizers = []string{clustersv1.MemberClusterFinalizer}
 	pass := func() *events.FakeRecorder {
 		c := clustercache.New(clustercache.Options{Scheme: scheme.New(), Timeout: 5 * time.Second})
 		rec := events.NewFakeRecorder(10)
@@ -110,17 +120,9 @@ func (c *conflictOnce) Patch(ctx context.Context, obj client.Object, patch clien
 func TestAConflictedFinalizerPatchDoesNotCleanUpTwice(t *testing.T) {
 	g := NewWithT(t)
 	m1 := env.Members[0]
-	attach(t, "conflict-delete", m1.Kubeconfig())
-	mc := waitCondition(t, "conflict-delete", clustersv1.ReadyCondition, metav1.ConditionTrue, "", eventuallyWait)
-	g.Expect(mgmt.Delete(ctx, mc)).To(Succeed())
-	g.Eventually(func() bool {
-		return apierrors.IsNotFound(mgmt.Get(ctx, client.ObjectKey{Name: "conflict-delete"}, &clustersv1.MemberCluster{}))
-	}, eventuallyWait, poll).Should(BeTrue())
+	ghost := releasedCopy(t, "conflict-delete", m1.Kubeconfig())
 
 	// The same deletion again, served by a client that refuses the first finalizer patch.
-	ghost := mc.DeepCopy()
-	ghost.DeletionTimestamp = &metav1.Time{Time: time.Now()}
-	ghost.Finalizers = []string{clustersv1.MemberClusterFinalizer}
 	cl := &conflictOnce{Client: mgmt, obj: ghost}
 	c := clustercache.New(clustercache.Options{Scheme: scheme.New(), Timeout: 5 * time.Second})
 	rec := events.NewFakeRecorder(10)
