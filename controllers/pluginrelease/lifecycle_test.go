@@ -12,6 +12,7 @@ import (
 	"helm.sh/helm/v3/pkg/storage/driver"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -199,4 +200,44 @@ func TestATargetAlreadyRunningTheChangeGetsNoNewRevision(t *testing.T) {
 	// A real change still upgrades.
 	mergePatchRelease(g, prel, `{"spec":{"values":{"greeting":"changed"}}}`)
 	g.Eventually(func() int { return helmRevisions(g, 0, "rekeyed") }, eventuallyWait, poll).Should(Equal(3))
+}
+
+// An uninstall that runs longer than the grace period and then fails is retried: the grace
+// counts from its first failure, not from when it started or when the PluginRelease was deleted.
+// Only once it has kept failing for the grace period is the release left in the member, with a
+// Warning event, and the finalizer removed.
+func TestAnUninstallThatRanPastTheGraceIsRetriedBeforeItIsGivenUp(t *testing.T) {
+	g := NewWithT(t)
+	members := attachMembers(t)
+	_, repo := serveHello(t, "0.1.0")
+	timeout := 12 * time.Second
+	g.Expect(reconciler.deletionGrace()).To(BeNumerically("<", timeout), "the suite's grace is shorter than one uninstall")
+	prel := helloRelease("stuck-uninstall", repo, members[:1], func(s *pluginsv1.PluginReleaseSpec) {
+		s.Values = jsonValues(`{"stuckPreDelete":true}`)
+		s.Uninstall = &pluginsv1.UninstallSpec{Timeout: &metav1.Duration{Duration: timeout}}
+	})
+	createRelease(t, prel)
+	waitReleaseReady(t, prel)
+
+	deleted := time.Now()
+	g.Expect(mgmt.Delete(ctx, prel)).To(Succeed())
+	sawFailure := false
+	g.Eventually(func() bool {
+		got := &pluginsv1.PluginRelease{}
+		if err := mgmt.Get(ctx, client.ObjectKeyFromObject(prel), got); apierrors.IsNotFound(err) {
+			return true
+		}
+		for _, h := range got.Status.History {
+			if h.Action == "uninstall" && h.Result == "Failed" {
+				sawFailure = true
+			}
+		}
+		return false
+	}, 3*eventuallyWait, poll).Should(BeTrue())
+	took := time.Since(deleted)
+	t.Logf("gone %s after the delete", took)
+	g.Expect(sawFailure).To(BeTrue(), "status recorded the failed uninstall")
+	g.Expect(took).To(BeNumerically(">=", 2*timeout), "a second uninstall was tried after the first failed past the grace")
+	g.Expect(eventNotes(prel)).To(ContainElement(HavePrefix("left stuck-uninstall in " + members[0])))
+	g.Expect(helmRevisions(g, 0, "stuck-uninstall")).NotTo(BeZero(), "the release was left in the member")
 }

@@ -91,6 +91,15 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 	case s.passErr != nil && prel.DeletionTimestamp.IsZero():
 		// A pass cut short by an error (a read that failed) knows too little to judge: a
 		// healthy release is not made unready, nor a failing one Ready with "0 clusters".
+		// But a verdict about an older generation is not kept for this one: status says this
+		// generation is observed, so a kept Ready=True would let kubectl wait and kstatus take
+		// a spec no pass has acted on for done.
+		if c := meta.FindStatusCondition(st.Conditions, pluginsv1.ReadyCondition); c == nil || c.ObservedGeneration != gen {
+			msg := "retrying after an error: " + s.passErr.Error()
+			set(pluginsv1.ReadyCondition, metav1.ConditionFalse, ReasonProgressing, msg)
+			set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, ReasonProgressing, msg)
+			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
+		}
 	case s.suspended:
 		// Suspended: Ready keeps its last verdict; kstatus stays Current.
 		meta.RemoveStatusCondition(&st.Conditions, pluginsv1.ReconcilingCondition)
