@@ -737,14 +737,10 @@ func (r *Reconciler) foldDrift(s *scope, cluster string, o outcome) {
 		}
 	case len(o.driftObjects) == 0:
 		c.Drift = nil
-		if st := r.drift[actionKey{prel.UID, cluster}]; st != nil {
-			st.reportSig = ""
-		}
+		s.keepReportSig(cluster, "")
 	case o.action == opDriftCorrected:
 		c.Drift, c.LastOperation = nil, opDriftCorrected
-		if st := r.drift[actionKey{prel.UID, cluster}]; st != nil {
-			st.reportSig = ""
-		}
+		s.keepReportSig(cluster, "")
 		dur := o.finished.Sub(o.started).Round(100 * time.Millisecond)
 		s.history = append(s.history, pluginsv1.HistoryEntry{Time: metav1.Time{Time: o.finished}, Cluster: cluster,
 			Action: opDriftCorrected, FromVersion: o.version, ToVersion: o.version, Revision: int32(o.revision),
@@ -759,16 +755,20 @@ func (r *Reconciler) foldDrift(s *scope, cluster string, o outcome) {
 	default:
 		// Compared in full with the last report this process saw; else (after a restart) as
 		// status holds it, trimmed for many targets, or it would be new every time.
+		// The signature is kept once status is written (forgetFolded): a pass whose write
+		// conflicts folds this outcome again, and must find it as new again.
 		sig := strings.Join(o.driftObjects, "\n")
+		last, known := s.reportSigs[cluster]
+		if st := r.drift[actionKey{prel.UID, cluster}]; !known && st != nil {
+			last = st.reportSig
+		}
 		var fresh bool
-		if st := r.drift[actionKey{prel.UID, cluster}]; st != nil && st.reportSig != "" {
-			fresh = c.Drift == nil || st.reportSig != sig
+		if last != "" {
+			fresh = c.Drift == nil || last != sig
 		} else {
 			fresh = c.Drift == nil || !sameDriftObjects(c.Drift.Objects, o.driftObjects)
 		}
-		if st := r.drift[actionKey{prel.UID, cluster}]; st != nil {
-			st.reportSig = sig
-		}
+		s.keepReportSig(cluster, sig)
 		detected := metav1.Time{Time: o.finished}
 		if !fresh {
 			detected = c.Drift.DetectedAt
@@ -783,4 +783,13 @@ func (r *Reconciler) foldDrift(s *scope, cluster string, o outcome) {
 			})
 		}
 	}
+}
+
+// keepReportSig notes the drift report folded for cluster in this pass ("" for none): kept
+// once status is written.
+func (s *scope) keepReportSig(cluster, sig string) {
+	if s.reportSigs == nil {
+		s.reportSigs = map[string]string{}
+	}
+	s.reportSigs[cluster] = sig
 }

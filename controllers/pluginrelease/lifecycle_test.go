@@ -197,9 +197,30 @@ func TestATargetAlreadyRunningTheChangeGetsNoNewRevision(t *testing.T) {
 	waitReleaseReady(t, prel)
 	g.Expect(configMapNamed(g, 0, "forged")).To(BeNil())
 
+	// Nor one with our manifest and an extra hook (hooks are not in the manifest; this one would
+	// run with Paddock's credentials at the next uninstall).
+	rec, err = st.Last("rekeyed")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(rec.Hooks).To(BeEmpty())
+	rec.Hooks = append(rec.Hooks, &release.Hook{Name: "forged-hook", Kind: "ConfigMap", Path: "hello/templates/forged.yaml",
+		Manifest: "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: forged-hook\n  namespace: apps\n",
+		Events:   []release.HookEvent{release.HookPreDelete}})
+	g.Expect(st.Update(rec)).To(Succeed())
+	g.Eventually(func() error {
+		cur := getRelease(g, prel)
+		cur.Status.Clusters[0].ConfigDigest = "hmac:made-with-another-key"
+		return mgmt.Status().Update(ctx, cur)
+	}, eventuallyWait, poll).Should(Succeed())
+	mergePatchRelease(g, prel, `{"spec":{"maxHistory":7}}`)
+	g.Eventually(func() int { return helmRevisions(g, 0, "rekeyed") }, eventuallyWait, poll).Should(Equal(3))
+	waitReleaseReady(t, prel)
+	rec, err = st.Last("rekeyed")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(rec.Hooks).To(BeEmpty(), "the upgrade recorded the chart's hooks, not the forged one")
+
 	// A real change still upgrades.
 	mergePatchRelease(g, prel, `{"spec":{"values":{"greeting":"changed"}}}`)
-	g.Eventually(func() int { return helmRevisions(g, 0, "rekeyed") }, eventuallyWait, poll).Should(Equal(3))
+	g.Eventually(func() int { return helmRevisions(g, 0, "rekeyed") }, eventuallyWait, poll).Should(Equal(4))
 }
 
 // An uninstall that runs longer than the grace period and then fails is retried: the grace

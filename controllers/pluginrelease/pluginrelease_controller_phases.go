@@ -86,10 +86,11 @@ type scope struct {
 	heldBack int
 	// noRoom are the targets that wait for room in status (see hasRoom).
 	noRoom map[string]bool
-	// recheck are the targets in Conflict due to be looked at again; conflictAt when the next
-	// one is.
-	recheck    []string
+	// conflictAt is when the next target in Conflict is due to be looked at again.
 	conflictAt time.Time
+	// reportSigs are the drift reports folded in this pass (see driftState.reportSig), kept
+	// once status is written.
+	reportSigs map[string]string
 	// retrying: some failed target will be retried by time alone.
 	retrying bool
 	// retryAt is when an uninstall that failed may be tried again.
@@ -183,10 +184,15 @@ func (r *Reconciler) fold(s *scope) {
 				continue
 			}
 			c := s.cluster(key.cluster)
+			// A conflict's recheck that finds it still there is no news: no history entry and
+			// no event each time (they would crowd out everything else).
+			again := o.failed && o.phase == pluginsv1.PhaseConflict && c.Reason == pluginsv1.ClusterReasonReleaseConflict &&
+				c.ConfigDigest == o.digest
 			if o.action == opUninstall && !o.failed {
 				delete(s.clusters, key.cluster)
 				forget = append(forget, key.cluster)
 			} else {
+				prevReason := c.Reason
 				setPhase(c, o.phase, o.msg)
 				c.LastOperation = o.action
 				c.Reason = outcomeReason(o)
@@ -194,12 +200,17 @@ func (r *Reconciler) fold(s *scope) {
 					c.ChartVersion, c.AppVersion, c.Revision, c.ConfigDigest, c.Failures = o.version, o.app, int32(o.revision), o.digest, 0
 					c.ManifestDigest = o.manifestDigest
 				} else {
-					if c.ConfigDigest != o.digest || (c.Phase != pluginsv1.PhaseFailed && c.Phase != pluginsv1.PhaseConflict) {
+					// A cut-off (the member went away) or an action cancelled before it started
+					// is retried whatever the remediation says, and uses none of its retries.
+					neutral := o.unreachable || o.phase == pluginsv1.PhasePending
+					// Failures counts the failures of this change in a row, of one kind: a
+					// conflict's rechecks back off with it, but once the conflict clears, an
+					// upgrade that fails has all its remediation retries.
+					sameKind := prevReason == c.Reason || prevReason == pluginsv1.ClusterReasonMemberUnreachable
+					if c.ConfigDigest != o.digest || (!neutral && !sameKind) {
 						c.Failures = 0
 					}
-					if !o.unreachable {
-						// A cut-off (the member went away) is retried whatever the remediation
-						// says, and uses none of its retries.
+					if !neutral {
 						c.Failures++
 					}
 					c.ConfigDigest = o.digest
@@ -216,6 +227,13 @@ func (r *Reconciler) fold(s *scope) {
 					delete(r.uninstallAfter, key)
 					delete(r.uninstallFailing, key)
 				}
+			} else if o.action == opInstall || o.action == opUpgrade {
+				// Back among the targets: an uninstall later fails afresh.
+				delete(r.uninstallAfter, key)
+				delete(r.uninstallFailing, key)
+			}
+			if again {
+				continue
 			}
 			result := "Succeeded"
 			if o.failed {
@@ -257,6 +275,11 @@ func outcomeReason(o outcome) string {
 func (r *Reconciler) forgetFolded(s *scope) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for cluster, sig := range s.reportSigs {
+		if st := r.drift[actionKey{s.prel.UID, cluster}]; st != nil {
+			st.reportSig = sig
+		}
+	}
 	for _, f := range s.folded {
 		// Outcomes that arrived after the fold stay for the next pass.
 		if rest := r.done[f.key][f.n:]; len(rest) > 0 {
@@ -417,6 +440,14 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	now := time.Now()
 	states, retryAt := r.states(s, waves, now)
 	s.retrying = !retryAt.IsZero()
+	for name, state := range states {
+		if c := s.clusters[name]; (state == rollout.RetryDue || state == rollout.RetryRunning) &&
+			c != nil && c.Reason != pluginsv1.ClusterReasonReleaseConflict {
+			// A retry starts or runs: in progress (a conflict's recheck is not: it waits for
+			// someone).
+			s.retrying = true
+		}
+	}
 	d := rollout.Decide(spec, waves, states, now)
 	s.decision = &d
 	if d.Halted {
@@ -440,7 +471,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	st.Wave = st.Waves[st.WaveIndex].Name
 	st.Waiting = d.Waiting
 
-	if (len(d.Start) > 0 || len(s.recheck) > 0) && r.APIReader != nil && !s.latest {
+	if len(d.Start) > 0 && r.APIReader != nil && !s.latest {
 		// Starting an action on status older than the last one written would repeat an action
 		// whose outcome is already recorded: make sure the cache served the latest version
 		// (one read per pass that starts something).
@@ -449,7 +480,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
 		if live.ResourceVersion != s.orig.ResourceVersion {
-			d.Start, s.recheck = nil, nil
+			d.Start = nil
 			s.staleCache = true
 		}
 	}
@@ -464,13 +495,6 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 			s.unreachable = append(s.unreachable, name)
 			setPhase(s.cluster(name), pluginsv1.PhaseUnreachable, notUsable(name, err))
 			s.cluster(name).Reason = pluginsv1.ClusterReasonMemberUnreachable
-			continue
-		}
-		r.startInstallOrUpgrade(s, name, values[name])
-	}
-	// Conflicts due are looked at again (an install or upgrade that first reads the record).
-	for _, name := range s.recheck {
-		if r.isRunning(s, name) || !r.usable(name) {
 			continue
 		}
 		r.startInstallOrUpgrade(s, name, values[name])
@@ -610,11 +634,16 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 				out[name] = rollout.Gone
 				continue
 			}
+			c, ok := s.clusters[name]
 			if r.isRunning(s, name) {
 				out[name] = rollout.Running
+				if ok && c.Reason != "" && c.ConfigDigest == want {
+					// A retry of the change (after a failure, a cut-off or a conflict): it still
+					// counts against the wave's budget, so a halt it caused holds while it runs.
+					out[name] = rollout.RetryRunning
+				}
 				continue
 			}
-			c, ok := s.clusters[name]
 			if ok && c.Phase == pluginsv1.PhaseDeployed && c.ConfigDigest == want {
 				out[name] = rollout.Succeeded
 				continue
@@ -636,22 +665,23 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 				out[name] = rollout.Pending
 			case c.Reason == pluginsv1.ClusterReasonMemberUnreachable && c.ConfigDigest == want:
 				// Cut off by the member going away, and it is back: retried (after the delay).
-				if due := c.LastTransitionTime.Add(r.retryDelay(1)); now.Before(due) {
+				if due := transitioned(c).Add(r.retryDelay(1)); now.Before(due) {
 					out[name] = rollout.Retrying
 					if retryAt.IsZero() || due.Before(retryAt) {
 						retryAt = due
 					}
 				} else {
-					out[name] = rollout.Pending
+					out[name] = rollout.RetryDue
 				}
 			case c.Phase == pluginsv1.PhaseConflict && c.ConfigDigest == want:
-				// A failure of its wave (a halt holds), but looked at again (one read of the
-				// release record) with a growing delay whatever the remediation says, outside the
-				// rollout's slots: the other release may be removed, or spec.adopt set (which
-				// changes no digest, so it is seen here, at once).
+				// A failure of its wave (a halt holds), but looked at again with a growing delay
+				// whatever the remediation says: the other release may be removed, or spec.adopt
+				// set (which changes no digest, so it is seen here, at once). The recheck is an
+				// install or upgrade that reads the record first, paced by the rollout like any
+				// retry: one that finds the conflict gone acts at once.
 				out[name] = rollout.Failed
-				if due := c.LastTransitionTime.Add(r.retryDelay(c.Failures)); s.prel.Spec.Adopt || !now.Before(due) {
-					s.recheck = append(s.recheck, name)
+				if due := transitioned(c).Add(r.retryDelay(c.Failures)); s.prel.Spec.Adopt || !now.Before(due) {
+					out[name] = rollout.RetryDue
 				} else if s.conflictAt.IsZero() || due.Before(s.conflictAt) {
 					// Only a requeue: a conflict waits for someone, so it is no retry that
 					// keeps the release Reconciling.
@@ -659,10 +689,10 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 				}
 			case (c.Phase == pluginsv1.PhaseFailed || c.Phase == pluginsv1.PhaseConflict) && c.ConfigDigest == want:
 				retries := retriesOf(c)
-				due := c.LastTransitionTime.Add(r.retryDelay(c.Failures))
+				due := transitioned(c).Add(r.retryDelay(c.Failures))
 				switch {
 				case c.Phase == pluginsv1.PhaseFailed && c.Failures <= retries && !now.Before(due):
-					out[name] = rollout.Pending
+					out[name] = rollout.RetryDue
 				case c.Phase == pluginsv1.PhaseFailed && c.Failures <= retries:
 					// Retried later: not a failure of the wave (yet), and the wave is not complete.
 					out[name] = rollout.Retrying
@@ -679,6 +709,14 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 		}
 	}
 	return out, retryAt
+}
+
+// transitioned is when c entered its phase (the zero time if status never said: due at once).
+func transitioned(c *pluginsv1.ClusterReleaseStatus) time.Time {
+	if c.LastTransitionTime == nil {
+		return time.Time{}
+	}
+	return c.LastTransitionTime.Time
 }
 
 // usable says whether the member may be acted on now.
@@ -810,7 +848,7 @@ func (r *Reconciler) startInstallOrUpgrade(s *scope, name string, vals map[strin
 		action = opInstall
 	}
 	r.run(prel, name, digest, action, func(ctx context.Context) outcome {
-		return r.installOrUpgrade(ctx, prel, name, resolved, vals, digest, from)
+		return r.installOrUpgrade(ctx, prel, name, resolved, vals, digest, from, action)
 	})
 }
 
@@ -866,7 +904,7 @@ func (r *Reconciler) run(prel *pluginsv1.PluginRelease, cluster, digest, action 
 }
 
 func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.PluginRelease, cluster string,
-	resolved *chartrepo.Resolved, vals map[string]any, digest, from string) outcome {
+	resolved *chartrepo.Resolved, vals map[string]any, digest, from, action string) outcome {
 	o := outcome{digest: digest, fromVersion: from, version: resolved.Version, app: resolved.AppVersion, started: time.Now()}
 	finish := func(phase pluginsv1.ClusterPhase, failed bool, msg string) outcome {
 		o.phase, o.failed, o.msg, o.finished = phase, failed, msg, time.Now()
@@ -880,7 +918,9 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 		}
 		return finish(pluginsv1.PhaseFailed, true, r.clean(prel.UID, err))
 	}
-	o.action = opInstall
+	// The action this target was started for, until the record says which it is: a failure before
+	// that (the record unreadable) spends that action's remediation retries.
+	o.action = action
 	acc, err := r.Cache.Get(ctx, cluster)
 	if err != nil {
 		o.unreachable = true
@@ -920,6 +960,7 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 	install := last == nil || last.Info == nil || last.Info.Status == release.StatusUninstalled
 	var rel *release.Release
 	if install {
+		o.action = opInstall
 		opts.Timeout, opts.Wait = prel.Spec.Install.TimeoutOr(pluginsv1.DefaultActionTimeout), prel.Spec.Install != nil && prel.Spec.Install.Wait
 		// History kept at an uninstall (uninstall.keepHistory): installed over it, a new revision.
 		opts.Replace = last != nil && last.Info != nil && last.Info.Status == release.StatusUninstalled
@@ -945,7 +986,7 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 			}
 			return finish(pluginsv1.PhaseFailed, true, msg)
 		}
-	} else if alreadyRunning(last, owner, chartLabel, resolved, vals) && r.rendersAs(ctx, hc, resolved, vals, last.Manifest) {
+	} else if alreadyRunning(last, owner, chartLabel, resolved, vals) && r.rendersAs(ctx, hc, resolved, vals, last) {
 		// The member runs this chart with these values already, as this PluginRelease left it:
 		// status lost the outcome (the manager stopped before writing it) or its digests changed
 		// (a new digest key). Recorded, without another Helm revision.
@@ -993,13 +1034,15 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 // release record whose labels and values say "already running" is believed only if its manifest
 // is what this chart makes, since whoever may write Secrets in the release namespace can write
 // a record too.
-func (r *Reconciler) rendersAs(ctx context.Context, hc *helm.Client, resolved *chartrepo.Resolved, vals map[string]any, manifest string) bool {
+func (r *Reconciler) rendersAs(ctx context.Context, hc *helm.Client, resolved *chartrepo.Resolved, vals map[string]any, last *release.Release) bool {
 	ch, err := resolved.Fresh()
 	if err != nil {
 		return false
 	}
-	got, err := hc.Render(ctx, ch, deepCopy(vals))
-	return err == nil && got == manifest
+	// Hooks too: they are not in the manifest, and a forged one would run with Paddock's
+	// credentials at the next uninstall or rollback.
+	manifest, hooks, err := hc.Render(ctx, ch, deepCopy(vals))
+	return err == nil && manifest == last.Manifest && helm.SameHooks(hooks, last.Hooks)
 }
 
 // alreadyRunning says whether last, the member's latest release record, is deployed, this
@@ -1048,8 +1091,9 @@ func (r *Reconciler) startUninstall(ctx context.Context, s *scope, name string, 
 		return
 	}
 	setPhase(c, pluginsv1.PhaseUninstalling, "uninstalling")
-	r.run(prel, name, c.ConfigDigest, opUninstall, func(ctx context.Context) outcome {
-		o := outcome{action: opUninstall, fromVersion: from, started: time.Now(), digest: c.ConfigDigest}
+	digest := c.ConfigDigest // c is this pass's: not read from the action's goroutine
+	r.run(prel, name, digest, opUninstall, func(ctx context.Context) outcome {
+		o := outcome{action: opUninstall, fromVersion: from, started: time.Now(), digest: digest}
 		done := func(failed bool, msg string) outcome {
 			o.failed, o.msg, o.finished = failed, msg, time.Now()
 			o.phase = pluginsv1.PhaseUninstalling
@@ -1102,7 +1146,7 @@ func (r *Reconciler) deletionGrace() time.Duration {
 // Warning event, rather than keeping the PluginRelease unready for ever.
 func (r *Reconciler) giveUpUninstall(s *scope, name string, c *pluginsv1.ClusterReleaseStatus, now time.Time) bool {
 	grace := r.deletionGrace()
-	if c.Phase != pluginsv1.PhaseUninstalling || c.Message == "uninstalling" || !r.failingLonger(s.prel.UID, name, grace) {
+	if c.Phase != pluginsv1.PhaseUninstalling || c.Message == "uninstalling" || !r.failingLonger(s, name, grace) {
 		return false
 	}
 	r.skipUninstall(s, name, c, grace)
@@ -1110,15 +1154,38 @@ func (r *Reconciler) giveUpUninstall(s *scope, name string, c *pluginsv1.Cluster
 }
 
 // failingLonger says whether uninstalling from cluster has been failing for longer than grace.
-func (r *Reconciler) failingLonger(uid types.UID, cluster string, grace time.Duration) bool {
+// After a restart, when this process saw no failure yet, the failures status recorded since the
+// last other action there say since when (the earliest kept: history is bounded, so a grace
+// may run longer, never shorter); a manager that restarts more often than the grace still gives
+// up.
+func (r *Reconciler) failingLonger(s *scope, cluster string, grace time.Duration) bool {
+	key := actionKey{s.prel.UID, cluster}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	since, ok := r.uninstallFailing[actionKey{uid, cluster}]
+	since, ok := r.uninstallFailing[key]
+	if !ok {
+		for _, h := range s.prel.Status.History { // newest first
+			if h.Cluster != cluster {
+				continue
+			}
+			if h.Action != opUninstall || h.Result != "Failed" {
+				break
+			}
+			since, ok = h.Time.Time, true
+		}
+		if ok {
+			r.uninstallFailing[key] = since
+		}
+	}
 	return ok && time.Since(since) > grace
 }
 
 func (r *Reconciler) skipUninstall(s *scope, name string, c *pluginsv1.ClusterReleaseStatus, grace time.Duration) {
 	prel, msg := s.prel, c.Message
+	r.mu.Lock()
+	delete(r.uninstallFailing, actionKey{prel.UID, name})
+	delete(r.uninstallAfter, actionKey{prel.UID, name})
+	r.mu.Unlock()
 	delete(s.clusters, name)
 	r.forgetDrift(prel.UID, name)
 	s.events = append(s.events, func() {
@@ -1148,7 +1215,7 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, s *scope) (ctrl.Result
 	for name, c := range s.clusters {
 		// Given up only after failing for a grace period of its own: an uninstall that ran long
 		// (hooks, a timeout) and failed once is retried, not dropped.
-		if expired && c.Phase == pluginsv1.PhaseUninstalling && c.Message != "uninstalling" && r.failingLonger(prel.UID, name, grace) {
+		if expired && c.Phase == pluginsv1.PhaseUninstalling && c.Message != "uninstalling" && r.failingLonger(s, name, grace) {
 			r.skipUninstall(s, name, c, grace)
 			continue
 		}

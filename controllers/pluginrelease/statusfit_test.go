@@ -223,3 +223,30 @@ func TestAGrownDriftReportIsNew(t *testing.T) {
 	g.Expect(events(a, "ConfigMap apps/b: /data/y")).To(Equal(1), "an object more")
 	g.Expect(events(a, "ConfigMap apps/b: /data/y")).To(Equal(0))
 }
+
+// A grown drift report folded in a pass whose status write failed (a conflict: the optimistic
+// lock makes them routine) is still new when the next pass folds it again: one event, not none.
+func TestAGrownDriftReportIsNewAgainAfterAFailedWrite(t *testing.T) {
+	g := NewWithT(t)
+	a, b := "ConfigMap apps/a: /x", "ConfigMap apps/b: /data/y"
+	key := actionKey{uid: "u", cluster: "c"}
+	r := &Reconciler{drift: map[actionKey]*driftState{key: {reportSig: a}}, done: map[actionKey][]outcome{}}
+	written := func(objs ...string) *pluginsv1.PluginRelease {
+		return &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{UID: "u", Name: "p", Namespace: "apps"},
+			Status: pluginsv1.PluginReleaseStatus{Clusters: []pluginsv1.ClusterReleaseStatus{{Name: "c", Phase: pluginsv1.PhaseDeployed,
+				ConfigDigest: "d", Drift: &pluginsv1.DriftStatus{Objects: objs}}}}}
+	}
+	fold := func(s *scope, objs ...string) int {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		before := len(s.events)
+		r.foldDrift(s, "c", outcome{action: opDriftCheck, digest: "d", driftObjects: objs, finished: time.Now()})
+		return len(s.events) - before
+	}
+	g.Expect(fold(newScope(written(a)), a, b)).To(Equal(1))
+	// That pass's write failed: status still holds [a].
+	s := newScope(written(a))
+	g.Expect(fold(s, a, b)).To(Equal(1), "still new")
+	r.forgetFolded(s)
+	g.Expect(fold(newScope(written(a, b)), a, b)).To(Equal(0), "written: the same report")
+}

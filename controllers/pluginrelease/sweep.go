@@ -109,6 +109,9 @@ func (r *Reconciler) knownUIDs() map[types.UID]struct{} {
 	for k := range r.uninstallAfter {
 		out[k.uid] = struct{}{}
 	}
+	for k := range r.uninstallFailing {
+		out[k.uid] = struct{}{}
+	}
 	for uid := range r.written {
 		out[uid] = struct{}{}
 	}

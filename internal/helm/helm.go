@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -265,10 +267,10 @@ func (c *Client) Install(ctx context.Context, ch *chart.Chart, vals map[string]a
 }
 
 // Render renders ch with vals as an upgrade of this release would, without the cluster (no
-// request is made): the manifest Helm would record. Capabilities are Helm's defaults, so a chart
-// that reads the cluster's renders differently from what a real upgrade records. ch is changed
-// (Helm prunes disabled dependencies): pass a copy of its own.
-func (c *Client) Render(ctx context.Context, ch *chart.Chart, vals map[string]any) (string, error) {
+// request is made): the manifest and hooks Helm would record. Capabilities are Helm's defaults,
+// so a chart that reads the cluster's renders differently from what a real upgrade records. ch is
+// changed (Helm prunes disabled dependencies): pass a copy of its own.
+func (c *Client) Render(ctx context.Context, ch *chart.Chart, vals map[string]any) (string, []*release.Hook, error) {
 	cfg := &action.Configuration{Log: func(string, ...any) {}}
 	in := action.NewInstall(cfg)
 	in.ReleaseName, in.Namespace = c.Name, c.Namespace
@@ -277,9 +279,38 @@ func (c *Client) Render(ctx context.Context, ch *chart.Chart, vals map[string]an
 	in.PostRenderer = labeller{ReleaseLabelValue(c.Namespace, c.Name)}
 	rel, err := in.RunWithContext(ctx, ch, vals)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	return rel.Manifest, nil
+	return rel.Manifest, rel.Hooks, nil
+}
+
+// SameHooks says whether two releases' hooks are the same: the same objects, run at the same
+// events, in the same order, deleted alike. What Helm records of their last run is not compared.
+func SameHooks(a, b []*release.Hook) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	key := func(h *release.Hook) string {
+		if h == nil {
+			return ""
+		}
+		var sb strings.Builder
+		fmt.Fprintf(&sb, "%s\x00%s\x00%s\x00%s\x00%d", h.Name, h.Kind, h.Path, h.Manifest, h.Weight)
+		for _, e := range h.Events {
+			sb.WriteString("\x00e:" + string(e))
+		}
+		for _, p := range h.DeletePolicies {
+			sb.WriteString("\x00d:" + string(p))
+		}
+		return sb.String()
+	}
+	ka, kb := make([]string, len(a)), make([]string, len(b))
+	for i := range a {
+		ka[i], kb[i] = key(a[i]), key(b[i])
+	}
+	sort.Strings(ka)
+	sort.Strings(kb)
+	return slices.Equal(ka, kb)
 }
 
 // ensureNamespace creates the release namespace unless it exists (labelled as Helm labels it).

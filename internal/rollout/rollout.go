@@ -108,6 +108,13 @@ const (
 	// (a failing canary holds the rest of its wave), takes no start slot, and keeps its wave
 	// open: the next wave never starts before it has the change or has spent its retries.
 	Retrying
+	// RetryDue: a failed cluster whose retry is due. It counts against the failure budget like
+	// Retrying, and it is started even while its wave is halted (within the wave's concurrency):
+	// a halt it caused lifts only once it succeeds, and nothing else starts meanwhile.
+	RetryDue
+	// RetryRunning: a retry being acted on. It counts against the failure budget until it
+	// succeeds, and it takes a concurrency slot.
+	RetryRunning
 )
 
 // Decision is what the caller does now.
@@ -137,8 +144,9 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 		d.CompletedAt[i] = waves[i].CompletedAt
 	}
 	for i, w := range waves {
-		var pending []string
-		running, succeeded, failed, blocked, retrying, size := 0, 0, 0, 0, 0, 0
+		// due: retries to start, ahead of the clusters not started yet.
+		var pending, due []string
+		running, succeeded, failed, blocked, waiting, retrying, size := 0, 0, 0, 0, 0, 0, 0
 		for _, c := range w.Clusters {
 			switch states[c] {
 			case Gone:
@@ -147,6 +155,13 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 				blocked++
 			case Retrying:
 				retrying++
+				waiting++
+			case RetryDue:
+				retrying++
+				due = append(due, c)
+			case RetryRunning:
+				retrying++
+				running++
 			case Running:
 				running++
 			case Succeeded:
@@ -158,32 +173,34 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 			}
 			size++
 		}
+		mc := spec.MaxConcurrency
+		if i < len(spec.Waves) && spec.Waves[i].Name == w.Name && spec.Waves[i].MaxConcurrency != nil {
+			mc = spec.Waves[i].MaxConcurrency
+		}
+		limit := max(resolve(mc, size, true, DefaultMaxConcurrency), 1)
 		budget := resolve(spec.MaxFailures, size, false, 0)
 		if failed+retrying > budget {
 			d.Wave, d.Halted = i, true
 			d.CompletedAt[i] = nil
 			d.Waiting = fmt.Sprintf("halted: %d of %d clusters of wave %s failed, more than maxFailures (%d); later waves are not started",
 				failed+retrying, size, w.Name, budget)
-			if retrying > 0 {
+			switch {
+			case retrying > 0 && failed <= budget:
 				d.Waiting += fmt.Sprintf(" (%d of them are retried: the halt lifts if they succeed)", retrying)
+			case retrying > 0:
+				d.Waiting += fmt.Sprintf(" (%d of them are retried)", retrying)
+			}
+			// Only retries start while halted, within the wave's concurrency.
+			if free := min(limit-running, len(due)); free > 0 {
+				d.Start = due[:free]
 			}
 			return d
 		}
-		if len(pending) > 0 || running > 0 || blocked > 0 || retrying > 0 {
+		pending = append(due, pending...)
+		if len(pending) > 0 || running > 0 || blocked > 0 || waiting > 0 {
 			d.Wave = i
 			d.CompletedAt[i] = nil
-			mc := spec.MaxConcurrency
-			if i < len(spec.Waves) && spec.Waves[i].Name == w.Name && spec.Waves[i].MaxConcurrency != nil {
-				mc = spec.Waves[i].MaxConcurrency
-			}
-			limit := resolve(mc, size, true, DefaultMaxConcurrency)
-			if limit < 1 {
-				limit = 1
-			}
-			free := limit - running
-			if free > len(pending) {
-				free = len(pending)
-			}
+			free := min(limit-running, len(pending))
 			if free > 0 {
 				d.Start = pending[:free]
 			}
@@ -196,11 +213,11 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 				}
 				d.Waiting += fmt.Sprintf("wave %s: %d clusters unreachable (the wave completes when they are back)", w.Name, blocked)
 			}
-			if retrying > 0 {
+			if waiting > 0 {
 				if d.Waiting != "" {
 					d.Waiting += "; "
 				}
-				d.Waiting += fmt.Sprintf("wave %s: %d failed clusters wait to be retried", w.Name, retrying)
+				d.Waiting += fmt.Sprintf("wave %s: %d failed clusters wait to be retried", w.Name, waiting)
 			}
 			return d
 		}

@@ -166,7 +166,59 @@ func TestACanaryWaitingForItsRetryHoldsTheNextWave(t *testing.T) {
 	g.Expect(d.Halted).To(BeTrue())
 	g.Expect(d.Start).To(BeEmpty(), "c01 waits")
 	g.Expect(d.Waiting).To(ContainSubstring("1 of them are retried"))
-	// Due again, it is Pending: started, and the halt is gone.
-	d = Decide(spec, waves, map[string]State{}, time.Now())
+	// Due again: started alone, and the halt holds until it succeeds.
+	d = Decide(spec, waves, map[string]State{"c00": RetryDue}, time.Now())
+	g.Expect(d.Halted).To(BeTrue())
+	g.Expect(d.Start).To(Equal([]string{"c00"}))
+	d = Decide(spec, waves, map[string]State{"c00": Succeeded}, time.Now())
 	g.Expect(d.Halted).To(BeFalse())
+	g.Expect(d.Start).To(Equal([]string{"c01"}))
+}
+
+// A retry is started while its failure halts the wave, and nothing else is: while it waits, is
+// due, or runs, it counts against the budget, so no pass in between lets more clusters start.
+func TestARetryRunsWhileHaltedAndNothingElseStartsMeanwhile(t *testing.T) {
+	g := NewWithT(t)
+	now := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+	spec := Spec{MaxConcurrency: ptr(intstr.FromInt32(2))}
+	waves := Plan(spec, fleet(20))
+	st := map[string]State{}
+	for _, c := range waves[0].Clusters {
+		st[c] = Pending
+	}
+	st["c00"], st["c01"] = Succeeded, Succeeded
+	for _, s := range []State{Retrying, RetryDue, RetryRunning} {
+		st["c02"] = s
+		d := Decide(spec, waves, st, now)
+		g.Expect(d.Halted).To(BeTrue(), "state %d", s)
+		if s == RetryDue {
+			g.Expect(d.Start).To(Equal([]string{"c02"}), "the retry alone starts")
+		} else {
+			g.Expect(d.Start).To(BeEmpty(), "state %d", s)
+		}
+		g.Expect(d.Waiting).To(ContainSubstring("the halt lifts if they succeed"))
+	}
+	// Retries due start within the wave's concurrency, and only they.
+	st["c02"], st["c03"], st["c04"] = RetryDue, RetryDue, RetryDue
+	d := Decide(spec, waves, st, now)
+	g.Expect(d.Halted).To(BeTrue())
+	g.Expect(d.Start).To(Equal([]string{"c02", "c03"}))
+	st["c02"] = RetryRunning
+	g.Expect(Decide(spec, waves, st, now).Start).To(Equal([]string{"c03"}))
+	// A failure with no retries left: the halt holds whatever the retries do, and says so.
+	st["c05"] = Failed
+	d = Decide(spec, waves, st, now)
+	g.Expect(d.Waiting).NotTo(ContainSubstring("lifts"))
+	// Within budget, retries go first.
+	spec.MaxFailures = ptr(intstr.FromInt32(10))
+	st["c02"] = Succeeded
+	d = Decide(spec, waves, st, now)
+	g.Expect(d.Halted).To(BeFalse())
+	g.Expect(d.Start).To(Equal([]string{"c03", "c04"}))
+	// Once the retry succeeded, the rest starts.
+	spec.MaxFailures = nil
+	st["c03"], st["c04"], st["c05"] = Succeeded, Succeeded, Succeeded
+	d = Decide(spec, waves, st, now)
+	g.Expect(d.Halted).To(BeFalse())
+	g.Expect(d.Start).To(Equal([]string{"c06", "c07"}))
 }
