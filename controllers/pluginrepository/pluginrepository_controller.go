@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 	pluginsv1 "github.com/paddock-dev/paddock/api/plugins/v1alpha1"
 	"github.com/paddock-dev/paddock/internal/chartrepo"
 )
@@ -53,6 +54,7 @@ type Reconciler struct {
 
 // +kubebuilder:rbac:groups=plugins.paddock.dev,resources=pluginrepositories,verbs=get;list;watch
 // +kubebuilder:rbac:groups=plugins.paddock.dev,resources=pluginrepositories/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=clusters.paddock.dev,resources=memberclusters,verbs=get;list;watch
 // Credentials Secrets are read only in the manager's namespace (a namespaced Role in the chart).
 
 // SetupWithManager registers the controller.
@@ -260,6 +262,18 @@ func (r *Reconciler) credentials(ctx context.Context, repo *pluginsv1.PluginRepo
 	if secret.Type == corev1.SecretTypeServiceAccountToken || secret.Labels["app.kubernetes.io/managed-by"] == "paddock" {
 		return chartrepo.Credentials{}, &chartrepo.Error{Reason: pluginsv1.ReasonSecretInvalid,
 			Message: fmt.Sprintf("Secret %s is not a repository credentials Secret (a ServiceAccount token, or one Paddock manages); create one for the repository", nn)}
+	}
+	// Nor a member's kubeconfig Secret (a bearer token in it would do as a repository's).
+	var members clustersv1.MemberClusterList
+	if err := r.Client.List(ctx, &members); err != nil {
+		return chartrepo.Credentials{}, &chartrepo.Error{Reason: pluginsv1.ReasonRepositoryNotReachable,
+			Message: "listing MemberClusters (to refuse their kubeconfig Secrets) failed: " + string(apierrors.ReasonForError(err))}
+	}
+	for _, mc := range members.Items {
+		if a := mc.Spec.Attach; a != nil && a.KubeconfigSecretRef.Namespace == nn.Namespace && a.KubeconfigSecretRef.Name == nn.Name {
+			return chartrepo.Credentials{}, &chartrepo.Error{Reason: pluginsv1.ReasonSecretInvalid,
+				Message: fmt.Sprintf("Secret %s is MemberCluster %s's kubeconfig, not a repository credentials Secret; create one for the repository", nn, mc.Name)}
+		}
 	}
 	return chartrepo.CredentialsFromSecret(nn.String(), secret.Data)
 }

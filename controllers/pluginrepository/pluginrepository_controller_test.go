@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 	pluginsv1 "github.com/paddock-dev/paddock/api/plugins/v1alpha1"
 	"github.com/paddock-dev/paddock/internal/chartrepo"
 	"github.com/paddock-dev/paddock/test/chartrepos"
@@ -254,6 +255,13 @@ func TestRefusedConfigurationStalls(t *testing.T) {
 		Type: corev1.SecretTypeServiceAccountToken, Data: map[string][]byte{"token": []byte("sa-token-value")}}
 	g.Expect(mgmt.Create(ctx, saToken)).To(Succeed())
 	t.Cleanup(func() { _ = mgmt.Delete(ctx, saToken) })
+	// Nor a member's kubeconfig Secret, whatever its keys.
+	kubeconfig := createSecret(t, map[string]string{"token": "member-bearer-token"})
+	member := &clustersv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{GenerateName: "uses-secret-"},
+		Spec: clustersv1.MemberClusterSpec{Attach: &clustersv1.AttachSpec{KubeconfigSecretRef: clustersv1.SecretKeyReference{
+			Namespace: secretNS, Name: kubeconfig.Name, Key: "token"}}}}
+	g.Expect(mgmt.Create(ctx, member)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, member) })
 	cases := []struct {
 		name   string
 		spec   pluginsv1.PluginRepositorySpec
@@ -270,6 +278,8 @@ func TestRefusedConfigurationStalls(t *testing.T) {
 			SecretRef: &pluginsv1.LocalSecretReference{Name: broken.Name}}, pluginsv1.ReasonSecretInvalid, `needs both "username" and "password"`},
 		{"a ServiceAccount token", pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: "https://charts.example.com",
 			SecretRef: &pluginsv1.LocalSecretReference{Name: saToken.Name}}, pluginsv1.ReasonSecretInvalid, "not a repository credentials Secret"},
+		{"a member's kubeconfig", pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: "https://charts.example.com",
+			SecretRef: &pluginsv1.LocalSecretReference{Name: kubeconfig.Name}}, pluginsv1.ReasonSecretInvalid, "kubeconfig, not a repository credentials Secret"},
 	}
 	for _, tc := range cases {
 		repo := createRepo(t, tc.spec)
