@@ -178,6 +178,7 @@ func TestATargetAlreadyRunningTheChangeGetsNoNewRevision(t *testing.T) {
 	g.Expect(got.Status.Clusters[0].ConfigDigest).To(Equal(was))
 	g.Expect(got.Status.Clusters[0].Revision).To(Equal(int32(1)))
 	g.Expect(got.Status.History[0].Message).To(ContainSubstring("no Helm action"))
+	g.Eventually(func() []string { return eventNotes(prel) }, eventuallyWait, poll).Should(ContainElement(HavePrefix("hello 0.1.0 already runs on " + members[0])))
 	g.Expect(helmRevisions(g, 0, "rekeyed")).To(Equal(1))
 
 	// A record forged in the member (labels and values as ours, another manifest) is not believed:

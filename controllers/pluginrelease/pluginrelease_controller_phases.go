@@ -151,6 +151,8 @@ type outcome struct {
 	phase                     pluginsv1.ClusterPhase
 	msg                       string
 	failed, unreachable, gone bool
+	// recorded: found already done in the member (no Helm action).
+	recorded bool
 	started, finished         time.Time
 	// Drift checks: cancelled (superseded by an action), the release is gone (install again),
 	// the drifted objects found.
@@ -990,7 +992,7 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 		// The member runs this chart with these values already, as this PluginRelease left it:
 		// status lost the outcome (the manager stopped before writing it) or its digests changed
 		// (a new digest key). Recorded, without another Helm revision.
-		o.action, o.fromVersion = opUpgrade, resolved.Version
+		o.action, o.fromVersion, o.recorded = opUpgrade, resolved.Version, true
 		o.revision, o.manifestDigest = last.Version, r.digests.manifest(last.Manifest)
 		return finish(pluginsv1.PhaseDeployed, false, fmt.Sprintf("%s %s, revision %d (already running these values; no Helm action)",
 			resolved.Name, resolved.Version, last.Version))

@@ -259,6 +259,9 @@ func (r *Reconciler) eventFor(prel *pluginsv1.PluginRelease, cluster string, o o
 		case o.failed:
 			r.Recorder.Eventf(prel, memberRef(cluster), corev1.EventTypeWarning, failedReasons[o.action], o.action,
 				"%s of %s %s on %s failed after %s: %s", o.action, chart, o.version, cluster, dur, truncate(o.msg, 400))
+		case o.recorded:
+			r.Recorder.Eventf(prel, memberRef(cluster), corev1.EventTypeNormal, "Recorded", o.action,
+				"%s %s already runs on %s as revision %d: recorded, no Helm action", chart, o.version, cluster, o.revision)
 		case o.action == opUninstall:
 			r.Recorder.Eventf(prel, memberRef(cluster), corev1.EventTypeNormal, "Uninstalled", o.action, "uninstalled %s from %s in %s", chart, cluster, dur)
 		case o.action == opUpgrade:
