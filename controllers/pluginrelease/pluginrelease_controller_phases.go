@@ -152,8 +152,8 @@ type outcome struct {
 	msg                       string
 	failed, unreachable, gone bool
 	// recorded: found already done in the member (no Helm action).
-	recorded bool
-	started, finished         time.Time
+	recorded          bool
+	started, finished time.Time
 	// Drift checks: cancelled (superseded by an action), the release is gone (install again),
 	// the drifted objects found.
 	cancelled, reinstall bool
