@@ -126,7 +126,7 @@ func (r *Reconciler) startDriftCheck(s *scope, name string) {
 	c := s.cluster(name)
 	prel, digest, revision, manifest := s.prel.DeepCopy(), c.ConfigDigest, int(c.Revision), c.ManifestDigest
 	key := actionKey{prel.UID, name}
-	r.run(prel, name, digest, opDriftCheck, func(ctx context.Context) outcome {
+	r.run(prel, name, digest, opDriftCheck, "", func(ctx context.Context) outcome {
 		r.mu.Lock()
 		st := r.driftStateLocked(key, prel)
 		st.dirty, st.lastCheck = false, time.Now()

@@ -124,9 +124,9 @@ type Reconciler struct {
 	secrets map[types.UID][]string
 	// uninstallAfter holds back retrying an uninstall that just failed.
 	uninstallAfter map[actionKey]time.Time
-	// uninstallFailing is when uninstalling from a target first failed (since its last success):
-	// the grace period before it is given up counts from there.
-	uninstallFailing map[actionKey]time.Time
+	// uninstallFailing is since when uninstalling from a target has been failing (see
+	// failingLonger).
+	uninstallFailing map[actionKey]uninstallFailure
 }
 
 type actionKey struct {
@@ -140,7 +140,15 @@ type runningAction struct {
 	digest string
 	// started: it holds an action slot (else it is queued for one).
 	started bool
+	// kind says what the rollout started it as: a retry, a recheck, or "" (a first attempt).
+	kind string
 }
+
+// What the rollout started an install or upgrade as (runningAction.kind, outcome.kind).
+const (
+	kindRetry   = "retry"
+	kindRecheck = "recheck"
+)
 
 // +kubebuilder:rbac:groups=plugins.paddock.dev,resources=pluginreleases,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=plugins.paddock.dev,resources=pluginreleases/status,verbs=get;update;patch
@@ -168,7 +176,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	r.running, r.done = map[actionKey]*runningAction{}, map[actionKey][]outcome{}
 	r.drift, r.watches, r.byLabel = map[actionKey]*driftState{}, map[driftWatchKey]*driftWatch{}, map[labelKey]map[actionKey]struct{}{}
 	r.pokes, r.pokeSignal = map[types.NamespacedName]struct{}{}, make(chan struct{}, 1)
-	r.written, r.uninstallAfter, r.uninstallFailing = map[types.UID][]string{}, map[actionKey]time.Time{}, map[actionKey]time.Time{}
+	r.written, r.uninstallAfter, r.uninstallFailing = map[types.UID][]string{}, map[actionKey]time.Time{}, map[actionKey]uninstallFailure{}
 	r.secrets = map[types.UID][]string{}
 	go r.pump(ctx)
 	go r.sweeper(ctx)

@@ -152,7 +152,9 @@ type outcome struct {
 	msg                       string
 	failed, unreachable, gone bool
 	// recorded: found already done in the member (no Helm action).
-	recorded          bool
+	recorded bool
+	// kind: what the rollout started it as (runningAction.kind).
+	kind              string
 	started, finished time.Time
 	// Drift checks: cancelled (superseded by an action), the release is gone (install again),
 	// the drifted objects found.
@@ -205,11 +207,14 @@ func (r *Reconciler) fold(s *scope) {
 					// A cut-off (the member went away) or an action cancelled before it started
 					// is retried whatever the remediation says, and uses none of its retries.
 					neutral := o.unreachable || o.phase == pluginsv1.PhasePending
+					if o.phase == pluginsv1.PhasePending && !o.unreachable {
+						c.Reason = prevReason // cancelled: it says nothing new
+					}
 					// Failures counts the failures of this change in a row, of one kind: a
-					// conflict's rechecks back off with it, but once the conflict clears, an
-					// upgrade that fails has all its remediation retries.
-					sameKind := prevReason == c.Reason || prevReason == pluginsv1.ClusterReasonMemberUnreachable
-					if c.ConfigDigest != o.digest || (!neutral && !sameKind) {
+					// conflict's rechecks back off with it, but once the conflict clears (even
+					// by way of a cut-off), an upgrade that fails has all its retries.
+					was, now := failureKind(prevReason), failureKind(c.Reason)
+					if c.ConfigDigest != o.digest || (was != "" && was != now && (!neutral || was == pluginsv1.ClusterReasonReleaseConflict)) {
 						c.Failures = 0
 					}
 					if !neutral {
@@ -222,9 +227,12 @@ func (r *Reconciler) fold(s *scope) {
 			if o.action == opUninstall {
 				if o.failed {
 					r.uninstallAfter[key] = o.finished.Add(r.retryDelay(1))
-					if _, ok := r.uninstallFailing[key]; !ok {
-						r.uninstallFailing[key] = o.finished
+					f, ok := r.uninstallFailing[key]
+					if !ok {
+						f.since = o.finished
 					}
+					f.seen = true
+					r.uninstallFailing[key] = f
 				} else {
 					delete(r.uninstallAfter, key)
 					delete(r.uninstallFailing, key)
@@ -248,6 +256,19 @@ func (r *Reconciler) fold(s *scope) {
 			s.events = append(s.events, r.eventFor(s.prel, key.cluster, o, dur))
 		}
 	}
+}
+
+// failureKind groups the reasons a target's Failures counts in a row: an install or upgrade
+// failure (one change, whichever Helm action it took), a conflict, an uninstall failure; ""
+// for none or a cut-off (which counts for no kind and ends none but a conflict).
+func failureKind(reason string) string {
+	switch reason {
+	case pluginsv1.ClusterReasonInstallFailed, pluginsv1.ClusterReasonUpgradeFailed:
+		return "change"
+	case pluginsv1.ClusterReasonReleaseConflict, pluginsv1.ClusterReasonUninstallFailed:
+		return reason
+	}
+	return ""
 }
 
 // foldedRef is how many outcomes of a key a pass folded.
@@ -299,11 +320,18 @@ func (r *Reconciler) forgetFolded(s *scope) {
 // waits in r.done for the next pass, and the status this pass holds does not show it yet (acting
 // on that status would start the same action again).
 func (r *Reconciler) isRunning(s *scope, cluster string) bool {
+	running, _ := r.runningKind(s, cluster)
+	return running
+}
+
+// runningKind is isRunning, and what the rollout started the action as (kindRetry, kindRecheck
+// or "").
+func (r *Reconciler) runningKind(s *scope, cluster string) (bool, string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	key := actionKey{s.prel.UID, cluster}
 	if a, ok := r.running[key]; ok && a.action != opDriftCheck {
-		return true
+		return true, a.kind
 	}
 	done := r.done[key]
 	for _, f := range s.folded {
@@ -313,10 +341,10 @@ func (r *Reconciler) isRunning(s *scope, cluster string) bool {
 	}
 	for _, o := range done {
 		if o.action != opDriftCheck && o.action != opDriftCorrected {
-			return true
+			return true, o.kind
 		}
 	}
-	return false
+	return false, ""
 }
 
 // cancelDrift cancels a drift check running on the target, which an action supersedes; it says
@@ -442,16 +470,16 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	now := time.Now()
 	states, retryAt := r.states(s, waves, now)
 	s.retrying = !retryAt.IsZero()
-	for name, state := range states {
-		if c := s.clusters[name]; (state == rollout.RetryDue || state == rollout.RetryRunning) &&
-			c != nil && c.Reason != pluginsv1.ClusterReasonReleaseConflict {
-			// A retry starts or runs: in progress (a conflict's recheck is not: it waits for
-			// someone).
-			s.retrying = true
-		}
-	}
 	d := rollout.Decide(spec, waves, states, now)
 	s.decision = &d
+	if d.Wave < len(waves) {
+		for _, name := range waves[d.Wave].Clusters {
+			if states[name] == rollout.RetryDue || states[name] == rollout.RetryRunning {
+				// A retry of the wave the rollout is on starts or runs: in progress.
+				s.retrying = true
+			}
+		}
+	}
 	if d.Halted {
 		// What the halt holds back: targets not acted on yet in this wave and after it.
 		for _, w := range waves[d.Wave:] {
@@ -473,7 +501,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 	st.Wave = st.Waves[st.WaveIndex].Name
 	st.Waiting = d.Waiting
 
-	if len(d.Start) > 0 && r.APIReader != nil && !s.latest {
+	if len(d.Start)+len(d.Recheck) > 0 && r.APIReader != nil && !s.latest {
 		// Starting an action on status older than the last one written would repeat an action
 		// whose outcome is already recorded: make sure the cache served the latest version
 		// (one read per pass that starts something).
@@ -482,7 +510,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
 		if live.ResourceVersion != s.orig.ResourceVersion {
-			d.Start = nil
+			d.Start, d.Recheck = nil, nil
 			s.staleCache = true
 		}
 	}
@@ -499,7 +527,18 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl.Result
 			s.cluster(name).Reason = pluginsv1.ClusterReasonMemberUnreachable
 			continue
 		}
-		r.startInstallOrUpgrade(s, name, values[name])
+		kind := ""
+		if states[name] == rollout.RetryDue {
+			kind = kindRetry
+		}
+		r.startInstallOrUpgrade(s, name, values[name], kind)
+	}
+	// Conflicts due are looked at again (an install or upgrade that reads the record first).
+	for _, name := range d.Recheck {
+		if r.isRunning(s, name) || !s.hasRoom(name) || !r.usable(name) || r.cancelDrift(prel.UID, name) {
+			continue
+		}
+		r.startInstallOrUpgrade(s, name, values[name], kindRecheck)
 	}
 	// Targets whose member is not usable wait for it (those cut off mid-action stay Failed).
 	for name := range targets {
@@ -637,12 +676,16 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 				continue
 			}
 			c, ok := s.clusters[name]
-			if r.isRunning(s, name) {
-				out[name] = rollout.Running
-				if ok && c.Reason != "" && c.ConfigDigest == want {
-					// A retry of the change (after a failure, a cut-off or a conflict): it still
-					// counts against the wave's budget, so a halt it caused holds while it runs.
+			if running, kind := r.runningKind(s, name); running {
+				switch kind {
+				case kindRetry:
+					// A retry of the change still counts against the wave's budget, so a halt
+					// it caused holds while it runs.
 					out[name] = rollout.RetryRunning
+				case kindRecheck:
+					out[name] = rollout.Recheck
+				default:
+					out[name] = rollout.Running
 				}
 				continue
 			}
@@ -679,11 +722,11 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 				// A failure of its wave (a halt holds), but looked at again with a growing delay
 				// whatever the remediation says: the other release may be removed, or spec.adopt
 				// set (which changes no digest, so it is seen here, at once). The recheck is an
-				// install or upgrade that reads the record first, paced by the rollout like any
-				// retry: one that finds the conflict gone acts at once.
+				// install or upgrade that reads the record first, in a free slot of its wave,
+				// without reopening it: one that finds the conflict gone acts at once.
 				out[name] = rollout.Failed
 				if due := transitioned(c).Add(r.retryDelay(c.Failures)); s.prel.Spec.Adopt || !now.Before(due) {
-					out[name] = rollout.RetryDue
+					out[name] = rollout.Recheck
 				} else if s.conflictAt.IsZero() || due.Before(s.conflictAt) {
 					// Only a requeue: a conflict waits for someone, so it is no retry that
 					// keeps the release Reconciling.
@@ -830,7 +873,7 @@ func notUsable(name string, err error) string {
 func ownerValue(prel *pluginsv1.PluginRelease) string { return prel.Namespace + "." + prel.Name }
 
 // startInstallOrUpgrade runs the action for one target in its own goroutine.
-func (r *Reconciler) startInstallOrUpgrade(s *scope, name string, vals map[string]any) {
+func (r *Reconciler) startInstallOrUpgrade(s *scope, name string, vals map[string]any, kind string) {
 	prel, resolved, digest := s.prel.DeepCopy(), s.resolved, s.desired[name]
 	c := s.cluster(name)
 	from := c.ChartVersion
@@ -849,13 +892,13 @@ func (r *Reconciler) startInstallOrUpgrade(s *scope, name string, vals map[strin
 	if phase == pluginsv1.PhaseInstalling {
 		action = opInstall
 	}
-	r.run(prel, name, digest, action, func(ctx context.Context) outcome {
+	r.run(prel, name, digest, action, kind, func(ctx context.Context) outcome {
 		return r.installOrUpgrade(ctx, prel, name, resolved, vals, digest, from, action)
 	})
 }
 
 // run starts job for (prel, cluster) unless one is running, holding a global action slot.
-func (r *Reconciler) run(prel *pluginsv1.PluginRelease, cluster, digest, action string, job func(ctx context.Context) outcome) {
+func (r *Reconciler) run(prel *pluginsv1.PluginRelease, cluster, digest, action, kind string, job func(ctx context.Context) outcome) {
 	key := actionKey{prel.UID, cluster}
 	ctx, cancel := context.WithCancel(r.ctx)
 	r.mu.Lock()
@@ -864,7 +907,7 @@ func (r *Reconciler) run(prel *pluginsv1.PluginRelease, cluster, digest, action 
 		cancel()
 		return
 	}
-	r.running[key] = &runningAction{action: action, cancel: cancel, digest: digest}
+	r.running[key] = &runningAction{action: action, cancel: cancel, digest: digest, kind: kind}
 	r.mu.Unlock()
 	obj := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Namespace: prel.Namespace, Name: prel.Name}}
 	go func() {
@@ -892,6 +935,7 @@ func (r *Reconciler) run(prel *pluginsv1.PluginRelease, cluster, digest, action 
 			r.mu.Unlock()
 			return
 		}
+		o.kind = kind
 		r.mu.Lock()
 		delete(r.running, key)
 		// Appended, never replacing: an outcome not yet in status (its patch failed) must not be
@@ -1094,7 +1138,7 @@ func (r *Reconciler) startUninstall(ctx context.Context, s *scope, name string, 
 	}
 	setPhase(c, pluginsv1.PhaseUninstalling, "uninstalling")
 	digest := c.ConfigDigest // c is this pass's: not read from the action's goroutine
-	r.run(prel, name, digest, opUninstall, func(ctx context.Context) outcome {
+	r.run(prel, name, digest, opUninstall, "", func(ctx context.Context) outcome {
 		o := outcome{action: opUninstall, fromVersion: from, started: time.Now(), digest: digest}
 		done := func(failed bool, msg string) outcome {
 			o.failed, o.msg, o.finished = failed, msg, time.Now()
@@ -1148,23 +1192,32 @@ func (r *Reconciler) deletionGrace() time.Duration {
 // Warning event, rather than keeping the PluginRelease unready for ever.
 func (r *Reconciler) giveUpUninstall(s *scope, name string, c *pluginsv1.ClusterReleaseStatus, now time.Time) bool {
 	grace := r.deletionGrace()
-	if c.Phase != pluginsv1.PhaseUninstalling || c.Message == "uninstalling" || !r.failingLonger(s, name, grace) {
+	if c.Phase != pluginsv1.PhaseUninstalling || c.Message == "uninstalling" || !r.failingLonger(s, name, c, grace) {
 		return false
 	}
 	r.skipUninstall(s, name, c, grace)
 	return true
 }
 
-// failingLonger says whether uninstalling from cluster has been failing for longer than grace.
-// After a restart, when this process saw no failure yet, the failures status recorded since the
-// last other action there say since when (the earliest kept: history is bounded, so a grace
-// may run longer, never shorter); a manager that restarts more often than the grace still gives
-// up.
-func (r *Reconciler) failingLonger(s *scope, cluster string, grace time.Duration) bool {
+// uninstallFailure is since when uninstalling from a target has been failing.
+type uninstallFailure struct {
+	since time.Time
+	// seen: this process saw an attempt fail (since may come from status, after a restart).
+	seen bool
+}
+
+// failingLonger says whether uninstalling from cluster (c, in Uninstalling) has been failing for
+// longer than grace, and failed once more since this process started. After a restart the
+// failures status recorded since the last other action there say since when (the earliest kept:
+// history is bounded, so a grace may run longer, never shorter), so a manager that restarts more
+// often than the grace still gives up, after one attempt of its own (a member back meanwhile is
+// not given up unseen). Never from before c entered Uninstalling: an earlier removal that failed
+// and then rejoined the targets says nothing about this one.
+func (r *Reconciler) failingLonger(s *scope, cluster string, c *pluginsv1.ClusterReleaseStatus, grace time.Duration) bool {
 	key := actionKey{s.prel.UID, cluster}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	since, ok := r.uninstallFailing[key]
+	f, ok := r.uninstallFailing[key]
 	if !ok {
 		for _, h := range s.prel.Status.History { // newest first
 			if h.Cluster != cluster {
@@ -1173,13 +1226,18 @@ func (r *Reconciler) failingLonger(s *scope, cluster string, grace time.Duration
 			if h.Action != opUninstall || h.Result != "Failed" {
 				break
 			}
-			since, ok = h.Time.Time, true
+			f.since, ok = h.Time.Time, true
 		}
-		if ok {
-			r.uninstallFailing[key] = since
+		if !ok {
+			return false
 		}
+		r.uninstallFailing[key] = f
 	}
-	return ok && time.Since(since) > grace
+	since := f.since
+	if t := transitioned(c); t.After(since) {
+		since = t
+	}
+	return f.seen && time.Since(since) > grace
 }
 
 func (r *Reconciler) skipUninstall(s *scope, name string, c *pluginsv1.ClusterReleaseStatus, grace time.Duration) {
@@ -1217,7 +1275,7 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, s *scope) (ctrl.Result
 	for name, c := range s.clusters {
 		// Given up only after failing for a grace period of its own: an uninstall that ran long
 		// (hooks, a timeout) and failed once is retried, not dropped.
-		if expired && c.Phase == pluginsv1.PhaseUninstalling && c.Message != "uninstalling" && r.failingLonger(s, name, grace) {
+		if expired && c.Phase == pluginsv1.PhaseUninstalling && c.Message != "uninstalling" && r.failingLonger(s, name, c, grace) {
 			r.skipUninstall(s, name, c, grace)
 			continue
 		}

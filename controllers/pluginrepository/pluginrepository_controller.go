@@ -259,13 +259,15 @@ func (r *Reconciler) credentials(ctx context.Context, repo *pluginsv1.PluginRepo
 	}
 	// Secrets that are credentials of something else are never sent to a repository: whoever may
 	// write a PluginRepository names a Secret and a URL, and could otherwise collect them.
-	if secret.Type == corev1.SecretTypeServiceAccountToken || secret.Labels["app.kubernetes.io/managed-by"] == "paddock" {
+	if secret.Type == corev1.SecretTypeServiceAccountToken || secret.Labels["app.kubernetes.io/managed-by"] == "paddock" ||
+		secret.Type == "cluster.x-k8s.io/secret" || secret.Labels["cluster.x-k8s.io/cluster-name"] != "" {
 		return chartrepo.Credentials{}, &chartrepo.Error{Reason: pluginsv1.ReasonSecretInvalid,
-			Message: fmt.Sprintf("Secret %s is not a repository credentials Secret (a ServiceAccount token, or one Paddock manages); create one for the repository", nn)}
+			Message: fmt.Sprintf("Secret %s is not a repository credentials Secret (a ServiceAccount token, a Cluster API cluster's, or one Paddock manages); create one for the repository", nn)}
 	}
 	// Nor a member's kubeconfig Secret (a bearer token in it would do as a repository's).
 	var members clustersv1.MemberClusterList
 	if err := r.Client.List(ctx, &members); err != nil {
+		// Retried (as a Secret that could not be read is); nothing is sent meanwhile.
 		return chartrepo.Credentials{}, &chartrepo.Error{Reason: pluginsv1.ReasonRepositoryNotReachable,
 			Message: "listing MemberClusters (to refuse their kubeconfig Secrets) failed: " + string(apierrors.ReasonForError(err))}
 	}

@@ -262,6 +262,10 @@ func TestRefusedConfigurationStalls(t *testing.T) {
 			Namespace: secretNS, Name: kubeconfig.Name, Key: "token"}}}}
 	g.Expect(mgmt.Create(ctx, member)).To(Succeed())
 	t.Cleanup(func() { _ = mgmt.Delete(ctx, member) })
+	capiSecret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{GenerateName: "workload-kubeconfig-", Namespace: secretNS,
+		Labels: map[string]string{"cluster.x-k8s.io/cluster-name": "workload"}}, StringData: map[string]string{"token": "capi-token"}}
+	g.Expect(mgmt.Create(ctx, capiSecret)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, capiSecret) })
 	cases := []struct {
 		name   string
 		spec   pluginsv1.PluginRepositorySpec
@@ -278,6 +282,8 @@ func TestRefusedConfigurationStalls(t *testing.T) {
 			SecretRef: &pluginsv1.LocalSecretReference{Name: broken.Name}}, pluginsv1.ReasonSecretInvalid, `needs both "username" and "password"`},
 		{"a ServiceAccount token", pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: "https://charts.example.com",
 			SecretRef: &pluginsv1.LocalSecretReference{Name: saToken.Name}}, pluginsv1.ReasonSecretInvalid, "not a repository credentials Secret"},
+		{"a Cluster API cluster's Secret", pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: "https://charts.example.com",
+			SecretRef: &pluginsv1.LocalSecretReference{Name: capiSecret.Name}}, pluginsv1.ReasonSecretInvalid, "a Cluster API cluster's"},
 		{"a member's kubeconfig", pluginsv1.PluginRepositorySpec{Type: pluginsv1.RepositoryTypeHelm, URL: "https://charts.example.com",
 			SecretRef: &pluginsv1.LocalSecretReference{Name: kubeconfig.Name}}, pluginsv1.ReasonSecretInvalid, "kubeconfig, not a repository credentials Secret"},
 	}

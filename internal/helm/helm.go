@@ -302,6 +302,9 @@ func SameHooks(a, b []*release.Hook) bool {
 		for _, p := range h.DeletePolicies {
 			sb.WriteString("\x00d:" + string(p))
 		}
+		for _, p := range h.OutputLogPolicies {
+			sb.WriteString("\x00l:" + string(p))
+		}
 		return sb.String()
 	}
 	ka, kb := make([]string, len(a)), make([]string, len(b))

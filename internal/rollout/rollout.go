@@ -115,6 +115,11 @@ const (
 	// RetryRunning: a retry being acted on. It counts against the failure budget until it
 	// succeeds, and it takes a concurrency slot.
 	RetryRunning
+	// Recheck: a failure that waits for someone (a conflict with another owner), due to be
+	// looked at again or being looked at. It is a failure of its wave, for the budget and for
+	// completion alike, and it never reopens a wave: Decide lists it in Decision.Recheck, to be
+	// started in a free concurrency slot, in the waves the rollout has reached.
+	Recheck
 )
 
 // Decision is what the caller does now.
@@ -123,6 +128,9 @@ type Decision struct {
 	Wave int
 	// Start lists the clusters to start now, in order.
 	Start []string
+	// Recheck lists the Recheck clusters to look at again now (those not already being looked
+	// at: the caller knows), within their waves' free concurrency.
+	Recheck []string
 	// Complete: every wave is done.
 	Complete bool
 	// Halted: a wave exceeded its failure budget; nothing more starts until that changes.
@@ -145,12 +153,15 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 	}
 	for i, w := range waves {
 		// due: retries to start, ahead of the clusters not started yet.
-		var pending, due []string
-		running, succeeded, failed, blocked, waiting, retrying, size := 0, 0, 0, 0, 0, 0, 0
+		var pending, due, recheck []string
+		running, failed, blocked, waiting, retrying, size := 0, 0, 0, 0, 0, 0
 		for _, c := range w.Clusters {
 			switch states[c] {
 			case Gone:
 				continue
+			case Recheck:
+				failed++
+				recheck = append(recheck, c)
 			case Blocked:
 				blocked++
 			case Retrying:
@@ -165,7 +176,6 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 			case Running:
 				running++
 			case Succeeded:
-				succeeded++
 			case Failed:
 				failed++
 			default:
@@ -179,6 +189,12 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 		}
 		limit := max(resolve(mc, size, true, DefaultMaxConcurrency), 1)
 		budget := resolve(spec.MaxFailures, size, false, 0)
+		// Rechecks take the slots this wave has left once its starts are counted.
+		addRechecks := func() {
+			if free := min(limit-running-len(d.Start), len(recheck)); free > 0 {
+				d.Recheck = append(d.Recheck, recheck[:free]...)
+			}
+		}
 		if failed+retrying > budget {
 			d.Wave, d.Halted = i, true
 			d.CompletedAt[i] = nil
@@ -194,16 +210,17 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 			if free := min(limit-running, len(due)); free > 0 {
 				d.Start = due[:free]
 			}
+			addRechecks()
 			return d
 		}
 		pending = append(due, pending...)
 		if len(pending) > 0 || running > 0 || blocked > 0 || waiting > 0 {
 			d.Wave = i
 			d.CompletedAt[i] = nil
-			free := min(limit-running, len(pending))
-			if free > 0 {
+			if free := min(limit-running, len(pending)); free > 0 {
 				d.Start = pending[:free]
 			}
+			addRechecks()
 			if len(pending) > len(d.Start) {
 				d.Waiting = fmt.Sprintf("wave %s: %d running (maxConcurrency %d), %d waiting", w.Name, running+len(d.Start), limit, len(pending)-len(d.Start))
 			}
@@ -221,7 +238,8 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 			}
 			return d
 		}
-		// Complete (every cluster succeeded, or failed within the budget).
+		// Complete (every cluster succeeded, or failed within the budget); its rechecks go on.
+		addRechecks()
 		if d.CompletedAt[i] == nil {
 			t := now
 			d.CompletedAt[i] = &t

@@ -222,3 +222,39 @@ func TestARetryRunsWhileHaltedAndNothingElseStartsMeanwhile(t *testing.T) {
 	g.Expect(d.Halted).To(BeFalse())
 	g.Expect(d.Start).To(Equal([]string{"c06", "c07"}))
 }
+
+// A failure that waits for someone (Recheck) is looked at again without reopening its wave: a
+// completed wave stays completed (its bake time is not restarted), and a halt it causes starts
+// nothing but the rechecks.
+func TestARecheckNeverReopensItsWave(t *testing.T) {
+	g := NewWithT(t)
+	now := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+	spec := Spec{MaxFailures: ptr(intstr.FromInt32(1)), MaxConcurrency: ptr(intstr.FromInt32(1)), BakeTime: 10 * time.Minute,
+		Waves: []WaveSpec{{Name: "canary", Selector: sel("canary=true")}}}
+	waves := Plan(spec, fleet(5, "c00", "c01"))
+	done := now.Add(-time.Minute)
+	waves[0].CompletedAt = &done
+	st := map[string]State{"c00": Succeeded, "c01": Recheck}
+	d := Decide(spec, waves, st, now)
+	g.Expect(d.Wave).To(Equal(0))
+	g.Expect(d.CompletedAt[0]).To(Equal(&done), "still completed, the bake time runs on")
+	g.Expect(d.Recheck).To(Equal([]string{"c01"}))
+	g.Expect(d.Start).To(BeEmpty())
+	// Baked: the next wave starts, and the canary's recheck goes on.
+	d = Decide(spec, waves, st, now.Add(10*time.Minute))
+	g.Expect(d.Wave).To(Equal(1))
+	g.Expect(d.Start).To(Equal([]string{"c02"}))
+	g.Expect(d.Recheck).To(Equal([]string{"c01"}))
+	// Beyond the budget: halted, and only rechecks start.
+	spec.MaxFailures = nil
+	d = Decide(spec, waves, st, now)
+	g.Expect(d.Halted).To(BeTrue())
+	g.Expect(d.Start).To(BeEmpty())
+	g.Expect(d.Recheck).To(Equal([]string{"c01"}))
+	// A full wave gives rechecks no slot.
+	st = map[string]State{"c00": Succeeded, "c01": Succeeded, "c02": Recheck, "c03": Running}
+	spec.MaxFailures = ptr(intstr.FromInt32(1))
+	d = Decide(spec, waves, st, now.Add(time.Hour))
+	g.Expect(d.Wave).To(Equal(1))
+	g.Expect(d.Recheck).To(BeEmpty())
+}
