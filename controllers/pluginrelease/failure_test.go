@@ -128,4 +128,15 @@ func TestFailingChartIsRemediated(t *testing.T) {
 	}, eventuallyWait, poll).Should(Succeed())
 	g.Expect(configMapIn(g, 0, "rollback")).NotTo(BeNil(), "the rolled-back revision's objects are there")
 	g.Expect(helmRevisions(g, 0, "rollback")).To(Equal(3), "install, the failed upgrade, the rollback")
+	// The rollback is an operation of its own in history (after the failed upgrade) and an event.
+	h := getRelease(g, up).Status.History
+	g.Expect(len(h)).To(BeNumerically(">=", 3))
+	g.Expect(h[0].Action).To(Equal("rollback"))
+	g.Expect(h[0].Result).To(Equal("Succeeded"))
+	g.Expect(h[0].Revision).To(Equal(int32(3)))
+	g.Expect(h[0].Message).To(Equal("rolled back to revision 1 after the failed upgrade"))
+	g.Expect(h[1].Action).To(Equal("upgrade"))
+	g.Expect(h[1].Result).To(Equal("Failed"))
+	g.Eventually(func() []string { return eventNotes(up) }, eventuallyWait, poll).Should(
+		ContainElement(HavePrefix("rolled back hello 0.1.0 → 0.1.0 on " + members[0] + ", revision 3")))
 }

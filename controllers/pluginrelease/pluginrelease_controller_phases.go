@@ -143,6 +143,15 @@ func setPhase(c *pluginsv1.ClusterReleaseStatus, phase pluginsv1.ClusterPhase, m
 	c.Phase, c.Message = phase, truncate(msg, 512)
 }
 
+// rollbackOutcome is a rollback that remediated a failed upgrade (within its outcome).
+type rollbackOutcome struct {
+	from, to          string
+	revision          int
+	failed            bool
+	msg               string
+	started, finished time.Time
+}
+
 // outcome is a finished action.
 type outcome struct {
 	action, digest            string
@@ -153,6 +162,8 @@ type outcome struct {
 	failed, unreachable, gone bool
 	// recorded: found already done in the member (no Helm action).
 	recorded bool
+	// rollback: the remediation of a failed upgrade, its own history entry and event.
+	rollback *rollbackOutcome
 	// kind: what the rollout started it as (runningAction.kind).
 	kind              string
 	started, finished time.Time
@@ -183,6 +194,11 @@ func (r *Reconciler) fold(s *scope) {
 			// Values from Secrets never reach status, events or history (an apiserver error
 			// may quote the value it refused).
 			o.msg = redact(o.msg, r.secrets[key.uid])
+			if o.rollback != nil {
+				rb := *o.rollback
+				rb.msg = redact(rb.msg, r.secrets[key.uid])
+				o.rollback = &rb
+			}
 			if o.action == opDriftCheck || o.action == opDriftCorrected {
 				r.foldDrift(s, key.cluster, o)
 				continue
@@ -249,11 +265,26 @@ func (r *Reconciler) fold(s *scope) {
 			if o.failed {
 				result = "Failed"
 			}
-			dur := o.finished.Sub(o.started).Round(100 * time.Millisecond)
-			s.history = append(s.history, pluginsv1.HistoryEntry{Time: metav1.Time{Time: o.finished}, Cluster: key.cluster,
+			end := o.finished
+			if o.rollback != nil {
+				// The upgrade ended where its rollback began: two entries, in order.
+				end = o.rollback.started
+			}
+			dur := end.Sub(o.started).Round(100 * time.Millisecond)
+			s.history = append(s.history, pluginsv1.HistoryEntry{Time: metav1.Time{Time: end}, Cluster: key.cluster,
 				Action: o.action, FromVersion: o.fromVersion, ToVersion: o.version, Revision: int32(o.revision),
 				Result: result, Duration: dur.String(), Message: truncate(o.msg, 256)})
 			s.events = append(s.events, r.eventFor(s.prel, key.cluster, o, dur))
+			if rb := o.rollback; rb != nil {
+				result, rdur := "Succeeded", rb.finished.Sub(rb.started).Round(100*time.Millisecond)
+				if rb.failed {
+					result = "Failed"
+				}
+				s.history = append(s.history, pluginsv1.HistoryEntry{Time: metav1.Time{Time: rb.finished}, Cluster: key.cluster,
+					Action: opRollback, FromVersion: rb.from, ToVersion: rb.to, Revision: int32(rb.revision),
+					Result: result, Duration: rdur.String(), Message: truncate(rb.msg, 256)})
+				s.events = append(s.events, r.rollbackEvent(s.prel, key.cluster, rb, rdur))
+			}
 		}
 	}
 }
@@ -1062,11 +1093,22 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 						msg += "; uninstalled (remediation)"
 					}
 				default:
+					rb := &rollbackOutcome{started: time.Now(), from: resolved.Version}
+					if last.Chart != nil && last.Chart.Metadata != nil {
+						rb.to = last.Chart.Metadata.Version
+					}
 					if rerr := hc.Rollback(opts.Timeout, opts.MaxHistory); rerr != nil {
+						rb.failed, rb.msg = true, "rolling back failed: "+r.clean(prel.UID, rerr)
 						msg += "; rolling back failed too: " + r.clean(prel.UID, rerr)
 					} else {
+						rb.msg = fmt.Sprintf("rolled back to revision %d after the failed upgrade", last.Version)
+						if cur, lerr := hc.Last(); lerr == nil && cur != nil {
+							rb.revision = cur.Version
+						}
 						msg += "; rolled back to the previous revision (remediation)"
 					}
+					rb.finished = time.Now()
+					o.rollback = rb
 				}
 			}
 			return finish(pluginsv1.PhaseFailed, true, msg)

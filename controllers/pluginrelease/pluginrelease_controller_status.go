@@ -274,6 +274,23 @@ func (r *Reconciler) eventFor(prel *pluginsv1.PluginRelease, cluster string, o o
 	}
 }
 
+// rollbackEvent says how the remediation of a failed upgrade went.
+func (r *Reconciler) rollbackEvent(prel *pluginsv1.PluginRelease, cluster string, rb *rollbackOutcome, dur time.Duration) func() {
+	return func() {
+		if r.Recorder == nil {
+			return
+		}
+		chart := prel.Spec.Chart.Name
+		if rb.failed {
+			r.Recorder.Eventf(prel, memberRef(cluster), corev1.EventTypeWarning, failedReasons[opRollback], opRollback,
+				"rollback of %s %s → %s on %s failed after %s: %s", chart, rb.from, rb.to, cluster, dur, truncate(rb.msg, 400))
+			return
+		}
+		r.Recorder.Eventf(prel, memberRef(cluster), corev1.EventTypeNormal, "RolledBack", opRollback,
+			"rolled back %s %s → %s on %s, revision %d, in %s (the upgrade failed)", chart, rb.from, rb.to, cluster, rb.revision, dur)
+	}
+}
+
 // memberRef is an event's related object: the MemberCluster it happened in. It also keeps the
 // events of different clusters apart: events/v1 folds events with the same regarding object,
 // reason and action (whatever their notes) into one series, so without it "installed on
