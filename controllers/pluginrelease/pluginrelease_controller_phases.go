@@ -237,7 +237,10 @@ func (r *Reconciler) fold(s *scope) {
 						c.Failures++
 					}
 					c.ConfigDigest = o.digest
-					c.Phase = o.phase
+					if rb := o.rollback; rb != nil && !rb.failed && rb.revision > 0 {
+						// The member runs the rolled-back-to chart again, as a new revision.
+						c.Revision = int32(rb.revision)
+					}
 				}
 			}
 			if o.action == opUninstall {
@@ -245,7 +248,10 @@ func (r *Reconciler) fold(s *scope) {
 					r.uninstallAfter[key] = o.finished.Add(r.retryDelay(1))
 					f, ok := r.uninstallFailing[key]
 					if !ok {
-						f.since = o.finished
+						// Failing already, as status recorded (before a restart), or from now.
+						if f.since, ok = failingSinceInHistory(s.prel, key.cluster); !ok {
+							f.since = o.finished
+						}
 					}
 					f.seen = true
 					r.uninstallFailing[key] = f
@@ -397,6 +403,19 @@ func (r *Reconciler) anyRunning(uid types.UID, withDrift bool) bool {
 	defer r.mu.Unlock()
 	for k, a := range r.running {
 		if k.uid == uid && (withDrift || a.action != opDriftCheck) {
+			return true
+		}
+	}
+	return false
+}
+
+// anyProgressing says whether an install, upgrade or uninstall of the release runs, a conflict's
+// recheck aside (it waits for someone: no progress of its own).
+func (r *Reconciler) anyProgressing(uid types.UID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, a := range r.running {
+		if k.uid == uid && a.action != opDriftCheck && a.kind != kindRecheck {
 			return true
 		}
 	}
@@ -714,7 +733,7 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 					// it caused holds while it runs.
 					out[name] = rollout.RetryRunning
 				case kindRecheck:
-					out[name] = rollout.Recheck
+					out[name] = rollout.RecheckRunning
 				default:
 					out[name] = rollout.Running
 				}
@@ -756,7 +775,7 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 				// install or upgrade that reads the record first, in a free slot of its wave,
 				// without reopening it: one that finds the conflict gone acts at once.
 				out[name] = rollout.Failed
-				if due := transitioned(c).Add(r.retryDelay(c.Failures)); s.prel.Spec.Adopt || !now.Before(due) {
+				if due := transitioned(c).Add(r.recheckDelay(c.Failures)); s.prel.Spec.Adopt || !now.Before(due) {
 					out[name] = rollout.Recheck
 				} else if s.conflictAt.IsZero() || due.Before(s.conflictAt) {
 					// Only a requeue: a conflict waits for someone, so it is no retry that
@@ -785,6 +804,17 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 		}
 	}
 	return out, retryAt
+}
+
+// recheckDelay is how long after a target entered Conflict its next recheck is due, after
+// checks rechecks: the growing delays (retryDelay) added up, as a recheck keeps the phase (and
+// its transition time) of a conflict it finds still there.
+func (r *Reconciler) recheckDelay(checks int32) time.Duration {
+	var d time.Duration
+	for i := int32(1); i <= checks; i++ {
+		d += r.retryDelay(i)
+	}
+	return d
 }
 
 // transitioned is when c entered its phase (the zero time if status never said: due at once).
@@ -918,7 +948,10 @@ func (r *Reconciler) startInstallOrUpgrade(s *scope, name string, vals map[strin
 	if c.Revision == 0 {
 		phase = pluginsv1.PhaseInstalling
 	}
-	setPhase(c, phase, fmt.Sprintf("%s %s", strings.ToLower(string(phase)), resolved))
+	if kind != kindRecheck {
+		// A recheck keeps the conflict shown (and Stalled) until it finds otherwise.
+		setPhase(c, phase, fmt.Sprintf("%s %s", strings.ToLower(string(phase)), resolved))
+	}
 	action := opUpgrade
 	if phase == pluginsv1.PhaseInstalling {
 		action = opInstall
@@ -1084,7 +1117,15 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 		}
 		if err != nil {
 			msg := "upgrade failed: " + r.clean(prel.UID, err)
-			if rem := remediationFor(prel, false); rem != nil && ctx.Err() == nil {
+			// Remediation undoes what the upgrade wrote: one that failed before writing a
+			// revision (a render error, a refused value) left the last one running.
+			wrote := true
+			if cur, lerr := hc.Last(); lerr == nil && cur != nil && cur.Version == last.Version {
+				wrote = false
+			}
+			if rem := remediationFor(prel, false); rem != nil && ctx.Err() == nil && !wrote {
+				msg += fmt.Sprintf("; nothing to remediate (no revision was written: revision %d still runs)", last.Version)
+			} else if rem != nil && ctx.Err() == nil {
 				switch rem.Strategy {
 				case pluginsv1.RemediationUninstall:
 					if uerr := hc.Uninstall(opts.Timeout, false); uerr != nil {
@@ -1097,7 +1138,7 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 					if last.Chart != nil && last.Chart.Metadata != nil {
 						rb.to = last.Chart.Metadata.Version
 					}
-					if rerr := hc.Rollback(opts.Timeout, opts.MaxHistory); rerr != nil {
+					if rerr := hc.Rollback(opts.Timeout, opts.MaxHistory, last.Version); rerr != nil {
 						rb.failed, rb.msg = true, "rolling back failed: "+r.clean(prel.UID, rerr)
 						msg += "; rolling back failed too: " + r.clean(prel.UID, rerr)
 					} else {
@@ -1261,16 +1302,7 @@ func (r *Reconciler) failingLonger(s *scope, cluster string, c *pluginsv1.Cluste
 	defer r.mu.Unlock()
 	f, ok := r.uninstallFailing[key]
 	if !ok {
-		for _, h := range s.prel.Status.History { // newest first
-			if h.Cluster != cluster {
-				continue
-			}
-			if h.Action != opUninstall || h.Result != "Failed" {
-				break
-			}
-			f.since, ok = h.Time.Time, true
-		}
-		if !ok {
+		if f.since, ok = failingSinceInHistory(s.prel, cluster); !ok {
 			return false
 		}
 		r.uninstallFailing[key] = f
@@ -1280,6 +1312,22 @@ func (r *Reconciler) failingLonger(s *scope, cluster string, c *pluginsv1.Cluste
 		since = t
 	}
 	return f.seen && time.Since(since) > grace
+}
+
+// failingSinceInHistory is the earliest of the failed uninstalls status records for cluster
+// since its last other operation there (history is newest first).
+func failingSinceInHistory(prel *pluginsv1.PluginRelease, cluster string) (time.Time, bool) {
+	var since time.Time
+	for _, h := range prel.Status.History {
+		if h.Cluster != cluster {
+			continue
+		}
+		if h.Action != opUninstall || h.Result != "Failed" {
+			break
+		}
+		since = h.Time.Time
+	}
+	return since, !since.IsZero()
 }
 
 func (r *Reconciler) skipUninstall(s *scope, name string, c *pluginsv1.ClusterReleaseStatus, grace time.Duration) {

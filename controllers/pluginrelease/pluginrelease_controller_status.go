@@ -140,7 +140,7 @@ func (r *Reconciler) patchStatus(ctx context.Context, s *scope) error {
 		set(pluginsv1.ReadyCondition, metav1.ConditionFalse, ReasonClustersFailed,
 			fmt.Sprintf("%d of %d clusters failed%s", len(failed), len(s.targets), failedList(s, failed)))
 		switch {
-		case r.anyRunning(prel.UID, false) || (s.decision != nil && len(s.decision.Start) > 0):
+		case r.anyProgressing(prel.UID) || (s.decision != nil && len(s.decision.Start) > 0):
 			set(pluginsv1.ReconcilingCondition, metav1.ConditionTrue, ReasonProgressing, "other clusters are progressing")
 			meta.RemoveStatusCondition(&st.Conditions, pluginsv1.StalledCondition)
 		case s.retrying:

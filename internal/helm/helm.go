@@ -349,10 +349,10 @@ func (c *Client) Upgrade(ctx context.Context, ch *chart.Chart, vals map[string]a
 	return up.RunWithContext(ctx, c.Name, ch, vals)
 }
 
-// Rollback rolls back to the last deployed revision before the current one.
-func (c *Client) Rollback(timeout time.Duration, maxHistory int) error {
+// Rollback rolls the release back to revision version (0: the one before the current).
+func (c *Client) Rollback(timeout time.Duration, maxHistory, version int) error {
 	rb := action.NewRollback(c.cfg)
-	rb.Timeout, rb.MaxHistory = timeout, maxHistory
+	rb.Timeout, rb.MaxHistory, rb.Version = timeout, maxHistory, version
 	return rb.Run(c.Name)
 }
 

@@ -116,10 +116,13 @@ const (
 	// succeeds, and it takes a concurrency slot.
 	RetryRunning
 	// Recheck: a failure that waits for someone (a conflict with another owner), due to be
-	// looked at again or being looked at. It is a failure of its wave, for the budget and for
-	// completion alike, and it never reopens a wave: Decide lists it in Decision.Recheck, to be
-	// started in a free concurrency slot, in the waves the rollout has reached.
+	// looked at again. It is a failure of its wave, for the budget and for completion alike, and
+	// it never reopens a wave: Decide lists it in Decision.Recheck, to be started in a free
+	// concurrency slot, in the waves the rollout has reached.
 	Recheck
+	// RecheckRunning: a Recheck being looked at. A failure of its wave, like Recheck, that takes
+	// a concurrency slot but keeps no wave open.
+	RecheckRunning
 )
 
 // Decision is what the caller does now.
@@ -128,8 +131,8 @@ type Decision struct {
 	Wave int
 	// Start lists the clusters to start now, in order.
 	Start []string
-	// Recheck lists the Recheck clusters to look at again now (those not already being looked
-	// at: the caller knows), within their waves' free concurrency.
+	// Recheck lists the Recheck clusters to look at again now, within their waves' free
+	// concurrency.
 	Recheck []string
 	// Complete: every wave is done.
 	Complete bool
@@ -154,7 +157,8 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 	for i, w := range waves {
 		// due: retries to start, ahead of the clusters not started yet.
 		var pending, due, recheck []string
-		running, failed, blocked, waiting, retrying, size := 0, 0, 0, 0, 0, 0
+		// checking: rechecks running, which take slots but keep no wave open.
+		running, checking, failed, blocked, waiting, retrying, size := 0, 0, 0, 0, 0, 0, 0
 		for _, c := range w.Clusters {
 			switch states[c] {
 			case Gone:
@@ -162,6 +166,9 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 			case Recheck:
 				failed++
 				recheck = append(recheck, c)
+			case RecheckRunning:
+				failed++
+				checking++
 			case Blocked:
 				blocked++
 			case Retrying:
@@ -191,7 +198,7 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 		budget := resolve(spec.MaxFailures, size, false, 0)
 		// Rechecks take the slots this wave has left once its starts are counted.
 		addRechecks := func() {
-			if free := min(limit-running-len(d.Start), len(recheck)); free > 0 {
+			if free := min(limit-running-checking-len(d.Start), len(recheck)); free > 0 {
 				d.Recheck = append(d.Recheck, recheck[:free]...)
 			}
 		}
@@ -207,7 +214,7 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 				d.Waiting += fmt.Sprintf(" (%d of them are retried)", retrying)
 			}
 			// Only retries start while halted, within the wave's concurrency.
-			if free := min(limit-running, len(due)); free > 0 {
+			if free := min(limit-running-checking, len(due)); free > 0 {
 				d.Start = due[:free]
 			}
 			addRechecks()
@@ -217,12 +224,12 @@ func Decide(spec Spec, waves []Wave, states map[string]State, now time.Time) Dec
 		if len(pending) > 0 || running > 0 || blocked > 0 || waiting > 0 {
 			d.Wave = i
 			d.CompletedAt[i] = nil
-			if free := min(limit-running, len(pending)); free > 0 {
+			if free := min(limit-running-checking, len(pending)); free > 0 {
 				d.Start = pending[:free]
 			}
 			addRechecks()
 			if len(pending) > len(d.Start) {
-				d.Waiting = fmt.Sprintf("wave %s: %d running (maxConcurrency %d), %d waiting", w.Name, running+len(d.Start), limit, len(pending)-len(d.Start))
+				d.Waiting = fmt.Sprintf("wave %s: %d running (maxConcurrency %d), %d waiting", w.Name, running+checking+len(d.Start), limit, len(pending)-len(d.Start))
 			}
 			if blocked > 0 {
 				if d.Waiting != "" {

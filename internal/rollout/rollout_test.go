@@ -251,9 +251,16 @@ func TestARecheckNeverReopensItsWave(t *testing.T) {
 	g.Expect(d.Halted).To(BeTrue())
 	g.Expect(d.Start).To(BeEmpty())
 	g.Expect(d.Recheck).To(Equal([]string{"c01"}))
+	// A running recheck takes its slot: nothing else starts in it, and it is not listed again.
+	spec.MaxFailures = ptr(intstr.FromInt32(1))
+	st = map[string]State{"c00": Succeeded, "c01": RecheckRunning}
+	d = Decide(spec, waves, map[string]State{"c00": RetryDue, "c01": RecheckRunning}, now)
+	g.Expect(d.Start).To(BeEmpty(), "maxConcurrency 1, taken by the recheck")
+	d = Decide(spec, waves, st, now)
+	g.Expect(d.CompletedAt[0]).To(Equal(&done), "a running recheck keeps no wave open")
+	g.Expect(d.Recheck).To(BeEmpty())
 	// A full wave gives rechecks no slot.
 	st = map[string]State{"c00": Succeeded, "c01": Succeeded, "c02": Recheck, "c03": Running}
-	spec.MaxFailures = ptr(intstr.FromInt32(1))
 	d = Decide(spec, waves, st, now.Add(time.Hour))
 	g.Expect(d.Wave).To(Equal(1))
 	g.Expect(d.Recheck).To(BeEmpty())
