@@ -139,4 +139,15 @@ func TestFailingChartIsRemediated(t *testing.T) {
 	g.Expect(h[1].Result).To(Equal("Failed"))
 	g.Eventually(func() []string { return eventNotes(up) }, eventuallyWait, poll).Should(
 		ContainElement(HavePrefix("rolled back hello 0.1.0 → 0.1.0 on " + members[0] + ", revision 3")))
+
+	// An upgrade that fails before Helm writes a revision (the chart does not render) left the
+	// running one alone: nothing is rolled back.
+	mergePatchRelease(g, up, `{"spec":{"values":{"invalidPort":null,"failRender":true}}}`)
+	g.Eventually(func(g Gomega) {
+		c := clusterStatus(getRelease(g, up), members[0])
+		g.Expect(c.Message).To(ContainSubstring("refused by the chart"))
+		g.Expect(c.Message).To(ContainSubstring("nothing to remediate (no revision was written: revision 3 still runs)"))
+	}, eventuallyWait, poll).Should(Succeed())
+	g.Expect(helmRevisions(g, 0, "rollback")).To(Equal(3))
+	g.Expect(getRelease(g, up).Status.History[0].Action).To(Equal("upgrade"), "no rollback recorded")
 }
