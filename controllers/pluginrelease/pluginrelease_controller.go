@@ -127,6 +127,9 @@ type Reconciler struct {
 	// uninstallFailing is since when uninstalling from a target has been failing (see
 	// failingLonger).
 	uninstallFailing map[actionKey]uninstallFailure
+	// rechecked is when a target's conflict was last found still there (the next recheck backs
+	// off from it; after a restart, from when the conflict began).
+	rechecked map[actionKey]time.Time
 }
 
 type actionKey struct {
@@ -177,7 +180,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opt
 	r.drift, r.watches, r.byLabel = map[actionKey]*driftState{}, map[driftWatchKey]*driftWatch{}, map[labelKey]map[actionKey]struct{}{}
 	r.pokes, r.pokeSignal = map[types.NamespacedName]struct{}{}, make(chan struct{}, 1)
 	r.written, r.uninstallAfter, r.uninstallFailing = map[types.UID][]string{}, map[actionKey]time.Time{}, map[actionKey]uninstallFailure{}
-	r.secrets = map[types.UID][]string{}
+	r.secrets, r.rechecked = map[types.UID][]string{}, map[actionKey]time.Time{}
 	go r.pump(ctx)
 	go r.sweeper(ctx)
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &pluginsv1.PluginRelease{}, repositoryIndex, func(o client.Object) []string {

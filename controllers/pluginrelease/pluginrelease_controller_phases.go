@@ -264,6 +264,11 @@ func (r *Reconciler) fold(s *scope) {
 				delete(r.uninstallAfter, key)
 				delete(r.uninstallFailing, key)
 			}
+			if o.failed && o.phase == pluginsv1.PhaseConflict {
+				r.rechecked[key] = o.finished
+			} else if !o.unreachable {
+				delete(r.rechecked, key)
+			}
 			if again {
 				continue
 			}
@@ -775,7 +780,13 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 				// install or upgrade that reads the record first, in a free slot of its wave,
 				// without reopening it: one that finds the conflict gone acts at once.
 				out[name] = rollout.Failed
-				if due := transitioned(c).Add(r.recheckDelay(c.Failures)); s.prel.Spec.Adopt || !now.Before(due) {
+				due := transitioned(c).Add(r.recheckDelay(c.Failures))
+				if last, ok := r.lastRecheck(actionKey{s.prel.UID, name}); ok && last.Add(r.retryDelay(c.Failures)).After(due) {
+					// Rechecks that could not run for a while (a member down, a full wave)
+					// resume at the backoff, not in a burst that catches up with the sum.
+					due = last.Add(r.retryDelay(c.Failures))
+				}
+				if s.prel.Spec.Adopt || !now.Before(due) {
 					out[name] = rollout.Recheck
 				} else if s.conflictAt.IsZero() || due.Before(s.conflictAt) {
 					// Only a requeue: a conflict waits for someone, so it is no retry that
@@ -804,6 +815,14 @@ func (r *Reconciler) states(s *scope, waves []rollout.Wave, now time.Time) (map[
 		}
 	}
 	return out, retryAt
+}
+
+// lastRecheck is when this process last found the target's conflict still there.
+func (r *Reconciler) lastRecheck(key actionKey) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t, ok := r.rechecked[key]
+	return t, ok
 }
 
 // recheckDelay is how long after a target entered Conflict its next recheck is due, after
@@ -1118,13 +1137,13 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 		if err != nil {
 			msg := "upgrade failed: " + r.clean(prel.UID, err)
 			// Remediation undoes what the upgrade wrote: one that failed before writing a
-			// revision (a render error, a refused value) left the last one running.
+			// revision (a render error, a refused value) left the member as it was.
 			wrote := true
 			if cur, lerr := hc.Last(); lerr == nil && cur != nil && cur.Version == last.Version {
 				wrote = false
 			}
 			if rem := remediationFor(prel, false); rem != nil && ctx.Err() == nil && !wrote {
-				msg += fmt.Sprintf("; nothing to remediate (no revision was written: revision %d still runs)", last.Version)
+				msg += "; nothing to remediate (the upgrade wrote no revision: the member is as it was)"
 			} else if rem != nil && ctx.Err() == nil {
 				switch rem.Strategy {
 				case pluginsv1.RemediationUninstall:
@@ -1134,22 +1153,33 @@ func (r *Reconciler) installOrUpgrade(ctx context.Context, prel *pluginsv1.Plugi
 						msg += "; uninstalled (remediation)"
 					}
 				default:
-					rb := &rollbackOutcome{started: time.Now(), from: resolved.Version}
-					if last.Chart != nil && last.Chart.Metadata != nil {
-						rb.to = last.Chart.Metadata.Version
-					}
-					if rerr := hc.Rollback(opts.Timeout, opts.MaxHistory, last.Version); rerr != nil {
-						rb.failed, rb.msg = true, "rolling back failed: "+r.clean(prel.UID, rerr)
-						msg += "; rolling back failed too: " + r.clean(prel.UID, rerr)
-					} else {
-						rb.msg = fmt.Sprintf("rolled back to revision %d after the failed upgrade", last.Version)
-						if cur, lerr := hc.Last(); lerr == nil && cur != nil {
-							rb.revision = cur.Version
+					// Back to the revision that last ran well: the deployed one (a failed upgrade
+					// leaves it deployed), not merely the one before (an interrupted or failed
+					// attempt, whose manifest never ran).
+					to, derr := hc.Deployed()
+					switch {
+					case derr != nil:
+						msg += "; not rolled back: reading the deployed revision failed: " + r.clean(prel.UID, derr)
+					case to == nil:
+						msg += "; not rolled back: no revision was ever deployed well"
+					default:
+						rb := &rollbackOutcome{started: time.Now(), from: resolved.Version}
+						if to.Chart != nil && to.Chart.Metadata != nil {
+							rb.to = to.Chart.Metadata.Version
 						}
-						msg += "; rolled back to the previous revision (remediation)"
+						if rerr := hc.Rollback(opts.Timeout, opts.MaxHistory, to.Version); rerr != nil {
+							rb.failed, rb.msg = true, fmt.Sprintf("rolling back to revision %d failed: %s", to.Version, r.clean(prel.UID, rerr))
+							msg += "; rolling back failed too: " + r.clean(prel.UID, rerr)
+						} else {
+							rb.msg = fmt.Sprintf("rolled back to revision %d after the failed upgrade", to.Version)
+							if cur, lerr := hc.Last(); lerr == nil && cur != nil {
+								rb.revision = cur.Version
+							}
+							msg += fmt.Sprintf("; rolled back to revision %d (remediation)", to.Version)
+						}
+						rb.finished = time.Now()
+						o.rollback = rb
 					}
-					rb.finished = time.Now()
-					o.rollback = rb
 				}
 			}
 			return finish(pluginsv1.PhaseFailed, true, msg)
@@ -1201,10 +1231,12 @@ func (r *Reconciler) startUninstall(ctx context.Context, s *scope, name string, 
 	prel := s.prel.DeepCopy()
 	c := s.cluster(name)
 	from := c.ChartVersion
-	if c.Revision == 0 && (c.Phase == pluginsv1.PhasePending || c.Phase == pluginsv1.PhaseWaiting || c.Phase == pluginsv1.PhaseConflict) {
-		// Never acted on there (or someone else's release): nothing to remove. An install that
-		// was under way, failed or cut off by the member going away may have left a release:
-		// uninstalled (a missing one is not an error).
+	if c.Revision == 0 && (c.Phase == pluginsv1.PhasePending || c.Phase == pluginsv1.PhaseWaiting) {
+		// Never acted on there: nothing to remove. An install that was under way, failed or cut
+		// off by the member going away may have left a release: uninstalled (a missing one is
+		// not an error). So may a conflict's recheck that found it gone and installed (status
+		// shows Conflict until its outcome is written): the uninstall leaves a release that is
+		// not this PluginRelease's alone.
 		delete(s.clusters, name)
 		return
 	}
@@ -1389,6 +1421,11 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, s *scope) (ctrl.Result
 	for k := range r.uninstallFailing {
 		if k.uid == prel.UID {
 			delete(r.uninstallFailing, k)
+		}
+	}
+	for k := range r.rechecked {
+		if k.uid == prel.UID {
+			delete(r.rechecked, k)
 		}
 	}
 	r.mu.Unlock()

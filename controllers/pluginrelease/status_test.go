@@ -67,7 +67,7 @@ func TestFailuresCountOneKindOfFailureInARow(t *testing.T) {
 	uid := types.UID("uid-failures")
 	key := actionKey{uid: uid, cluster: "m0"}
 	r := &Reconciler{done: map[actionKey][]outcome{}, secrets: map[types.UID][]string{},
-		uninstallAfter: map[actionKey]time.Time{}, uninstallFailing: map[actionKey]uninstallFailure{}}
+		uninstallAfter: map[actionKey]time.Time{}, uninstallFailing: map[actionKey]uninstallFailure{}, rechecked: map[actionKey]time.Time{}}
 	prel := &pluginsv1.PluginRelease{ObjectMeta: metav1.ObjectMeta{Name: "failures", Namespace: "apps", UID: uid}}
 	s := newScope(prel)
 	fold := func(os ...outcome) int32 {
@@ -108,7 +108,7 @@ func TestTheUninstallGraceSurvivesARestartAndARejoin(t *testing.T) {
 			{Time: hour, Cluster: "m0", Action: opUninstall, Result: "Failed"},
 			{Time: metav1.NewTime(hour.Add(-time.Minute)), Cluster: "m0", Action: opUpgrade, Result: "Succeeded"}}}}
 	r := &Reconciler{done: map[actionKey][]outcome{}, secrets: map[types.UID][]string{},
-		uninstallAfter: map[actionKey]time.Time{}, uninstallFailing: map[actionKey]uninstallFailure{}}
+		uninstallAfter: map[actionKey]time.Time{}, uninstallFailing: map[actionKey]uninstallFailure{}, rechecked: map[actionKey]time.Time{}}
 	s := newScope(prel)
 	c := &pluginsv1.ClusterReleaseStatus{Name: "m0", Phase: pluginsv1.PhaseUninstalling,
 		LastTransitionTime: &metav1.Time{Time: hour.Add(-time.Minute)}}

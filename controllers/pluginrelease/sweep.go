@@ -85,6 +85,11 @@ func (r *Reconciler) sweep(ctx context.Context) error {
 				delete(r.uninstallFailing, k)
 			}
 		}
+		for k := range r.rechecked {
+			if k.uid == uid {
+				delete(r.rechecked, k)
+			}
+		}
 		delete(r.written, uid)
 		delete(r.secrets, uid)
 	}
@@ -110,6 +115,9 @@ func (r *Reconciler) knownUIDs() map[types.UID]struct{} {
 		out[k.uid] = struct{}{}
 	}
 	for k := range r.uninstallFailing {
+		out[k.uid] = struct{}{}
+	}
+	for k := range r.rechecked {
 		out[k.uid] = struct{}{}
 	}
 	for uid := range r.written {

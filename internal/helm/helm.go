@@ -211,6 +211,16 @@ func (c *Client) Last() (*release.Release, error) {
 	return rel, err
 }
 
+// Deployed returns the release's deployed revision, or nil when none is (every revision failed,
+// pending or superseded by one that failed).
+func (c *Client) Deployed() (*release.Release, error) {
+	rel, err := c.cfg.Releases.Deployed(c.Name)
+	if errors.Is(err, driver.ErrNoDeployedReleases) || errors.Is(err, driver.ErrReleaseNotFound) {
+		return nil, nil
+	}
+	return rel, err
+}
+
 // RecoverPending marks a release left pending-install, pending-upgrade or pending-rollback (by a
 // manager that died, or an action cut off mid-way) as failed, so that the next action may run:
 // Helm treats a pending release as a lock that nothing else clears. Only call it when no action
