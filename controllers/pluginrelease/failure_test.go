@@ -123,7 +123,7 @@ func TestFailingChartIsRemediated(t *testing.T) {
 		c := clusterStatus(getRelease(g, up), members[0])
 		g.Expect(c.Phase).To(Equal(pluginsv1.PhaseFailed))
 		g.Expect(c.Reason).To(Equal(pluginsv1.ClusterReasonUpgradeFailed))
-		g.Expect(c.Message).To(ContainSubstring("rolled back to the previous revision"))
+		g.Expect(c.Message).To(ContainSubstring("rolled back to revision 1 (remediation)"))
 		g.Expect(c.Message).To(ContainSubstring("70000"))
 	}, eventuallyWait, poll).Should(Succeed())
 	g.Expect(configMapIn(g, 0, "rollback")).NotTo(BeNil(), "the rolled-back revision's objects are there")
@@ -146,7 +146,7 @@ func TestFailingChartIsRemediated(t *testing.T) {
 	g.Eventually(func(g Gomega) {
 		c := clusterStatus(getRelease(g, up), members[0])
 		g.Expect(c.Message).To(ContainSubstring("refused by the chart"))
-		g.Expect(c.Message).To(ContainSubstring("nothing to remediate (no revision was written: revision 3 still runs)"))
+		g.Expect(c.Message).To(ContainSubstring("nothing to remediate (the upgrade wrote no revision"))
 	}, eventuallyWait, poll).Should(Succeed())
 	g.Expect(helmRevisions(g, 0, "rollback")).To(Equal(3))
 	g.Expect(getRelease(g, up).Status.History[0].Action).To(Equal("upgrade"), "no rollback recorded")
