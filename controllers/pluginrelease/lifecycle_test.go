@@ -167,13 +167,18 @@ func TestATargetAlreadyRunningTheChangeGetsNoNewRevision(t *testing.T) {
 	got := waitReleaseReady(t, prel)
 	g.Expect(helmRevisions(g, 0, "rekeyed")).To(Equal(1))
 	was := got.Status.Clusters[0].ConfigDigest
+	// forgetDigest makes status lose what the target runs (a digest made with another key),
+	// then changes maxHistory, so that a pass runs now.
+	forgetDigest := func(maxHistory int) {
+		g.Eventually(func() error {
+			cur := getRelease(g, prel)
+			cur.Status.Clusters[0].ConfigDigest = "hmac:made-with-another-key"
+			return mgmt.Status().Update(ctx, cur)
+		}, eventuallyWait, poll).Should(Succeed())
+		mergePatchRelease(g, prel, fmt.Sprintf(`{"spec":{"maxHistory":%d}}`, maxHistory))
+	}
 
-	g.Eventually(func() error {
-		cur := getRelease(g, prel)
-		cur.Status.Clusters[0].ConfigDigest = "hmac:made-with-another-key"
-		return mgmt.Status().Update(ctx, cur)
-	}, eventuallyWait, poll).Should(Succeed())
-	mergePatchRelease(g, prel, `{"spec":{"maxHistory":5}}`) // a spec change, so a pass runs now
+	forgetDigest(5)
 	got = waitReleaseReady(t, prel)
 	g.Expect(got.Status.Clusters[0].ConfigDigest).To(Equal(was))
 	g.Expect(got.Status.Clusters[0].Revision).To(Equal(int32(1)))
@@ -188,12 +193,7 @@ func TestATargetAlreadyRunningTheChangeGetsNoNewRevision(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	rec.Manifest += "\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: forged\n  namespace: apps\n"
 	g.Expect(st.Update(rec)).To(Succeed())
-	g.Eventually(func() error {
-		cur := getRelease(g, prel)
-		cur.Status.Clusters[0].ConfigDigest = "hmac:made-with-another-key"
-		return mgmt.Status().Update(ctx, cur)
-	}, eventuallyWait, poll).Should(Succeed())
-	mergePatchRelease(g, prel, `{"spec":{"maxHistory":6}}`)
+	forgetDigest(6)
 	g.Eventually(func() int { return helmRevisions(g, 0, "rekeyed") }, eventuallyWait, poll).Should(Equal(2))
 	waitReleaseReady(t, prel)
 	g.Expect(configMapNamed(g, 0, "forged")).To(BeNil())
@@ -207,12 +207,7 @@ func TestATargetAlreadyRunningTheChangeGetsNoNewRevision(t *testing.T) {
 		Manifest: "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: forged-hook\n  namespace: apps\n",
 		Events:   []release.HookEvent{release.HookPreDelete}})
 	g.Expect(st.Update(rec)).To(Succeed())
-	g.Eventually(func() error {
-		cur := getRelease(g, prel)
-		cur.Status.Clusters[0].ConfigDigest = "hmac:made-with-another-key"
-		return mgmt.Status().Update(ctx, cur)
-	}, eventuallyWait, poll).Should(Succeed())
-	mergePatchRelease(g, prel, `{"spec":{"maxHistory":7}}`)
+	forgetDigest(7)
 	g.Eventually(func() int { return helmRevisions(g, 0, "rekeyed") }, eventuallyWait, poll).Should(Equal(3))
 	waitReleaseReady(t, prel)
 	rec, err = st.Last("rekeyed")
