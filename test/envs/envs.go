@@ -8,8 +8,11 @@
 package envs
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"io"
 
 	"os"
 	"os/exec"
@@ -17,6 +20,8 @@ import (
 	"runtime"
 	"sync"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -140,6 +145,10 @@ func Start(opts Options) (_ *Env, retErr error) {
 			ErrorIfCRDPathMissing: true,
 		}
 		cp, err := startControlPlane("management", env)
+		if err == nil {
+			// The admission policies the chart ships (config/admission), as a real install has.
+			err = applyManifests(context.Background(), cp.Client, filepath.Join(root, "config", "admission"))
+		}
 		e.Management, errs[0] = cp, err
 	}()
 	for i := range opts.Members {
@@ -322,4 +331,34 @@ func (cp *ControlPlane) Kubectl(args ...string) ([]byte, error) {
 	}
 	cmd := exec.Command(filepath.Join(assets, "kubectl"), append([]string{"--kubeconfig", kc}, args...)...)
 	return cmd.CombinedOutput()
+}
+
+// applyManifests creates every object of the YAML files in dir (documents separated by ---).
+func applyManifests(ctx context.Context, c client.Client, dir string) error {
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+		for {
+			u := &unstructured.Unstructured{}
+			if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				return fmt.Errorf("%s: %w", f, err)
+			}
+			if len(u.Object) == 0 {
+				continue
+			}
+			if err := c.Create(ctx, u); err != nil {
+				return fmt.Errorf("%s: creating %s %s: %w", f, u.GetKind(), u.GetName(), err)
+			}
+		}
+	}
+	return nil
 }
