@@ -15,7 +15,7 @@ const (
 )
 
 // Subject is who a RoleGrant grants the role to.
-// +kubebuilder:validation:XValidation:rule="self.kind == 'ServiceAccount' ? has(self.__namespace__) && self.__namespace__ != '' : !has(self.__namespace__) || self.__namespace__ == ''",message="namespace is required for a ServiceAccount and only for one"
+// +kubebuilder:validation:XValidation:rule="self.kind == 'ServiceAccount' ? has(self.__namespace__) && size(self.__namespace__) > 0 : !has(self.__namespace__) || size(self.__namespace__) == 0",message="namespace is required for a ServiceAccount and only for one"
 type Subject struct {
 	// Kind is User, Group or ServiceAccount.
 	// +kubebuilder:validation:Enum=User;Group;ServiceAccount
