@@ -1,0 +1,185 @@
+// Package tenancy holds the logic of the tenancy.paddock.dev kinds (Workspace, NamespaceQuota,
+// RoleGrant). Issue 8 builds their controllers on it; this file is the workspace budget's
+// ledger.
+package tenancy
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	tenancyv1 "github.com/paddock-dev/paddock/api/tenancy/v1alpha1"
+)
+
+// Claim is a NamespaceQuota asking for its share of its workspace's budget.
+type Claim struct {
+	Name       string
+	Generation int64
+	Created    time.Time
+	// Hard is the per-cluster hard it asks for; Clusters how many clusters it selects.
+	Hard     corev1.ResourceList
+	Clusters int32
+}
+
+// amount is what a claim or an allocation takes from the budget: hard times clusters.
+func amount(hard corev1.ResourceList, clusters int32) corev1.ResourceList {
+	out := corev1.ResourceList{}
+	for name, q := range hard {
+		t := q.DeepCopy()
+		t.Mul(int64(clusters))
+		out[name] = t
+	}
+	return out
+}
+
+// Admission is the ledger after one decision: the allocations kept, and why each claim that
+// was not admitted at its current generation was refused.
+type Admission struct {
+	Allocations []tenancyv1.Allocation
+	// Refused maps a NamespaceQuota to why its current spec was not admitted (a previous
+	// admitted allocation, if any, stays in Allocations).
+	Refused map[string]string
+	// Allocated is the sum of the allocations.
+	Allocated corev1.ResourceList
+}
+
+// Admit decides, in one place and one claim at a time, which claims the budget admits, so that
+// two NamespaceQuotas racing for the last of a budget can never both have it: the workspace's
+// reconciler is the ledger's only writer, and it writes with an optimistic lock.
+//
+// An allocation already admitted for a claim's current generation stays. Claims that are new or
+// changed are decided oldest first (then by name): admitted if the budget still holds them,
+// their previous allocation replaced; else refused, the previous allocation kept (the member
+// keeps the quota it had). A claim must set every resource the budget limits (else its
+// namespace would be unlimited in it). Allocations of NamespaceQuotas that are gone are freed.
+func Admit(budget corev1.ResourceList, ledger []tenancyv1.Allocation, claims []Claim) Admission {
+	out := Admission{Refused: map[string]string{}, Allocated: corev1.ResourceList{}}
+	byName := map[string]tenancyv1.Allocation{}
+	for _, a := range ledger {
+		byName[a.NamespaceQuota] = a
+	}
+	claims = append([]Claim(nil), claims...)
+	sort.Slice(claims, func(i, j int) bool {
+		if !claims[i].Created.Equal(claims[j].Created) {
+			return claims[i].Created.Before(claims[j].Created)
+		}
+		return claims[i].Name < claims[j].Name
+	})
+	kept := map[string]tenancyv1.Allocation{}
+	var pending []Claim
+	for _, c := range claims {
+		if a, ok := byName[c.Name]; ok {
+			kept[c.Name] = a
+			addTo(out.Allocated, amount(a.Hard, a.Clusters))
+			if a.Generation == c.Generation {
+				continue
+			}
+		}
+		pending = append(pending, c)
+	}
+	// Decreases first (they always fit, and free room for the rest), then by age.
+	sort.SliceStable(pending, func(i, j int) bool {
+		return shrinks(kept, pending[i]) && !shrinks(kept, pending[j])
+	})
+	for _, c := range pending {
+		if missing := missingResources(budget, c.Hard); len(missing) > 0 {
+			out.Refused[c.Name] = fmt.Sprintf("the workspace's quota limits %s: spec.hard must set %s too", strings.Join(missing, ", "),
+				map[bool]string{true: "it", false: "them"}[len(missing) == 1])
+			continue
+		}
+		total := out.Allocated.DeepCopy()
+		if prev, ok := kept[c.Name]; ok {
+			subFrom(total, amount(prev.Hard, prev.Clusters))
+		}
+		want := amount(c.Hard, c.Clusters)
+		addTo(total, want)
+		if over := overBudget(budget, total); len(over) > 0 {
+			out.Refused[c.Name] = fmt.Sprintf("%s x %d clusters would take the workspace over its quota: %s", formatList(c.Hard, budget),
+				c.Clusters, strings.Join(over, "; "))
+			continue
+		}
+		out.Allocated = total
+		kept[c.Name] = tenancyv1.Allocation{NamespaceQuota: c.Name, Generation: c.Generation, Hard: c.Hard.DeepCopy(), Clusters: c.Clusters}
+	}
+	for _, c := range claims {
+		if a, ok := kept[c.Name]; ok {
+			out.Allocations = append(out.Allocations, a)
+		}
+	}
+	sort.Slice(out.Allocations, func(i, j int) bool { return out.Allocations[i].NamespaceQuota < out.Allocations[j].NamespaceQuota })
+	return out
+}
+
+// shrinks says whether claim c asks for no more of anything than its kept allocation.
+func shrinks(kept map[string]tenancyv1.Allocation, c Claim) bool {
+	prev, ok := kept[c.Name]
+	if !ok {
+		return false
+	}
+	was, want := amount(prev.Hard, prev.Clusters), amount(c.Hard, c.Clusters)
+	for name, q := range want {
+		if p, ok := was[name]; !ok || q.Cmp(p) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func addTo(sum, l corev1.ResourceList) {
+	for name, q := range l {
+		t := sum[name]
+		t.Add(q)
+		sum[name] = t
+	}
+}
+
+func subFrom(sum, l corev1.ResourceList) {
+	for name, q := range l {
+		t := sum[name]
+		t.Sub(q)
+		sum[name] = t
+	}
+}
+
+// missingResources are the budget's resources that hard does not set, sorted.
+func missingResources(budget, hard corev1.ResourceList) []string {
+	var out []string
+	for name := range budget {
+		if _, ok := hard[name]; !ok {
+			out = append(out, string(name))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// overBudget says, for each of the budget's resources that total exceeds, by how much.
+func overBudget(budget, total corev1.ResourceList) []string {
+	var out []string
+	for name, limit := range budget {
+		t, ok := total[name]
+		if !ok || t.Cmp(limit) <= 0 {
+			continue
+		}
+		excess := t.DeepCopy()
+		excess.Sub(limit)
+		out = append(out, fmt.Sprintf("%s %s of %s (%s over)", name, t.String(), limit.String(), excess.String()))
+	}
+	sort.Strings(out)
+	return out
+}
+
+// formatList shows the budget's resources of hard, sorted ("pods=20, requests.cpu=2").
+func formatList(hard, budget corev1.ResourceList) string {
+	var parts []string
+	for name, q := range hard {
+		if _, ok := budget[name]; ok {
+			parts = append(parts, string(name)+"="+q.String())
+		}
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
