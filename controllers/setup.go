@@ -15,6 +15,7 @@ import (
 	"github.com/paddock-dev/paddock/controllers/membercluster"
 	"github.com/paddock-dev/paddock/controllers/pluginrelease"
 	"github.com/paddock-dev/paddock/controllers/pluginrepository"
+	"github.com/paddock-dev/paddock/controllers/tenancy"
 	"github.com/paddock-dev/paddock/internal/chartrepo"
 	"github.com/paddock-dev/paddock/internal/clustercache"
 	"github.com/paddock-dev/paddock/internal/flags"
@@ -100,6 +101,12 @@ var registry = []registration{
 			SecretNamespaces:     o.ValuesSecretNamespaces,
 			ProtectedNamespaces:  append(append([]string{}, o.KubeconfigSecretNamespaces...), o.RepositorySecretNamespace),
 			DigestKey:            o.DigestKey,
+		}).SetupWithManager(ctx, mgr, co)
+	}},
+	{"workspace", func(ctx context.Context, mgr ctrl.Manager, o Options, co controller.Options) error {
+		return (&tenancy.WorkspaceReconciler{
+			Client:   mgr.GetClient(),
+			Recorder: mgr.GetEventRecorder("workspace-controller"),
 		}).SetupWithManager(ctx, mgr, co)
 	}},
 }

@@ -22,6 +22,10 @@ type Claim struct {
 	// Hard is the per-cluster hard it asks for; Clusters how many clusters it selects.
 	Hard     corev1.ResourceList
 	Clusters int32
+	// Hold keeps what was admitted for it, without deciding anything (a NamespaceQuota that
+	// exists but cannot be decided now: its selector is invalid, or it selects clusters outside
+	// the workspace; its quotas may still be in the members).
+	Hold bool
 }
 
 // amount is what a claim or an allocation takes from the budget: hard times clusters.
@@ -74,17 +78,28 @@ func Admit(budget corev1.ResourceList, ledger []tenancyv1.Allocation, claims []C
 		if a, ok := byName[c.Name]; ok {
 			kept[c.Name] = a
 			addTo(out.Allocated, amount(a.Hard, a.Clusters))
-			if a.Generation == c.Generation {
+			// Decided again when its spec or the clusters it selects changed.
+			if c.Hold || (a.Generation == c.Generation && a.Clusters == c.Clusters) {
 				continue
 			}
 		}
-		pending = append(pending, c)
+		if !c.Hold {
+			pending = append(pending, c)
+		}
 	}
 	// Decreases first (they always fit, and free room for the rest), then by age.
 	sort.SliceStable(pending, func(i, j int) bool {
 		return shrinks(kept, pending[i]) && !shrinks(kept, pending[j])
 	})
 	for _, c := range pending {
+		if neg := negativeResources(c.Hard); len(neg) > 0 {
+			out.Refused[c.Name] = "spec.hard must not be negative: " + strings.Join(neg, ", ")
+			continue
+		}
+		if _, ok := kept[c.Name]; !ok && len(kept) >= tenancyv1.MaxWorkspaceNamespaces {
+			out.Refused[c.Name] = fmt.Sprintf("the workspace holds at most %d NamespaceQuotas with a quota", tenancyv1.MaxWorkspaceNamespaces)
+			continue
+		}
 		if missing := missingResources(budget, c.Hard); len(missing) > 0 {
 			out.Refused[c.Name] = fmt.Sprintf("the workspace's quota limits %s: spec.hard must set %s too", strings.Join(missing, ", "),
 				map[bool]string{true: "it", false: "them"}[len(missing) == 1])
@@ -94,15 +109,18 @@ func Admit(budget corev1.ResourceList, ledger []tenancyv1.Allocation, claims []C
 		if prev, ok := kept[c.Name]; ok {
 			subFrom(total, amount(prev.Hard, prev.Clusters))
 		}
-		want := amount(c.Hard, c.Clusters)
+		want := amount(budgeted(c.Hard, budget), c.Clusters)
 		addTo(total, want)
-		if over := overBudget(budget, total); len(over) > 0 {
+		// Over the budget only if it grows something that is over: a workspace whose quota was
+		// lowered below what it admitted still takes decreases (and edits that change nothing
+		// it counts).
+		if over := overBudget(budget, total); len(over) > 0 && grows(kept, c, budget, total) {
 			out.Refused[c.Name] = fmt.Sprintf("%s x %d clusters would take the workspace over its quota: %s", formatList(c.Hard, budget),
 				c.Clusters, strings.Join(over, "; "))
 			continue
 		}
 		out.Allocated = total
-		kept[c.Name] = tenancyv1.Allocation{NamespaceQuota: c.Name, Generation: c.Generation, Hard: c.Hard.DeepCopy(), Clusters: c.Clusters}
+		kept[c.Name] = tenancyv1.Allocation{NamespaceQuota: c.Name, Generation: c.Generation, Hard: budgeted(c.Hard, budget), Clusters: c.Clusters}
 	}
 	for _, c := range claims {
 		if a, ok := kept[c.Name]; ok {
@@ -113,6 +131,50 @@ func Admit(budget corev1.ResourceList, ledger []tenancyv1.Allocation, claims []C
 	return out
 }
 
+// grows says whether claim c, in place of what was kept for it, takes more of a budgeted
+// resource that total has over the budget.
+func grows(kept map[string]tenancyv1.Allocation, c Claim, budget, total corev1.ResourceList) bool {
+	prev, ok := kept[c.Name]
+	if !ok {
+		return true
+	}
+	was, want := amount(prev.Hard, prev.Clusters), amount(c.Hard, c.Clusters)
+	for name, limit := range budget {
+		t := total[name]
+		if t.Cmp(limit) <= 0 {
+			continue
+		}
+		w, p := want[name], was[name]
+		if w.Cmp(p) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// budgeted is the part of hard the budget counts (what an allocation keeps).
+func budgeted(hard, budget corev1.ResourceList) corev1.ResourceList {
+	out := corev1.ResourceList{}
+	for name, q := range hard {
+		if _, ok := budget[name]; ok {
+			out[name] = q.DeepCopy()
+		}
+	}
+	return out
+}
+
+// negativeResources lists hard's negative quantities, sorted.
+func negativeResources(hard corev1.ResourceList) []string {
+	var out []string
+	for name, q := range hard {
+		if q.Sign() < 0 {
+			out = append(out, string(name)+"="+q.String())
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 // shrinks says whether claim c asks for no more of anything than its kept allocation.
 func shrinks(kept map[string]tenancyv1.Allocation, c Claim) bool {
 	prev, ok := kept[c.Name]
@@ -120,8 +182,8 @@ func shrinks(kept map[string]tenancyv1.Allocation, c Claim) bool {
 		return false
 	}
 	was, want := amount(prev.Hard, prev.Clusters), amount(c.Hard, c.Clusters)
-	for name, q := range want {
-		if p, ok := was[name]; !ok || q.Cmp(p) > 0 {
+	for name, p := range was {
+		if q, ok := want[name]; !ok || q.Cmp(p) > 0 {
 			return false
 		}
 	}

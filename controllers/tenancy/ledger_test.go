@@ -95,5 +95,45 @@ func TestAClaimMustSetWhatTheBudgetLimits(t *testing.T) {
 	a = Admit(list("requests.cpu", "10"), nil,
 		[]Claim{{Name: "with-pods", Generation: 1, Hard: list("requests.cpu", "1", "pods", "1000"), Clusters: 3}})
 	g.Expect(a.Refused).To(BeEmpty())
-	g.Expect(allocated(a, "pods")).To(Equal("3k"))
+	g.Expect(a.Allocations[0].Hard).To(Equal(list("requests.cpu", "1")), "the ledger keeps what the budget counts")
+	g.Expect(allocated(a, "requests.cpu")).To(Equal("3"))
+}
+
+// A negative quantity would free budget for others: refused.
+func TestANegativeClaimIsRefused(t *testing.T) {
+	g := NewWithT(t)
+	a := Admit(list("requests.cpu", "10"), nil, []Claim{
+		{Name: "negative", Generation: 1, Hard: list("requests.cpu", "-100"), Clusters: 1},
+		{Name: "big", Generation: 1, Created: time.Now(), Hard: list("requests.cpu", "10"), Clusters: 1}})
+	g.Expect(a.Refused).To(HaveKeyWithValue("negative", "spec.hard must not be negative: requests.cpu=-100"))
+	g.Expect(admitted(a)).To(Equal(map[string]int64{"big": 1}))
+}
+
+// A claim is decided again when the clusters it selects change, its spec unchanged; one held
+// (it cannot be decided now) keeps its share; a workspace over its lowered budget still takes
+// decreases and edits that grow nothing.
+func TestClaimsAreDecidedAgainWhenTheirClustersChange(t *testing.T) {
+	g := NewWithT(t)
+	budget := list("requests.cpu", "10")
+	a := Admit(budget, nil, []Claim{{Name: "q", Generation: 1, Hard: list("requests.cpu", "2"), Clusters: 2}})
+	g.Expect(allocated(a, "requests.cpu")).To(Equal("4"))
+	a = Admit(budget, a.Allocations, []Claim{{Name: "q", Generation: 1, Hard: list("requests.cpu", "2"), Clusters: 6}})
+	g.Expect(a.Refused).To(HaveKey("q"), "12 does not fit")
+	g.Expect(allocated(a, "requests.cpu")).To(Equal("4"), "the 2 clusters' share stays")
+	a = Admit(budget, a.Allocations, []Claim{{Name: "q", Generation: 1, Hard: list("requests.cpu", "2"), Clusters: 5}})
+	g.Expect(a.Refused).To(BeEmpty())
+	g.Expect(allocated(a, "requests.cpu")).To(Equal("10"))
+	held := Admit(budget, a.Allocations, []Claim{{Name: "q", Hold: true}})
+	g.Expect(held.Allocations).To(Equal(a.Allocations), "held: kept as it was")
+
+	// The budget lowered to 6: over, yet a decrease, and an edit that grows nothing, are taken.
+	low := list("requests.cpu", "6")
+	a = Admit(low, a.Allocations, []Claim{{Name: "q", Generation: 2, Hard: list("requests.cpu", "2", "pods", "5"), Clusters: 5}})
+	g.Expect(a.Refused).To(BeEmpty(), "an edit of what the budget does not count")
+	g.Expect(admitted(a)).To(Equal(map[string]int64{"q": 2}))
+	a = Admit(low, a.Allocations, []Claim{{Name: "q", Generation: 3, Hard: list("requests.cpu", "1.5"), Clusters: 5}})
+	g.Expect(a.Refused).To(BeEmpty(), "a decrease, still over")
+	g.Expect(allocated(a, "requests.cpu")).To(Equal("7500m"))
+	a = Admit(low, a.Allocations, []Claim{{Name: "q", Generation: 4, Hard: list("requests.cpu", "1.6"), Clusters: 5}})
+	g.Expect(a.Refused).To(HaveKey("q"), "growing while over")
 }
