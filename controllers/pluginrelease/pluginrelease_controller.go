@@ -2,6 +2,7 @@ package pluginrelease
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -31,6 +32,7 @@ import (
 	"github.com/paddock-dev/paddock/internal/chartrepo"
 	"github.com/paddock-dev/paddock/internal/clustercache"
 	"github.com/paddock-dev/paddock/internal/digestkey"
+	"github.com/paddock-dev/paddock/internal/fleet"
 )
 
 // Finalizer makes deleting a PluginRelease uninstall it from every target first.
@@ -363,43 +365,10 @@ func (r *Reconciler) cacheBehind(prel *pluginsv1.PluginRelease) bool {
 
 // targets lists the MemberClusters the release selects, by name.
 func (r *Reconciler) targets(ctx context.Context, prel *pluginsv1.PluginRelease) (map[string]*clustersv1.MemberCluster, error) {
-	var list clustersv1.MemberClusterList
-	if prel.Spec.Targets.ClusterSelector == nil {
-		// Names only: a Get each, not a walk over the whole fleet.
-		for _, n := range prel.Spec.Targets.ClusterNames {
-			mc := &clustersv1.MemberCluster{}
-			if err := r.Client.Get(ctx, client.ObjectKey{Name: n}, mc); err != nil {
-				if apierrors.IsNotFound(err) {
-					continue
-				}
-				return nil, err
-			}
-			list.Items = append(list.Items, *mc)
-		}
-	} else if err := r.Client.List(ctx, &list); err != nil {
-		return nil, err
+	out, err := fleet.Select(ctx, r.Client, prel.Spec.Targets.ClusterNames, prel.Spec.Targets.ClusterSelector, "spec.targets")
+	var se *fleet.SelectorError
+	if errors.As(err, &se) {
+		return nil, &valuesError{msg: se.Error()}
 	}
-	var sel labels.Selector
-	if prel.Spec.Targets.ClusterSelector != nil {
-		var err error
-		sel, err = metav1.LabelSelectorAsSelector(prel.Spec.Targets.ClusterSelector)
-		if err != nil {
-			return nil, &valuesError{msg: fmt.Sprintf("spec.targets.clusterSelector: %s", err)}
-		}
-	}
-	names := map[string]bool{}
-	for _, n := range prel.Spec.Targets.ClusterNames {
-		names[n] = true
-	}
-	out := map[string]*clustersv1.MemberCluster{}
-	for i := range list.Items {
-		mc := &list.Items[i]
-		if !mc.DeletionTimestamp.IsZero() {
-			continue
-		}
-		if names[mc.Name] || (sel != nil && sel.Matches(labels.Set(mc.Labels))) {
-			out[mc.Name] = mc
-		}
-	}
-	return out, nil
+	return out, err
 }

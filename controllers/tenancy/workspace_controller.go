@@ -26,6 +26,7 @@ import (
 
 	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 	tenancyv1 "github.com/paddock-dev/paddock/api/tenancy/v1alpha1"
+	"github.com/paddock-dev/paddock/internal/fleet"
 )
 
 // WorkspaceIndex indexes NamespaceQuotas by spec.workspace.
@@ -129,10 +130,10 @@ func (r *WorkspaceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: status, Reason: reason, Message: msg, ObservedGeneration: gen})
 	}
 	clusters, err := selectClusters(ctx, r.Client, ws.Spec.Clusters, "spec.clusters")
-	var selErr *selectorError
+	var selErr *fleet.SelectorError
 	if errors.As(err, &selErr) {
-		set(tenancyv1.ReadyCondition, metav1.ConditionFalse, ReasonInvalidSelector, selErr.msg)
-		set(tenancyv1.StalledCondition, metav1.ConditionTrue, ReasonInvalidSelector, selErr.msg)
+		set(tenancyv1.ReadyCondition, metav1.ConditionFalse, ReasonInvalidSelector, selErr.Error())
+		set(tenancyv1.StalledCondition, metav1.ConditionTrue, ReasonInvalidSelector, selErr.Error())
 		meta.RemoveStatusCondition(&st.Conditions, tenancyv1.ReconcilingCondition)
 		st.ObservedGeneration = gen
 		return ctrl.Result{}, r.patchStatus(ctx, orig, ws)
