@@ -52,7 +52,7 @@ type NamespaceQuotaSpec struct {
 	// +kubebuilder:validation:MaxLength=63
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="namespace is immutable; create another NamespaceQuota"
-	// +kubebuilder:validation:XValidation:rule="!(self in ['default', 'kube-system', 'kube-public', 'kube-node-lease']) && !self.startsWith('kube-')",message="a system namespace cannot be managed by a NamespaceQuota"
+	// +kubebuilder:validation:XValidation:rule="!(self in ['default', 'kube-system', 'kube-public', 'kube-node-lease', 'paddock-system']) && !self.startsWith('kube-')",message="a system namespace (default, kube-*, or Paddock's own paddock-system) cannot be managed by a NamespaceQuota"
 	Namespace string `json:"namespace"`
 
 	// Workspace is the Workspace the namespace belongs to. Moving the namespace to another

@@ -93,9 +93,15 @@ func TestNamespaceQuotaValidation(t *testing.T) {
 		}
 		return &tenancyv1.NamespaceQuota{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec}
 	}
-	refused(g, nsq("system", func(s *tenancyv1.NamespaceQuotaSpec) { s.Namespace = "kube-system" }), "a system namespace cannot be managed")
-	refused(g, nsq("kube-prefix", func(s *tenancyv1.NamespaceQuotaSpec) { s.Namespace = "kube-extra" }), "a system namespace cannot be managed")
-	refused(g, nsq("default-ns", func(s *tenancyv1.NamespaceQuotaSpec) { s.Namespace = "default" }), "a system namespace cannot be managed")
+	refused(g, nsq("system", func(s *tenancyv1.NamespaceQuotaSpec) { s.Namespace = "kube-system" }), "cannot be managed by a NamespaceQuota")
+	refused(g, nsq("kube-prefix", func(s *tenancyv1.NamespaceQuotaSpec) { s.Namespace = "kube-extra" }), "cannot be managed by a NamespaceQuota")
+	refused(g, nsq("default-ns", func(s *tenancyv1.NamespaceQuotaSpec) { s.Namespace = "default" }), "cannot be managed by a NamespaceQuota")
+	refused(g, nsq("paddock-ns", func(s *tenancyv1.NamespaceQuotaSpec) { s.Namespace = "paddock-system" }), "a system namespace")
+	// An empty list, as a user may write it (the Go type would leave it out).
+	err := mgmt.Create(ctx, rawObject(g, []byte(`{"apiVersion":"tenancy.paddock.dev/v1alpha1","kind":"NamespaceQuota",
+		"metadata":{"name":"empty-names"},"spec":{"namespace":"x","workspace":"w","clusters":{"clusterNames":[]},"hard":{"pods":"1"}}}`)))
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(err.Error()).To(ContainSubstring("set clusterNames, clusterSelector, or both"))
 	refused(g, nsq("bad-name", func(s *tenancyv1.NamespaceQuotaSpec) { s.Namespace = "Team_A" }), "spec.namespace")
 	refused(g, nsq("no-workspace", func(s *tenancyv1.NamespaceQuotaSpec) { s.Workspace = "" }), "spec.workspace")
 	refused(g, nsq("no-hard", func(s *tenancyv1.NamespaceQuotaSpec) { s.Hard = corev1.ResourceList{} }), "hard lists between 1 and 64 resources")
@@ -110,7 +116,7 @@ func TestNamespaceQuotaValidation(t *testing.T) {
 	g.Expect(ok.Spec.DeletionPolicy).To(Equal(tenancyv1.NamespaceOrphan), "the default keeps workloads")
 	// The namespace is its identity: another one is another NamespaceQuota.
 	ok.Spec.Namespace = "team-a-prod"
-	err := mgmt.Update(ctx, ok)
+	err = mgmt.Update(ctx, ok)
 	g.Expect(err).To(HaveOccurred())
 	g.Expect(err.Error()).To(ContainSubstring("namespace is immutable"))
 }

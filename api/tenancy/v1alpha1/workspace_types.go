@@ -13,7 +13,7 @@ const WorkspaceLabel = "tenancy.paddock.dev/workspace"
 const MaxWorkspaceNamespaces = 1000
 
 // ClusterTargets selects MemberClusters by name, by label, or both (the union).
-// +kubebuilder:validation:XValidation:rule="has(self.clusterNames) || has(self.clusterSelector)",message="set clusterNames, clusterSelector, or both"
+// +kubebuilder:validation:XValidation:rule="(has(self.clusterNames) && size(self.clusterNames) > 0) || has(self.clusterSelector)",message="set clusterNames, clusterSelector, or both"
 type ClusterTargets struct {
 	// ClusterNames are MemberCluster names.
 	// +optional
