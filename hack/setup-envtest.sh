@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds the control-plane binaries that envtest needs (etcd, kube-apiserver, kubectl) from source
+# Builds the control-plane binaries that envtest needs (etcd, kube-apiserver, kubectl) from source,
+# and kube-controller-manager, which the tests run beside member apiservers for the controllers a
+# member's own behaviour depends on (resource quotas, namespace deletion),
 # through the Go module proxy, into a versioned cache folder under bin/. Idempotent: when all three
 # binaries are present and report the expected versions it does nothing. Prints the folder for
 # KUBEBUILDER_ASSETS on stdout (everything else goes to stderr).
@@ -36,6 +38,12 @@ kubectl_ok() {
   v=$("$DEST/kubectl" version --client 2>/dev/null | sed -n 's/^Client Version: v\(.*\)$/\1/p') || return 1
   [ "$v" = "$K8S_VERSION" ]
 }
+kcm_ok() {
+  [ -x "$DEST/kube-controller-manager" ] || return 1
+  local v
+  v=$("$DEST/kube-controller-manager" --version 2>/dev/null | sed -n 's/^Kubernetes v\(.*\)$/\1/p') || return 1
+  [ "$v" = "$K8S_VERSION" ]
+}
 etcd_ok() {
   [ -x "$DEST/etcd" ] || return 1
   [ -f "$DEST/etcd.version" ] || return 1
@@ -45,7 +53,7 @@ etcd_ok() {
   [ "$want" = "$have" ]
 }
 
-if apiserver_ok && kubectl_ok && etcd_ok; then
+if apiserver_ok && kubectl_ok && kcm_ok && etcd_ok; then
   echo "$DEST"
   exit 0
 fi
@@ -75,6 +83,7 @@ mkdir -p "$WORK/k8s"
   echo "tool ("
   echo "	k8s.io/kubernetes/cmd/kube-apiserver"
   echo "	k8s.io/kubernetes/cmd/kubectl"
+  echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
   echo ")"
 } > "$WORK/k8s/go.mod"
 if ! grep -q '^replace k8s.io/api ' "$WORK/k8s/go.mod"; then
@@ -99,6 +108,11 @@ if ! kubectl_ok; then
   (cd "$WORK/k8s" && go build -trimpath -ldflags "$LDF" -o "$DEST/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl)
   mv "$DEST/kubectl.tmp" "$DEST/kubectl"
 fi
+if ! kcm_ok; then
+  log "building kube-controller-manager"
+  (cd "$WORK/k8s" && go build -trimpath -ldflags "$LDF" -o "$DEST/kube-controller-manager.tmp" k8s.io/kubernetes/cmd/kube-controller-manager)
+  mv "$DEST/kube-controller-manager.tmp" "$DEST/kube-controller-manager"
+fi
 
 # --- etcd wrapper: the version Kubernetes itself pins.
 ETCD_VERSION=$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2; exit }' "$K8S_DIR/go.mod")
@@ -122,6 +136,7 @@ fi
 
 apiserver_ok || { log "kube-apiserver does not report v$K8S_VERSION"; exit 1; }
 kubectl_ok || { log "kubectl does not report v$K8S_VERSION"; exit 1; }
+kcm_ok || { log "kube-controller-manager does not report v$K8S_VERSION"; exit 1; }
 etcd_ok || { log "etcd does not report $(cat "$DEST/etcd.version")"; exit 1; }
 log "done"
 echo "$DEST"

@@ -46,6 +46,10 @@ type Options struct {
 	// re-executed; its main must call RunGateProxyIfChild first), so that its connections,
 	// buffers and goroutines do not count in this process's figures. For benchmarks.
 	ProxyInChildProcess bool
+	// MemberControllers runs a kube-controller-manager beside each member apiserver with the
+	// controllers a real member has for resource quotas and namespace deletion (see
+	// memberControllers).
+	MemberControllers bool
 }
 
 // ControlPlane is one running kube-apiserver + etcd.
@@ -64,8 +68,12 @@ type Member struct {
 	ControlPlane
 	proxy   gate
 	certDir string
-	mu      sync.Mutex
-	stopped bool
+	kcm     *controllerManager
+	// restartKCM: StartAPIServer starts the controller manager StopAPIServer stopped.
+	restartKCM bool
+	assets     string
+	mu         sync.Mutex
+	stopped    bool
 }
 
 // Env is a management control plane and its members.
@@ -156,6 +164,9 @@ func Start(opts Options) (_ *Env, retErr error) {
 		go func() {
 			defer wg.Done()
 			m, err := startMember(fmt.Sprintf("member-%d", i+1), assets, opts.ProxyInChildProcess)
+			if err == nil && opts.MemberControllers {
+				err = m.startControllerManager(assets)
+			}
 			e.Members[i], errs[i+1] = m, err
 		}()
 	}
@@ -206,7 +217,7 @@ func startMember(name, assets string, childProxy bool) (*Member, error) {
 		_ = os.RemoveAll(certDir)
 		return nil, err
 	}
-	return &Member{ControlPlane: *cp, proxy: p, certDir: certDir}, nil
+	return &Member{ControlPlane: *cp, proxy: p, certDir: certDir, assets: assets}, nil
 }
 
 // Stop stops every control plane.
@@ -224,6 +235,7 @@ func (e *Env) Stop() error {
 }
 
 func (m *Member) stop() error {
+	m.kcm.stop()
 	m.proxy.close()
 	m.mu.Lock()
 	stopped := m.stopped
@@ -274,11 +286,15 @@ func (m *Member) StopAPIServer() error {
 	// (watch streams among them) to finish, which clients that keep watching never do.
 	m.proxy.setDown(true)
 	m.proxy.dropConnections()
+	// The controller manager's watches go straight to the apiserver, which would wait for them.
+	restartKCM := m.kcm != nil
+	m.kcm.stop()
+	m.kcm = nil
 	if err := m.Env.ControlPlane.APIServer.Stop(); err != nil {
 		m.proxy.setDown(false)
 		return err
 	}
-	m.stopped = true
+	m.stopped, m.restartKCM = true, restartKCM
 	return nil
 }
 
@@ -295,6 +311,10 @@ func (m *Member) StartAPIServer() error {
 	}
 	m.proxy.setDown(false)
 	m.stopped = false
+	if m.restartKCM {
+		m.restartKCM = false
+		return m.startControllerManager(m.assets)
+	}
 	return nil
 }
 
