@@ -58,7 +58,7 @@ type NamespaceQuotaSpec struct {
 	// Workspace is the Workspace the namespace belongs to. Moving the namespace to another
 	// workspace is an edit of this field.
 	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:MaxLength=63
 	Workspace string `json:"workspace"`
 
 	// Clusters selects where the namespace lives; they must be clusters of the workspace.
@@ -148,6 +148,7 @@ type NamespaceQuotaStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,shortName=nsq,categories=paddock
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="a NamespaceQuota name has at most 63 characters: it goes into label values"
 // +kubebuilder:printcolumn:name="Namespace",type=string,JSONPath=`.spec.namespace`
 // +kubebuilder:printcolumn:name="Workspace",type=string,JSONPath=`.spec.workspace`
 // +kubebuilder:printcolumn:name="Clusters",type=string,JSONPath=`.status.clusterSummary`

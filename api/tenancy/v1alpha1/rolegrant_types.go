@@ -49,7 +49,7 @@ type GrantScope struct {
 	// following namespaces as they are added or removed.
 	// +optional
 	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:MaxLength=63
 	Workspace string `json:"workspace,omitempty"`
 	// Cluster: a ClusterRoleBinding in that MemberCluster, or with namespace a RoleBinding there.
 	// +optional
@@ -152,6 +152,7 @@ type RoleGrantStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,shortName=rg,categories=paddock
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="a RoleGrant name has at most 63 characters: it goes into label values"
 // +kubebuilder:printcolumn:name="Role",type=string,JSONPath=`.spec.roleRef.name`
 // +kubebuilder:printcolumn:name="Clusters",type=string,JSONPath=`.status.clusterSummary`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`

@@ -88,6 +88,24 @@ type WorkspaceQuotaStatus struct {
 	// Used is the sum of what the members' ResourceQuotas report as used.
 	// +optional
 	Used corev1.ResourceList `json:"used,omitempty"`
+	// Refused are the NamespaceQuotas whose current spec the budget does not hold, and why
+	// (what was admitted for them before, if anything, stays in allocations).
+	// +optional
+	// +listType=map
+	// +listMapKey=namespaceQuota
+	// +kubebuilder:validation:MaxItems=1000
+	Refused []Refusal `json:"refused,omitempty"`
+}
+
+// Refusal is a NamespaceQuota's spec that the workspace's budget refused.
+type Refusal struct {
+	// NamespaceQuota is the NamespaceQuota's name.
+	NamespaceQuota string `json:"namespaceQuota"`
+	// Generation of the NamespaceQuota that was refused.
+	Generation int64 `json:"generation"`
+	// Message says why.
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message"`
 }
 
 // WorkspaceStatus is the observed state of a Workspace.
@@ -133,6 +151,7 @@ type WorkspaceStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,shortName=ws,categories=paddock
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="a Workspace name has at most 63 characters: it goes into label values"
 // +kubebuilder:printcolumn:name="Clusters",type=integer,JSONPath=`.status.clusterCount`
 // +kubebuilder:printcolumn:name="Namespaces",type=integer,JSONPath=`.status.namespaceCount`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
