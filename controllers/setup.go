@@ -56,8 +56,9 @@ type Options struct {
 
 // defaultConcurrency of controllers whose work is mostly waiting on member clusters.
 var defaultConcurrency = map[string]int{
-	"membercluster": 20,
-	"pluginrelease": 10,
+	"membercluster":  20,
+	"pluginrelease":  10,
+	"namespacequota": 4,
 }
 
 type registration struct {
@@ -107,6 +108,13 @@ var registry = []registration{
 		return (&tenancy.WorkspaceReconciler{
 			Client:   mgr.GetClient(),
 			Recorder: mgr.GetEventRecorder("workspace-controller"),
+		}).SetupWithManager(ctx, mgr, co)
+	}},
+	{"namespacequota", func(ctx context.Context, mgr ctrl.Manager, o Options, co controller.Options) error {
+		return (&tenancy.NamespaceQuotaReconciler{
+			Client:   mgr.GetClient(),
+			Cache:    o.ClusterCache,
+			Recorder: mgr.GetEventRecorder("namespacequota-controller"),
 		}).SetupWithManager(ctx, mgr, co)
 	}},
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -29,8 +30,11 @@ import (
 	"github.com/paddock-dev/paddock/internal/fleet"
 )
 
-// WorkspaceIndex indexes NamespaceQuotas by spec.workspace.
-const WorkspaceIndex = "spec.workspace"
+// WorkspaceIndex and NamespaceIndex index NamespaceQuotas by spec.workspace and spec.namespace.
+const (
+	WorkspaceIndex = "spec.workspace"
+	NamespaceIndex = "spec.namespace"
+)
 
 // Workspace condition reasons of its own.
 const (
@@ -69,16 +73,9 @@ func (r *WorkspaceReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Man
 		Complete(r)
 }
 
-// IndexNamespaceQuotas indexes NamespaceQuotas by workspace (the Workspace controller's setup
-// does it; other controllers of the manager may then list by WorkspaceIndex).
-func IndexNamespaceQuotas(ctx context.Context, mgr ctrl.Manager) error {
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &tenancyv1.NamespaceQuota{}, WorkspaceIndex, func(o client.Object) []string {
-		return []string{o.(*tenancyv1.NamespaceQuota).Spec.Workspace}
-	}); err != nil {
-		return fmt.Errorf("indexing NamespaceQuotas by workspace: %w", err)
-	}
-	return nil
-}
+// IndexNamespaceQuotas indexes NamespaceQuotas by workspace and by namespace (once per manager,
+// whichever tenancy controller's setup comes first).
+func IndexNamespaceQuotas(ctx context.Context, mgr ctrl.Manager) error { return indexOnce(ctx, mgr) }
 
 // workspacesOfQuota enqueues a NamespaceQuota's workspace, before and after an edit (a move
 // frees its share in the old one).
@@ -176,7 +173,8 @@ func (r *WorkspaceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	if ws.Spec.Quota != nil {
 		adm := Admit(ws.Spec.Quota.Hard, st.Allocations, claims)
 		st.Allocations = adm.Allocations
-		st.Quota = &tenancyv1.WorkspaceQuotaStatus{Hard: ws.Spec.Quota.Hard, Allocated: adm.Allocated, Used: used}
+		st.Quota = &tenancyv1.WorkspaceQuotaStatus{Hard: ws.Spec.Quota.Hard, Allocated: adm.Allocated, Used: used,
+			Refused: refusals(adm.Refused, claims)}
 		over = overBudget(ws.Spec.Quota.Hard, adm.Allocated)
 	} else {
 		st.Allocations, st.Quota = nil, nil
@@ -231,6 +229,30 @@ func (r *WorkspaceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	meta.RemoveStatusCondition(&st.Conditions, tenancyv1.ReconcilingCondition)
 	st.ObservedGeneration = gen
 	return ctrl.Result{}, r.patchStatus(ctx, orig, ws)
+}
+
+// refusals lists the refused claims, by name, for status (each NamespaceQuota reads its own).
+func refusals(refused map[string]string, claims []Claim) []tenancyv1.Refusal {
+	var out []tenancyv1.Refusal
+	for _, c := range claims {
+		if msg, ok := refused[c.Name]; ok {
+			out = append(out, tenancyv1.Refusal{NamespaceQuota: c.Name, Generation: c.Generation, Message: truncate(msg, 1024)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].NamespaceQuota < out[j].NamespaceQuota })
+	return out
+}
+
+// truncate cuts s to at most n bytes, on a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("...")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }
 
 // patchStatus writes status with an optimistic lock: the ledger is decided on what was read,

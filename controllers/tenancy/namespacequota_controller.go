@@ -1,0 +1,874 @@
+package tenancy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
+	tenancyv1 "github.com/paddock-dev/paddock/api/tenancy/v1alpha1"
+	"github.com/paddock-dev/paddock/internal/clustercache"
+	"github.com/paddock-dev/paddock/internal/fleet"
+)
+
+// Names of what a NamespaceQuota keeps in its namespace, and the annotation that records which
+// NamespaceQuota (by UID) created the namespace: only that one may delete it.
+const (
+	QuotaName           = "paddock-quota"
+	LimitRangeName      = "paddock-limits"
+	CreatedByAnnotation = "tenancy.paddock.dev/created-by"
+)
+
+// DefaultCleanupGracePeriod bounds how long a NamespaceQuota's (or RoleGrant's) deletion waits
+// for members it cannot reach before it lets the object go (with a Warning event naming them).
+const DefaultCleanupGracePeriod = 10 * time.Minute
+
+var (
+	namespacesGVR     = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
+	resourceQuotasGVR = schema.GroupVersionResource{Version: "v1", Resource: "resourcequotas"}
+	limitRangesGVR    = schema.GroupVersionResource{Version: "v1", Resource: "limitranges"}
+)
+
+// NamespaceQuotaReconciler places a NamespaceQuota's namespace in each selected member, with a
+// Paddock-owned ResourceQuota and LimitRange equal to its spec, once its workspace's budget has
+// admitted it; reads back what the members' quotas enforce and count; and removes what it
+// placed when a cluster leaves its selection or it is deleted.
+type NamespaceQuotaReconciler struct {
+	Client   client.Client
+	Cache    clustercache.Reader
+	Recorder events.EventRecorder
+	// Resync is how often a quiet cluster is read and restored anyway (DefaultResync).
+	Resync time.Duration
+	// CleanupGracePeriod bounds a deletion's wait for unreachable members
+	// (DefaultCleanupGracePeriod).
+	CleanupGracePeriod time.Duration
+
+	state   *syncState
+	watches *memberWatches
+	wake    *waker
+}
+
+// +kubebuilder:rbac:groups=tenancy.paddock.dev,resources=namespacequotas,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=tenancy.paddock.dev,resources=namespacequotas/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=tenancy.paddock.dev,resources=namespacequotas/finalizers,verbs=update
+// +kubebuilder:rbac:groups=tenancy.paddock.dev,resources=workspaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups=clusters.paddock.dev,resources=memberclusters,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// SetupWithManager registers the controller.
+func (r *NamespaceQuotaReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts controller.Options) error {
+	if r.Cache == nil {
+		return errors.New("the NamespaceQuota controller needs the member cache")
+	}
+	if err := indexOnce(ctx, mgr); err != nil {
+		return err
+	}
+	r.state, r.wake = newSyncState(), newWaker()
+	r.watches = newMemberWatches(r.Cache, tenancyv1.NamespaceQuotaLabel, r.state, r.wake,
+		clustercache.WatchSpec{Resource: namespacesGVR, LabelSelector: tenancyv1.NamespaceQuotaLabel},
+		clustercache.WatchSpec{Resource: resourceQuotasGVR, LabelSelector: tenancyv1.NamespaceQuotaLabel},
+		clustercache.WatchSpec{Resource: limitRangesGVR, LabelSelector: tenancyv1.NamespaceQuotaLabel})
+	go r.wake.pump(ctx)
+	go func() {
+		<-ctx.Done()
+		r.watches.stopAll()
+	}()
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("namespacequota").
+		For(&tenancyv1.NamespaceQuota{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&tenancyv1.Workspace{}, handler.EnqueueRequestsFromMapFunc(r.quotasOfWorkspace), builder.WithPredicates(workspaceDecisionChanged)).
+		Watches(&clustersv1.MemberCluster{}, handler.EnqueueRequestsFromMapFunc(r.allQuotas),
+			builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, predicate.GenerationChangedPredicate{}))).
+		WatchesRawSource(source.Channel(r.Cache.Subscribe(), handler.EnqueueRequestsFromMapFunc(r.quotasOfMember))).
+		WatchesRawSource(source.Channel(r.wake.out, &handler.EnqueueRequestForObject{})).
+		WithOptions(opts).
+		Complete(r)
+}
+
+// workspaceDecisionChanged passes Workspace events that change what its NamespaceQuotas may do:
+// its spec, or its budget's decisions (not its usage totals, which follow theirs).
+var workspaceDecisionChanged = predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		o, n := e.ObjectOld.(*tenancyv1.Workspace), e.ObjectNew.(*tenancyv1.Workspace)
+		if o.Generation != n.Generation {
+			return true
+		}
+		var or, nr []tenancyv1.Refusal
+		if o.Status.Quota != nil {
+			or = o.Status.Quota.Refused
+		}
+		if n.Status.Quota != nil {
+			nr = n.Status.Quota.Refused
+		}
+		return !equality.Semantic.DeepEqual(o.Status.Allocations, n.Status.Allocations) || !equality.Semantic.DeepEqual(or, nr)
+	},
+}
+
+func (r *NamespaceQuotaReconciler) quotasOfWorkspace(ctx context.Context, o client.Object) []reconcile.Request {
+	var list tenancyv1.NamespaceQuotaList
+	if err := r.Client.List(ctx, &list, client.MatchingFields{WorkspaceIndex: o.GetName()}); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "Failed to list NamespaceQuotas of a Workspace")
+		return nil
+	}
+	return quotaRequests(list.Items, nil)
+}
+
+func (r *NamespaceQuotaReconciler) allQuotas(ctx context.Context, _ client.Object) []reconcile.Request {
+	var list tenancyv1.NamespaceQuotaList
+	if err := r.Client.List(ctx, &list); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "Failed to list NamespaceQuotas for a MemberCluster")
+		return nil
+	}
+	return quotaRequests(list.Items, nil)
+}
+
+// quotasOfMember wakes the NamespaceQuotas in a member whose usability changed.
+func (r *NamespaceQuotaReconciler) quotasOfMember(ctx context.Context, o client.Object) []reconcile.Request {
+	owners := r.state.markMember(o.GetName())
+	var list tenancyv1.NamespaceQuotaList
+	if err := r.Client.List(ctx, &list); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "Failed to list NamespaceQuotas for a member")
+		return nil
+	}
+	return quotaRequests(list.Items, func(n *tenancyv1.NamespaceQuota) bool {
+		for _, c := range n.Status.Clusters {
+			if c.Name == o.GetName() {
+				return true
+			}
+		}
+		for _, ow := range owners {
+			if ow == n.Name {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func quotaRequests(items []tenancyv1.NamespaceQuota, keep func(*tenancyv1.NamespaceQuota) bool) []reconcile.Request {
+	out := make([]reconcile.Request, 0, len(items))
+	for i := range items {
+		if keep == nil || keep(&items[i]) {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Name: items[i].Name}})
+		}
+	}
+	return out
+}
+
+func (r *NamespaceQuotaReconciler) resync() time.Duration {
+	if r.Resync > 0 {
+		return r.Resync
+	}
+	return DefaultResync
+}
+
+func (r *NamespaceQuotaReconciler) grace() time.Duration {
+	if r.CleanupGracePeriod > 0 {
+		return r.CleanupGracePeriod
+	}
+	return DefaultCleanupGracePeriod
+}
+
+// plan is what one pass decided before touching members.
+type plan struct {
+	// selected are the clusters the namespace should be in; apply says whether they may be
+	// written (false: the spec waits for, or was refused by, the workspace's budget, or is
+	// refused outright; what members hold stays as it is).
+	selected []string
+	apply    bool
+	verdict  *verdict
+	// conflicts are the selected clusters where an older NamespaceQuota holds the namespace.
+	conflicts map[string]string
+}
+
+func (r *NamespaceQuotaReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	nsq := &tenancyv1.NamespaceQuota{}
+	if err := r.Client.Get(ctx, req.NamespacedName, nsq); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.state.forgetOwner(req.Name, nil)
+		}
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !nsq.DeletionTimestamp.IsZero() {
+		return r.finalize(ctx, nsq)
+	}
+	if !controllerutil.ContainsFinalizer(nsq, tenancyv1.NamespaceQuotaFinalizer) {
+		orig := nsq.DeepCopy()
+		controllerutil.AddFinalizer(nsq, tenancyv1.NamespaceQuotaFinalizer)
+		if err := r.Client.Patch(ctx, nsq, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+	}
+	p, err := r.plan(ctx, nsq)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	orig := nsq.DeepCopy()
+	now := time.Now()
+	desired := strconv.FormatInt(nsq.Generation, 10)
+	prev := map[string]tenancyv1.NamespaceClusterStatus{}
+	for _, c := range nsq.Status.Clusters {
+		prev[c.Name] = c
+	}
+	selected := map[string]bool{}
+	for _, c := range p.selected {
+		selected[c] = true
+	}
+
+	// The clusters to work on now, and the clusters that left the selection.
+	var work, leaving []string
+	next := time.Time{}
+	later := func(t time.Time) {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	if p.apply {
+		for _, c := range p.selected {
+			if _, conflict := p.conflicts[c]; conflict {
+				continue
+			}
+			due, at := r.state.due(nsq.Name, nsq.UID, c, desired, r.watches.watched(c), r.resync(), now)
+			if due {
+				work = append(work, c)
+			} else {
+				later(at)
+			}
+		}
+		for _, c := range nsq.Status.Clusters {
+			if !selected[c.Name] {
+				leaving = append(leaving, c.Name)
+			}
+		}
+	}
+	results := make([]tenancyv1.NamespaceClusterStatus, len(work))
+	forEachCluster(work, func(i int, c string) {
+		pc, had := prev[c]
+		inPlace := had && pc.Phase == tenancyv1.NamespaceActive && r.state.applied(nsq.Name, nsq.UID, c) == desired
+		begun := r.state.begin(nsq.Name, c)
+		st, written, failed := r.syncCluster(ctx, nsq, c, pc, inPlace)
+		r.state.done(nsq.Name, nsq.UID, c, desired, failed, written, begun, time.Now())
+		results[i] = st
+	})
+	removed := make([]bool, len(leaving))
+	leftMsg := make([]string, len(leaving))
+	forEachCluster(leaving, func(i int, c string) {
+		removed[i], leftMsg[i] = r.cleanupCluster(ctx, nsq, c)
+		if removed[i] {
+			r.state.forget(nsq.Name, c)
+		}
+	})
+
+	// Status: every selected cluster (worked on now, or as it was), and the leaving ones not
+	// cleaned up yet.
+	byName := map[string]tenancyv1.NamespaceClusterStatus{}
+	for i, c := range work {
+		byName[c] = results[i]
+	}
+	var clusters []tenancyv1.NamespaceClusterStatus
+	for _, c := range p.selected {
+		st, ok := byName[c]
+		switch {
+		case ok:
+		case p.conflicts[c] != "":
+			st = tenancyv1.NamespaceClusterStatus{Name: c, Phase: tenancyv1.NamespaceFailed, Message: p.conflicts[c]}
+		default:
+			if st, ok = prev[c]; !ok {
+				msg := "waiting for the workspace's budget to admit this NamespaceQuota"
+				if !p.apply && p.verdict != nil {
+					msg = p.verdict.msg
+				}
+				st = tenancyv1.NamespaceClusterStatus{Name: c, Phase: tenancyv1.NamespacePending, Message: truncate(msg, 1024)}
+			}
+		}
+		clusters = append(clusters, withTransition(st, prev, now))
+	}
+	for i, c := range leaving {
+		if !removed[i] {
+			st := prev[c]
+			st.Phase, st.Message = tenancyv1.NamespaceRemoving, leftMsg[i]
+			clusters = append(clusters, withTransition(st, prev, now))
+			later(now.Add(retryMin * 5))
+		}
+	}
+	if !p.apply {
+		// Clusters listed before and not selected now keep their entries (nothing was removed).
+		for _, c := range nsq.Status.Clusters {
+			if !selected[c.Name] {
+				clusters = append(clusters, c)
+			}
+		}
+	}
+	if len(clusters) > tenancyv1.MaxWorkspaceNamespaces {
+		clusters = clusters[:tenancyv1.MaxWorkspaceNamespaces]
+	}
+	r.events(nsq, prev, clusters)
+	st := &nsq.Status
+	st.Clusters = clusters
+	st.Hard, st.Used = corev1.ResourceList{}, corev1.ResourceList{}
+	active := 0
+	failed := map[string]string{}
+	pending := 0
+	for _, c := range clusters {
+		addTo(st.Hard, c.Hard)
+		addTo(st.Used, c.Used)
+		switch c.Phase {
+		case tenancyv1.NamespaceActive:
+			active++
+		case tenancyv1.NamespaceFailed:
+			failed[c.Name] = c.Message
+		default:
+			pending++
+		}
+	}
+	st.ClusterSummary = fmt.Sprintf("%d/%d", active, len(p.selected))
+	v := p.verdict
+	switch {
+	case v != nil:
+	case len(failed) > 0:
+		v = &verdict{reason: tenancyv1.ReasonClustersFailed, stalled: true,
+			msg: fmt.Sprintf("%d of %d clusters failed: %s", len(failed), len(p.selected), listFailures(failed))}
+	case pending > 0:
+		v = &verdict{reason: tenancyv1.ReasonProgressing, reconciling: true,
+			msg: fmt.Sprintf("namespace %s is in place in %d of %d clusters", nsq.Spec.Namespace, active, len(p.selected))}
+	default:
+		v = &verdict{ready: true, reason: tenancyv1.ReasonSucceeded,
+			msg: fmt.Sprintf("namespace %s and its quota are in place in %d clusters", nsq.Spec.Namespace, active)}
+	}
+	ctrl.LoggerFrom(ctx).V(1).Info("NamespaceQuota pass", "generation", nsq.Generation, "apply", p.apply, "worked", work,
+		"leaving", leaving, "active", active, "selected", len(p.selected), "reason", v.reason)
+	setConditions(&st.Conditions, nsq.Generation, *v)
+	st.ObservedGeneration = nsq.Generation
+	if !equality.Semantic.DeepEqual(orig.Status, nsq.Status) {
+		if err := r.Client.Status().Patch(ctx, nsq, client.MergeFrom(orig)); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+	}
+	if next.IsZero() {
+		return ctrl.Result{}, nil
+	}
+	return ctrl.Result{RequeueAfter: max(time.Until(next), time.Second)}, nil
+}
+
+// withTransition stamps the entry's lastTransitionTime when its phase changed.
+func withTransition(st tenancyv1.NamespaceClusterStatus, prev map[string]tenancyv1.NamespaceClusterStatus, now time.Time) tenancyv1.NamespaceClusterStatus {
+	if p, ok := prev[st.Name]; ok && p.Phase == st.Phase && p.LastTransitionTime != nil {
+		st.LastTransitionTime = p.LastTransitionTime
+		return st
+	}
+	t := metav1.NewTime(now.Truncate(time.Second))
+	st.LastTransitionTime = &t
+	return st
+}
+
+// events tells of clusters whose phase changed to Active or Failed.
+func (r *NamespaceQuotaReconciler) events(nsq *tenancyv1.NamespaceQuota, prev map[string]tenancyv1.NamespaceClusterStatus, now []tenancyv1.NamespaceClusterStatus) {
+	if r.Recorder == nil {
+		return
+	}
+	for _, c := range now {
+		p, had := prev[c.Name]
+		if had && p.Phase == c.Phase && p.Message == c.Message {
+			continue
+		}
+		switch c.Phase {
+		case tenancyv1.NamespaceActive:
+			if !had || p.Phase != tenancyv1.NamespaceActive {
+				r.Recorder.Eventf(nsq, memberRef(c.Name), corev1.EventTypeNormal, "Applied", "Apply", "namespace %s and its quota are in place in %s", nsq.Spec.Namespace, c.Name)
+			}
+		case tenancyv1.NamespaceFailed:
+			r.Recorder.Eventf(nsq, memberRef(c.Name), corev1.EventTypeWarning, "ApplyFailed", "Apply", "%s: %s", c.Name, c.Message)
+		}
+	}
+}
+
+// plan decides, from the management cluster only, where the namespace goes and whether it may be
+// written now.
+func (r *NamespaceQuotaReconciler) plan(ctx context.Context, nsq *tenancyv1.NamespaceQuota) (*plan, error) {
+	p := &plan{conflicts: map[string]string{}}
+	refuse := func(reason, msg string) (*plan, error) {
+		p.verdict = &verdict{reason: reason, msg: msg, stalled: true}
+		return p, nil
+	}
+	ws := &tenancyv1.Workspace{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: nsq.Spec.Workspace}, ws); err != nil {
+		if apierrors.IsNotFound(err) {
+			return refuse(tenancyv1.ReasonWorkspaceNotFound, fmt.Sprintf("workspace %q does not exist; nothing is applied until it does", nsq.Spec.Workspace))
+		}
+		return nil, err
+	}
+	selected, err := selectClusters(ctx, r.Client, nsq.Spec.Clusters, "spec.clusters")
+	var selErr *fleet.SelectorError
+	if errors.As(err, &selErr) {
+		return refuse(ReasonInvalidSelector, selErr.Error())
+	}
+	if err != nil {
+		return nil, err
+	}
+	p.selected = selected
+	wsClusters, err := selectClusters(ctx, r.Client, ws.Spec.Clusters, "spec.clusters")
+	if errors.As(err, &selErr) {
+		return refuse(tenancyv1.ReasonClustersOutsideWorkspace, fmt.Sprintf("workspace %s selects no clusters: %v", ws.Name, selErr))
+	}
+	if err != nil {
+		return nil, err
+	}
+	if out := outside(selected, wsClusters); len(out) > 0 {
+		return refuse(tenancyv1.ReasonClustersOutsideWorkspace, fmt.Sprintf("spec.clusters selects %s, outside workspace %s's clusters; nothing is applied until every selected cluster is inside it",
+			strings.Join(firstN(out, 10), ", "), ws.Name))
+	}
+	if len(selected) == 0 {
+		p.apply = true
+		p.verdict = &verdict{reason: tenancyv1.ReasonNoClusters, msg: "spec.clusters matches no MemberCluster", stalled: true}
+		return p, nil
+	}
+	if ws.Spec.Quota != nil {
+		var alloc *tenancyv1.Allocation
+		for i := range ws.Status.Allocations {
+			if ws.Status.Allocations[i].NamespaceQuota == nsq.Name {
+				alloc = &ws.Status.Allocations[i]
+			}
+		}
+		if alloc == nil || alloc.Generation != nsq.Generation || int(alloc.Clusters) != len(selected) {
+			if ws.Status.Quota != nil {
+				for _, ref := range ws.Status.Quota.Refused {
+					if ref.NamespaceQuota == nsq.Name && ref.Generation == nsq.Generation {
+						msg := "refused by workspace " + ws.Name + "'s quota: " + ref.Message
+						if alloc != nil {
+							msg += "; the members keep what was admitted before"
+						} else {
+							msg += "; nothing is applied"
+						}
+						return refuse(tenancyv1.ReasonExceedsWorkspaceQuota, msg)
+					}
+				}
+			}
+			p.verdict = &verdict{reason: tenancyv1.ReasonProgressing, reconciling: true,
+				msg: "waiting for workspace " + ws.Name + "'s budget to admit this spec"}
+			return p, nil
+		}
+	}
+	p.apply = true
+	// An older NamespaceQuota of the same namespace in a cluster keeps it there.
+	var same tenancyv1.NamespaceQuotaList
+	if err := r.Client.List(ctx, &same, client.MatchingFields{NamespaceIndex: nsq.Spec.Namespace}); err != nil {
+		return nil, err
+	}
+	for i := range same.Items {
+		o := &same.Items[i]
+		if o.UID == nsq.UID || !older(o, nsq) {
+			continue
+		}
+		theirs, err := selectClusters(ctx, r.Client, o.Spec.Clusters, "spec.clusters")
+		if err != nil {
+			continue
+		}
+		in := map[string]bool{}
+		for _, c := range theirs {
+			in[c] = true
+		}
+		for _, c := range selected {
+			if in[c] {
+				p.conflicts[c] = fmt.Sprintf("%s: NamespaceQuota %s, created earlier, manages namespace %s in %s", tenancyv1.ReasonNamespaceConflict, o.Name, nsq.Spec.Namespace, c)
+			}
+		}
+	}
+	if len(p.conflicts) > 0 {
+		names := make([]string, 0, len(p.conflicts))
+		for c := range p.conflicts {
+			names = append(names, c)
+		}
+		sort.Strings(names)
+		p.verdict = &verdict{reason: tenancyv1.ReasonNamespaceConflict, stalled: true,
+			msg: fmt.Sprintf("another NamespaceQuota, created earlier, manages namespace %s in %s", nsq.Spec.Namespace, strings.Join(firstN(names, 10), ", "))}
+	}
+	return p, nil
+}
+
+func older(a, b *tenancyv1.NamespaceQuota) bool {
+	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+		return a.CreationTimestamp.Before(&b.CreationTimestamp)
+	}
+	return a.Name < b.Name
+}
+
+func firstN(s []string, n int) []string {
+	if len(s) <= n {
+		return s
+	}
+	return append(append([]string{}, s[:n]...), fmt.Sprintf("and %d more", len(s)-n))
+}
+
+// memberTimeout bounds one pass over one cluster.
+const memberTimeout = 30 * time.Second
+
+// syncCluster puts the namespace, its quota and its limits in place in one cluster and reads
+// back what the member's quota enforces and counts.
+// inPlace says the cluster was Active for this very spec at the last pass: whatever must be
+// restored now was changed outside Paddock (a DriftCorrected event).
+func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancyv1.NamespaceQuota, cluster string, prev tenancyv1.NamespaceClusterStatus, inPlace bool) (tenancyv1.NamespaceClusterStatus, map[string]string, bool) {
+	st := tenancyv1.NamespaceClusterStatus{Name: cluster, Created: prev.Created, Hard: prev.Hard, Used: prev.Used}
+	fail := func(phase tenancyv1.NamespacePhase, msg string) (tenancyv1.NamespaceClusterStatus, map[string]string, bool) {
+		st.Phase, st.Message = phase, truncate(msg, 1024)
+		return st, nil, true
+	}
+	acc, err := r.Cache.Get(ctx, cluster)
+	if err != nil {
+		return fail(tenancyv1.NamespaceUnreachable, notUsable(cluster, err))
+	}
+	if err := r.watches.ensure(ctx, cluster); err != nil {
+		ctrl.LoggerFrom(ctx).V(1).Info("Member watches not running; resyncing more often", "member", cluster, "error", err.Error())
+	}
+	core, err := acc.CoreV1()
+	if err != nil {
+		return fail(tenancyv1.NamespaceFailed, err.Error())
+	}
+	ctx, cancel := context.WithTimeout(ctx, memberTimeout)
+	defer cancel()
+	written := map[string]string{}
+	name := nsq.Spec.Namespace
+	labels := map[string]string{tenancyv1.NamespaceQuotaLabel: nsq.Name, tenancyv1.WorkspaceLabel: nsq.Spec.Workspace, ManagedByLabel: managedBy}
+	memberErr := func(what string, err error) (tenancyv1.NamespaceClusterStatus, map[string]string, bool) {
+		if ctx.Err() != nil || apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) {
+			return fail(tenancyv1.NamespaceUnreachable, what+": "+err.Error())
+		}
+		return fail(tenancyv1.NamespaceFailed, what+": "+err.Error())
+	}
+	corrected := false
+
+	// The namespace: created, or adopted unless another NamespaceQuota holds it.
+	ns, err := core.Namespaces().Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		ns = &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels,
+			Annotations: map[string]string{CreatedByAnnotation: string(nsq.UID)}}}
+		if ns, err = core.Namespaces().Create(ctx, ns, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
+			return memberErr("creating namespace "+name, err)
+		}
+		corrected = inPlace
+	case err != nil:
+		return memberErr("reading namespace "+name, err)
+	default:
+		if !ns.DeletionTimestamp.IsZero() {
+			return fail(tenancyv1.NamespacePending, fmt.Sprintf("namespace %s is being deleted in %s; it is created again once it is gone", name, cluster))
+		}
+		if owner := ns.Labels[tenancyv1.NamespaceQuotaLabel]; owner != "" && owner != nsq.Name {
+			taken, err := r.heldBy(ctx, owner, name)
+			if err != nil {
+				return fail(tenancyv1.NamespaceFailed, err.Error())
+			}
+			if taken {
+				return fail(tenancyv1.NamespaceFailed, fmt.Sprintf("%s: namespace %s in %s is managed by NamespaceQuota %s", tenancyv1.ReasonNamespaceConflict, name, cluster, owner))
+			}
+		}
+		if !hasAll(ns.Labels, labels) {
+			ns = ns.DeepCopy()
+			if ns.Labels == nil {
+				ns.Labels = map[string]string{}
+			}
+			for k, v := range labels {
+				ns.Labels[k] = v
+			}
+			if ns, err = core.Namespaces().Update(ctx, ns, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
+				return memberErr("labelling namespace "+name, err)
+			}
+		}
+	}
+	written[objectKey("namespaces", "", name)] = ns.ResourceVersion
+	st.Created = ns.Annotations[CreatedByAnnotation] == string(nsq.UID)
+
+	// The quota.
+	rqLabels := map[string]string{tenancyv1.NamespaceQuotaLabel: nsq.Name, ManagedByLabel: managedBy}
+	rq, err := core.ResourceQuotas(name).Get(ctx, QuotaName, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		rq = &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Name: QuotaName, Namespace: name, Labels: rqLabels},
+			Spec: corev1.ResourceQuotaSpec{Hard: nsq.Spec.Hard.DeepCopy()}}
+		if rq, err = core.ResourceQuotas(name).Create(ctx, rq, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
+			return memberErr("creating ResourceQuota "+QuotaName, err)
+		}
+		corrected = corrected || inPlace
+	case err != nil:
+		return memberErr("reading ResourceQuota "+QuotaName, err)
+	default:
+		if !hasAll(rq.Labels, rqLabels) || !sameList(rq.Spec.Hard, nsq.Spec.Hard) || rq.Spec.ScopeSelector != nil || len(rq.Spec.Scopes) > 0 {
+			rq = rq.DeepCopy()
+			if rq.Labels == nil {
+				rq.Labels = map[string]string{}
+			}
+			for k, v := range rqLabels {
+				rq.Labels[k] = v
+			}
+			corrected = corrected || inPlace
+			rq.Spec = corev1.ResourceQuotaSpec{Hard: nsq.Spec.Hard.DeepCopy()}
+			if rq, err = core.ResourceQuotas(name).Update(ctx, rq, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
+				return memberErr("updating ResourceQuota "+QuotaName, err)
+			}
+		}
+	}
+	written[objectKey("resourcequotas", name, QuotaName)] = rq.ResourceVersion
+
+	// The limits.
+	lr, err := core.LimitRanges(name).Get(ctx, LimitRangeName, metav1.GetOptions{})
+	want := limitRangeSpec(nsq.Spec.LimitRange)
+	switch {
+	case err != nil && !apierrors.IsNotFound(err):
+		return memberErr("reading LimitRange "+LimitRangeName, err)
+	case want == nil && err == nil:
+		if lr.Labels[tenancyv1.NamespaceQuotaLabel] == nsq.Name {
+			uid := lr.UID
+			if err := core.LimitRanges(name).Delete(ctx, LimitRangeName, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
+				return memberErr("deleting LimitRange "+LimitRangeName, err)
+			}
+		}
+	case want != nil && apierrors.IsNotFound(err):
+		lr = &corev1.LimitRange{ObjectMeta: metav1.ObjectMeta{Name: LimitRangeName, Namespace: name, Labels: rqLabels}, Spec: *want}
+		if lr, err = core.LimitRanges(name).Create(ctx, lr, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
+			return memberErr("creating LimitRange "+LimitRangeName, err)
+		}
+		written[objectKey("limitranges", name, LimitRangeName)] = lr.ResourceVersion
+	case want != nil:
+		if !hasAll(lr.Labels, rqLabels) || !equality.Semantic.DeepEqual(lr.Spec, *want) {
+			lr = lr.DeepCopy()
+			if lr.Labels == nil {
+				lr.Labels = map[string]string{}
+			}
+			for k, v := range rqLabels {
+				lr.Labels[k] = v
+			}
+			lr.Spec = *want
+			if lr, err = core.LimitRanges(name).Update(ctx, lr, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
+				return memberErr("updating LimitRange "+LimitRangeName, err)
+			}
+		}
+		written[objectKey("limitranges", name, LimitRangeName)] = lr.ResourceVersion
+	}
+	if corrected && r.Recorder != nil {
+		r.Recorder.Eventf(nsq, memberRef(cluster), corev1.EventTypeWarning, "DriftCorrected", "Apply",
+			"namespace %s in %s had been changed outside Paddock; its quota objects were restored", name, cluster)
+	}
+
+	// What the member enforces and counts (its quota controller fills status.hard).
+	st.Hard, st.Used = rq.Status.Hard.DeepCopy(), rq.Status.Used.DeepCopy()
+	if len(st.Hard) == 0 {
+		st.Hard, st.Used = nil, nil
+	}
+	switch {
+	case ns.Status.Phase == corev1.NamespaceTerminating:
+		st.Phase, st.Message = tenancyv1.NamespacePending, "namespace "+name+" is being deleted"
+	case !sameList(rq.Status.Hard, nsq.Spec.Hard):
+		st.Phase, st.Message = tenancyv1.NamespacePending, "waiting for the member's quota controller to enforce the new hard limits"
+	default:
+		st.Phase, st.Message = tenancyv1.NamespaceActive, ""
+	}
+	return st, written, false
+}
+
+// fieldManager is the field manager of every write to members.
+const fieldManager = "paddock-tenancy"
+
+// heldBy says whether NamespaceQuota owner exists, is not being deleted, and manages namespace.
+func (r *NamespaceQuotaReconciler) heldBy(ctx context.Context, owner, namespace string) (bool, error) {
+	o := &tenancyv1.NamespaceQuota{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: owner}, o); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	return o.Spec.Namespace == namespace, nil
+}
+
+// limitRangeSpec is the LimitRange a spec asks for, or nil.
+func limitRangeSpec(d *tenancyv1.LimitRangeDefaults) *corev1.LimitRangeSpec {
+	if d == nil {
+		return nil
+	}
+	return &corev1.LimitRangeSpec{Limits: []corev1.LimitRangeItem{{
+		Type:           corev1.LimitTypeContainer,
+		Default:        d.Default.DeepCopy(),
+		DefaultRequest: d.DefaultRequest.DeepCopy(),
+		Max:            d.Max.DeepCopy(),
+		Min:            d.Min.DeepCopy(),
+	}}}
+}
+
+func hasAll(have, want map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// sameList compares resource lists by value (1000m equals 1).
+func sameList(a, b corev1.ResourceList) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, q := range a {
+		o, ok := b[k]
+		if !ok || q.Cmp(o) != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// cleanupCluster removes what the NamespaceQuota placed in one cluster: its quota objects, and
+// the namespace if Paddock created it and deletionPolicy is Delete (else the namespace only loses
+// Paddock's labels). It says whether the cluster is done, else why not.
+func (r *NamespaceQuotaReconciler) cleanupCluster(ctx context.Context, nsq *tenancyv1.NamespaceQuota, cluster string) (bool, string) {
+	acc, err := r.Cache.GetForCleanup(ctx, cluster)
+	if err != nil {
+		exists, gerr := memberExists(ctx, r.Client, cluster)
+		if gerr == nil && !exists {
+			return true, ""
+		}
+		return false, notUsable(cluster, err)
+	}
+	core, err := acc.CoreV1()
+	if err != nil {
+		return false, err.Error()
+	}
+	ctx, cancel := context.WithTimeout(ctx, memberTimeout)
+	defer cancel()
+	name := nsq.Spec.Namespace
+	ns, err := core.Namespaces().Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return true, ""
+	}
+	if err != nil {
+		return false, "reading namespace " + name + ": " + err.Error()
+	}
+	if ns.Labels[tenancyv1.NamespaceQuotaLabel] != nsq.Name {
+		// Not ours (any more): nothing of ours is in it.
+		return true, ""
+	}
+	if nsq.Spec.DeletionPolicy == tenancyv1.NamespaceDelete && ns.Annotations[CreatedByAnnotation] == string(nsq.UID) {
+		uid := ns.UID
+		if err := core.Namespaces().Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
+			return false, "deleting namespace " + name + ": " + err.Error()
+		}
+		if r.Recorder != nil {
+			r.Recorder.Eventf(nsq, memberRef(cluster), corev1.EventTypeNormal, "NamespaceDeleted", "Delete", "deleted namespace %s in %s (deletionPolicy Delete; Paddock created it)", name, cluster)
+		}
+		return true, ""
+	}
+	rq, err := core.ResourceQuotas(name).Get(ctx, QuotaName, metav1.GetOptions{})
+	if err == nil && rq.Labels[tenancyv1.NamespaceQuotaLabel] == nsq.Name {
+		uid := rq.UID
+		if err := core.ResourceQuotas(name).Delete(ctx, QuotaName, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
+			return false, "deleting ResourceQuota " + QuotaName + ": " + err.Error()
+		}
+	} else if err != nil && !apierrors.IsNotFound(err) {
+		return false, "reading ResourceQuota " + QuotaName + ": " + err.Error()
+	}
+	lr, err := core.LimitRanges(name).Get(ctx, LimitRangeName, metav1.GetOptions{})
+	if err == nil && lr.Labels[tenancyv1.NamespaceQuotaLabel] == nsq.Name {
+		uid := lr.UID
+		if err := core.LimitRanges(name).Delete(ctx, LimitRangeName, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
+			return false, "deleting LimitRange " + LimitRangeName + ": " + err.Error()
+		}
+	} else if err != nil && !apierrors.IsNotFound(err) {
+		return false, "reading LimitRange " + LimitRangeName + ": " + err.Error()
+	}
+	// The namespace stays; it leaves Paddock (and the workspace).
+	patch := []byte(fmt.Sprintf(`{"metadata":{"labels":{%q:null,%q:null,%q:null},"annotations":{%q:null}}}`,
+		tenancyv1.NamespaceQuotaLabel, tenancyv1.WorkspaceLabel, ManagedByLabel, CreatedByAnnotation))
+	if _, err := core.Namespaces().Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}); err != nil && !apierrors.IsNotFound(err) {
+		return false, "releasing namespace " + name + ": " + err.Error()
+	}
+	return true, ""
+}
+
+// finalize removes what the NamespaceQuota placed in every cluster it may have placed it in (the
+// clusters in its status and those it selects), then lets it go. Never wedged: clusters that
+// stay unreachable for the grace period are left (a Warning event names them).
+func (r *NamespaceQuotaReconciler) finalize(ctx context.Context, nsq *tenancyv1.NamespaceQuota) (ctrl.Result, error) {
+	if !controllerutil.ContainsFinalizer(nsq, tenancyv1.NamespaceQuotaFinalizer) {
+		return ctrl.Result{}, nil
+	}
+	seen := map[string]bool{}
+	var clusters []string
+	for _, c := range nsq.Status.Clusters {
+		if !seen[c.Name] {
+			seen[c.Name] = true
+			clusters = append(clusters, c.Name)
+		}
+	}
+	if sel, err := selectClusters(ctx, r.Client, nsq.Spec.Clusters, "spec.clusters"); err == nil {
+		for _, c := range sel {
+			if !seen[c] {
+				seen[c] = true
+				clusters = append(clusters, c)
+			}
+		}
+	}
+	done := make([]bool, len(clusters))
+	msgs := make([]string, len(clusters))
+	forEachCluster(clusters, func(i int, c string) { done[i], msgs[i] = r.cleanupCluster(ctx, nsq, c) })
+	left := map[string]string{}
+	for i, c := range clusters {
+		if !done[i] {
+			left[c] = msgs[i]
+		}
+	}
+	if len(left) > 0 {
+		if waited := time.Since(nsq.DeletionTimestamp.Time); waited < r.grace() {
+			orig := nsq.DeepCopy()
+			var st []tenancyv1.NamespaceClusterStatus
+			prev := map[string]tenancyv1.NamespaceClusterStatus{}
+			for _, c := range nsq.Status.Clusters {
+				prev[c.Name] = c
+			}
+			for c, msg := range left {
+				e := prev[c]
+				e.Name, e.Phase, e.Message = c, tenancyv1.NamespaceRemoving, truncate(msg, 1024)
+				st = append(st, withTransition(e, prev, time.Now()))
+			}
+			sort.Slice(st, func(i, j int) bool { return st[i].Name < st[j].Name })
+			nsq.Status.Clusters = st
+			setConditions(&nsq.Status.Conditions, nsq.Generation, verdict{reason: tenancyv1.ReasonDeleting, reconciling: true,
+				msg: fmt.Sprintf("removing the quota objects; %d clusters not reached yet: %s", len(left), listFailures(left))})
+			if err := r.Client.Status().Patch(ctx, nsq, client.MergeFrom(orig)); err != nil {
+				return ctrl.Result{}, client.IgnoreNotFound(err)
+			}
+			return ctrl.Result{RequeueAfter: min(10*time.Second, r.grace()-waited)}, nil
+		}
+		if r.Recorder != nil {
+			r.Recorder.Eventf(nsq, nil, corev1.EventTypeWarning, "CleanupAbandoned", "Delete",
+				"gave up removing namespace %s's quota objects after %s from clusters not reachable: %s", nsq.Spec.Namespace, r.grace(), listFailures(left))
+		}
+	}
+	orig := nsq.DeepCopy()
+	controllerutil.RemoveFinalizer(nsq, tenancyv1.NamespaceQuotaFinalizer)
+	if err := r.Client.Patch(ctx, nsq, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	r.state.forgetOwner(nsq.Name, nil)
+	return ctrl.Result{}, nil
+}
