@@ -110,6 +110,13 @@ var registry = []registration{
 			Recorder: mgr.GetEventRecorder("workspace-controller"),
 		}).SetupWithManager(ctx, mgr, co)
 	}},
+	{"rolegrant", func(ctx context.Context, mgr ctrl.Manager, o Options, co controller.Options) error {
+		return (&tenancy.RoleGrantReconciler{
+			Client:   mgr.GetClient(),
+			Cache:    o.ClusterCache,
+			Recorder: mgr.GetEventRecorder("rolegrant-controller"),
+		}).SetupWithManager(ctx, mgr, co)
+	}},
 	{"namespacequota", func(ctx context.Context, mgr ctrl.Manager, o Options, co controller.Options) error {
 		return (&tenancy.NamespaceQuotaReconciler{
 			Client:   mgr.GetClient(),

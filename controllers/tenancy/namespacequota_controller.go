@@ -529,7 +529,7 @@ const memberTimeout = 30 * time.Second
 // inPlace says the cluster was Active for this very spec at the last pass: whatever must be
 // restored now was changed outside Paddock (a DriftCorrected event).
 func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancyv1.NamespaceQuota, cluster string, prev tenancyv1.NamespaceClusterStatus, inPlace bool) (tenancyv1.NamespaceClusterStatus, map[string]string, bool) {
-	st := tenancyv1.NamespaceClusterStatus{Name: cluster, Created: prev.Created, Hard: prev.Hard, Used: prev.Used}
+	st := tenancyv1.NamespaceClusterStatus{Name: cluster, Created: prev.Created, Placed: prev.Placed, Hard: prev.Hard, Used: prev.Used}
 	fail := func(phase tenancyv1.NamespacePhase, msg string) (tenancyv1.NamespaceClusterStatus, map[string]string, bool) {
 		st.Phase, st.Message = phase, truncate(msg, 1024)
 		return st, nil, true
@@ -572,6 +572,7 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 		return memberErr("reading namespace "+name, err)
 	default:
 		if !ns.DeletionTimestamp.IsZero() {
+			st.Placed = false
 			return fail(tenancyv1.NamespacePending, fmt.Sprintf("namespace %s is being deleted in %s; it is created again once it is gone", name, cluster))
 		}
 		if owner := ns.Labels[tenancyv1.NamespaceQuotaLabel]; owner != "" && owner != nsq.Name {
@@ -580,6 +581,7 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 				return fail(tenancyv1.NamespaceFailed, err.Error())
 			}
 			if taken {
+				st.Placed = false
 				return fail(tenancyv1.NamespaceFailed, fmt.Sprintf("%s: namespace %s in %s is managed by NamespaceQuota %s", tenancyv1.ReasonNamespaceConflict, name, cluster, owner))
 			}
 		}
@@ -597,7 +599,7 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 		}
 	}
 	written[objectKey("namespaces", "", name)] = ns.ResourceVersion
-	st.Created = ns.Annotations[CreatedByAnnotation] == string(nsq.UID)
+	st.Created, st.Placed = ns.Annotations[CreatedByAnnotation] == string(nsq.UID), true
 
 	// The quota.
 	rqLabels := map[string]string{tenancyv1.NamespaceQuotaLabel: nsq.Name, ManagedByLabel: managedBy}

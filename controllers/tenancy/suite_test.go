@@ -80,6 +80,10 @@ func runSuite(m *testing.M) int {
 		func() error {
 			return quotas.SetupWithManager(mctx, mgr, controller.Options{MaxConcurrentReconciles: 4})
 		},
+		func() error {
+			return (&RoleGrantReconciler{Client: mgr.GetClient(), Cache: members, Recorder: mgr.GetEventRecorder("rolegrant-controller"),
+				CleanupGracePeriod: 20 * time.Second}).SetupWithManager(mctx, mgr, controller.Options{MaxConcurrentReconciles: 4})
+		},
 	}
 	for _, setup := range setups {
 		if err := setup(); err != nil {

@@ -12,8 +12,9 @@ import (
 // memberControllers are the kube-controller-manager controllers a member runs when
 // Options.MemberControllers is set: the ones a member's own behaviour depends on and a bare
 // apiserver lacks (a ResourceQuota's status.hard and status.used, without which the quota
-// admission plugin refuses every pod; and namespace deletion, which without it never ends).
-const memberControllers = "resourcequota,namespace,garbagecollector"
+// admission plugin refuses every pod; namespace deletion, which without it never ends; and the
+// rules of the aggregated ClusterRoles admin, edit and view, empty without it).
+const memberControllers = "resourcequota,namespace,garbagecollector,clusterrole-aggregation"
 
 // controllerManager is a kube-controller-manager process beside a member's apiserver.
 type controllerManager struct {

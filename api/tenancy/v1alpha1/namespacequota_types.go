@@ -100,6 +100,10 @@ type NamespaceClusterStatus struct {
 	// Created: Paddock created the namespace (else it adopted one that existed).
 	// +optional
 	Created bool `json:"created,omitempty"`
+	// Placed: the namespace is there and belongs to this NamespaceQuota (and its workspace):
+	// workspace-scoped RoleGrants make their RoleBindings in it.
+	// +optional
+	Placed bool `json:"placed,omitempty"`
 	// Hard is what the member's ResourceQuota enforces (its status.hard).
 	// +optional
 	Hard corev1.ResourceList `json:"hard,omitempty"`
