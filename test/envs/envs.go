@@ -157,6 +157,10 @@ func Start(opts Options) (_ *Env, retErr error) {
 			// The admission policies the chart ships (config/admission), as a real install has.
 			err = applyManifests(context.Background(), cp.Client, filepath.Join(root, "config", "admission"))
 		}
+		if err == nil {
+			// And the ClusterRoles it ships for Paddock's users.
+			err = applyManifests(context.Background(), cp.Client, filepath.Join(root, "config", "rbac", "user"))
+		}
 		e.Management, errs[0] = cp, err
 	}()
 	for i := range opts.Members {

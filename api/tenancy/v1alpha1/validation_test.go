@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -152,6 +153,8 @@ func TestARoleGrantNeedsBindOnItsRole(t *testing.T) {
 	writer := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "rolegrant-writer"}, Rules: []rbacv1.PolicyRule{
 		{APIGroups: []string{"tenancy.paddock.dev"}, Resources: []string{"rolegrants"}, Verbs: []string{"get", "list", "create", "update", "patch", "delete"}},
 		{APIGroups: []string{"rbac.authorization.k8s.io"}, Resources: []string{"clusterroles"}, Verbs: []string{"bind"}, ResourceNames: []string{"view"}},
+		// Its grants are by cluster selector (the scope check: tenancy-scope.yaml).
+		{APIGroups: []string{"clusters.paddock.dev"}, Resources: []string{"memberclusters"}, Verbs: []string{"use"}},
 	}}
 	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "rolegrant-writer-alice"},
 		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: writer.Name},
@@ -193,6 +196,98 @@ func TestARoleGrantNeedsBindOnItsRole(t *testing.T) {
 	admin := grant("admin-for-mallory", "cluster-admin")
 	g.Expect(mgmt.Create(ctx, admin)).To(Succeed())
 	t.Cleanup(func() { _ = mgmt.Delete(ctx, admin) })
+}
+
+// impersonate returns a management client acting as user.
+func impersonate(t *testing.T, user string) client.Client {
+	t.Helper()
+	cfg := rest.CopyConfig(env.Management.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user}
+	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	return c
+}
+
+func bindTo(t *testing.T, user, role string) {
+	t.Helper()
+	b := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: role + "-" + user},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
+		Subjects: []rbacv1.Subject{{Kind: "User", Name: user}}}
+	NewWithT(t).Expect(mgmt.Create(ctx, b)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, b) })
+}
+
+// The ClusterRoles the chart ships, with the scope check: a workspace admin places namespaces
+// and grants admin, edit or view only in the workspaces it may use; never cluster-wide, never
+// cluster-admin; a viewer reads and writes nothing.
+func TestTheShippedRolesKeepAWorkspaceAdminInItsWorkspace(t *testing.T) {
+	g := NewWithT(t)
+	// carol administers workspace team-a: the shipped role, and use on team-a only.
+	useTeamA := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "paddock-workspace:team-a"}, Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{"tenancy.paddock.dev"}, Resources: []string{"workspaces"}, Verbs: []string{"use"}, ResourceNames: []string{"team-a"}}}}
+	g.Expect(mgmt.Create(ctx, useTeamA)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, useTeamA) })
+	bindTo(t, "carol", "paddock-workspace-admin")
+	bindTo(t, "carol", useTeamA.Name)
+	bindTo(t, "victor", "paddock-viewer")
+	carol, victor := impersonate(t, "carol"), impersonate(t, "victor")
+
+	quota := func(name, ws string) *tenancyv1.NamespaceQuota {
+		return &tenancyv1.NamespaceQuota{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: tenancyv1.NamespaceQuotaSpec{
+			Namespace: name, Workspace: ws, Clusters: tenancyv1.ClusterTargets{ClusterNames: []string{"a"}},
+			Hard: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("1")}}}
+	}
+	grantIn := func(name, role string, scope tenancyv1.GrantScope) *tenancyv1.RoleGrant {
+		return &tenancyv1.RoleGrant{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: tenancyv1.RoleGrantSpec{
+			Subjects: []tenancyv1.Subject{{Kind: "User", Name: "dev"}}, RoleRef: tenancyv1.RoleRef{Name: role}, Scope: scope}}
+	}
+	// The policy takes effect a moment after it is created.
+	g.Eventually(func(g Gomega) {
+		err := carol.Create(ctx, quota("b-ns", "team-b"))
+		g.Expect(err).To(HaveOccurred(), "carol placed a namespace in team-b")
+		g.Expect(err.Error()).To(ContainSubstring("placing a namespace in workspace team-b needs the use verb on workspaces/team-b"))
+	}, 30*time.Second, 200*time.Millisecond).Should(Succeed())
+	mine := quota("a-ns", "team-a")
+	g.Expect(carol.Create(ctx, mine)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, mine) })
+	mine.Spec.Hard[corev1.ResourcePods] = resource.MustParse("2")
+	g.Expect(carol.Update(ctx, mine)).To(Succeed(), "carol edits her own")
+	mine.Spec.Workspace = "team-b"
+	err := carol.Update(ctx, mine)
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(err.Error()).To(ContainSubstring("placing a namespace in workspace team-b"))
+	// Someone else's, in team-b: carol cannot move it into hers either (out of team-b).
+	theirs := quota("b-theirs", "team-b")
+	g.Expect(mgmt.Create(ctx, theirs)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, theirs) })
+	theirs.Spec.Workspace = "team-a"
+	err = carol.Update(ctx, theirs)
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(err.Error()).To(ContainSubstring("moving a namespace out of workspace team-b needs the use verb on workspaces/team-b"))
+
+	ok := grantIn("a-edit", "edit", tenancyv1.GrantScope{Workspace: "team-a"})
+	g.Expect(carol.Create(ctx, ok)).To(Succeed(), "carol grants edit in her workspace")
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, ok) })
+	for _, c := range []struct {
+		rg  *tenancyv1.RoleGrant
+		msg string
+	}{
+		{grantIn("b-edit", "edit", tenancyv1.GrantScope{Workspace: "team-b"}), "granting a role in workspace team-b needs the use verb"},
+		{grantIn("a-root", "cluster-admin", tenancyv1.GrantScope{Workspace: "team-a"}), "granting ClusterRole cluster-admin needs the bind verb"},
+		{grantIn("a-cluster", "view", tenancyv1.GrantScope{Cluster: "a"}), "granting a role in cluster a needs the use verb on memberclusters/a"},
+		{grantIn("a-fleet", "view", tenancyv1.GrantScope{ClusterSelector: &metav1.LabelSelector{}}), "granting a role by cluster selector needs the use verb on all memberclusters"},
+	} {
+		err := carol.Create(ctx, c.rg)
+		g.Expect(err).To(HaveOccurred(), "carol created %s", c.rg.Name)
+		g.Expect(err.Error()).To(ContainSubstring(c.msg))
+	}
+
+	// The viewer reads, and writes nothing.
+	g.Expect(victor.List(ctx, &tenancyv1.NamespaceQuotaList{})).To(Succeed())
+	g.Expect(victor.List(ctx, &tenancyv1.RoleGrantList{})).To(Succeed())
+	err = victor.Create(ctx, quota("v-ns", "team-a"))
+	g.Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+	g.Expect(apierrors.IsForbidden(victor.List(ctx, &corev1.SecretList{}))).To(BeTrue())
 }
 
 func TestPrinterColumns(t *testing.T) {
