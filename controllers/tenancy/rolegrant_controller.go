@@ -717,7 +717,7 @@ func (r *RoleGrantReconciler) applyClusterRoleBinding(ctx context.Context, kc ku
 // grants), else the first non-resource rule. ok is false for a role with no rule to check.
 func verificationFor(role *rbacv1.ClusterRole, ns string) (what string, ra *authzv1.ResourceAttributes, nra *authzv1.NonResourceAttributes, ok bool) {
 	concrete := func(r rbacv1.PolicyRule) bool {
-		return r.Verbs[0] != "*" && r.Resources[0] != "*" && len(r.APIGroups) > 0 && r.APIGroups[0] != "*"
+		return r.Verbs[0] != "*" && r.Resources[0] != "*" && !strings.Contains(r.Resources[0], "/") && r.APIGroups[0] != "*"
 	}
 	var pick *rbacv1.PolicyRule
 	for _, strict := range []bool{true, false} {

@@ -56,7 +56,9 @@ func run() error {
 		return err
 	}
 	fmt.Printf("Starting a management control plane and %d member control planes...\n", *members)
-	env, err := envs.Start(envs.Options{Members: *members})
+	// The members run the controllers a real member has for quotas, namespace deletion and the
+	// aggregated admin/edit/view roles (the tenancy samples rely on them).
+	env, err := envs.Start(envs.Options{Members: *members, MemberControllers: true})
 	if err != nil {
 		return err
 	}
@@ -73,6 +75,12 @@ func run() error {
 	}
 	if err := env.WriteMemberKubeconfigSecrets(ctx, "paddock-system"); err != nil {
 		return err
+	}
+	// Admin kubeconfigs of the members, to look at what Paddock did there.
+	for _, m := range env.Members {
+		if err := os.WriteFile(filepath.Join(dir, m.Name+".kubeconfig"), m.Kubeconfig(), 0o600); err != nil {
+			return err
+		}
 	}
 	for _, m := range env.Members {
 		// envtest runs no kubelets: give each member a couple of Node objects to count.
@@ -143,22 +151,33 @@ func run() error {
 	}
 	out, _ = env.Management.Kubectl("get", "prel", "-n", "default")
 	fmt.Print(string(out))
+	out, err = env.Management.Kubectl("wait", "namespacequota,rolegrant", "--all", "--for=condition=Ready", "--timeout=60s")
+	fmt.Print(string(out))
+	if err != nil {
+		return fmt.Errorf("the tenancy samples did not become Ready (see %s): %w", logPath, err)
+	}
+	out, _ = env.Management.Kubectl("get", "ws,nsq,rg")
+	fmt.Print(string(out))
 
 	assets, _ := envs.AssetsDir()
 	fmt.Printf(`
 Paddock is running locally.
-  export KUBECONFIG=%s
-  export PATH=%s:$PATH      # kubectl %s
+  export KUBECONFIG=%[1]s
+  export PATH=%[2]s:$PATH      # kubectl %[3]s
   kubectl get membercluster            # or: kubectl get mc -o wide, kubectl get paddock
   kubectl describe mc member-1
   kubectl get events --field-selector involvedObject.kind=MemberCluster
   kubectl get prepo; kubectl get prel -n default -o yaml   # the hello chart in both members
   kubectl patch prel hello -n default --type merge -p '{"spec":{"chart":{"version":"0.2.0"}}}'
+  kubectl get ws,nsq,rg                # team-a: a namespace with a quota, and a grant, in both members
+  kubectl --kubeconfig %[6]s/member-1.kubeconfig auth can-i create deployments -n team-a-dev --as alice   # yes (edit)
+  kubectl --kubeconfig %[6]s/member-1.kubeconfig auth can-i create deployments -n default --as alice      # no
+  kubectl --kubeconfig %[6]s/member-2.kubeconfig get resourcequota -n team-a-dev                            # Paddock's quota
   curl -s 127.0.0.1:8080/metrics | grep paddock_
-Manager log: %s
-Members: %s
+Manager log: %[4]s
+Members: %[5]s
 Press Ctrl-C to stop everything.
-`, kubeconfig, assets, envs.K8sVersion, logPath, memberList(env))
+`, kubeconfig, assets, envs.K8sVersion, logPath, memberList(env), dir)
 
 	select {
 	case <-ctx.Done():
