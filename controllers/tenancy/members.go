@@ -2,6 +2,7 @@ package tenancy
 
 import (
 	"context"
+	"hash/fnv"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -96,6 +97,9 @@ func (s *syncState) due(owner string, uid types.UID, cluster, desired string, wa
 	if !watched && resync > backstopResync {
 		resync = backstopResync
 	}
+	// Spread over ±10% per owner and cluster, so that the passes of a fleet started together do
+	// not all come due together.
+	resync = jitter(resync, owner+"/"+cluster)
 	next := cs.at.Add(resync)
 	if cs.dirty {
 		next = cs.at.Add(minInterval)
@@ -214,6 +218,14 @@ func (s *syncState) forgetOwner(owner string, keep map[string]bool) {
 	for _, c := range drop {
 		s.forget(owner, c)
 	}
+}
+
+// jitter spreads d by ±10%, the same way for the same key.
+func jitter(d time.Duration, key string) time.Duration {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	f := 0.9 + 0.2*float64(h.Sum32()%1000)/1000
+	return time.Duration(float64(d) * f)
 }
 
 // objectKey names an object in written: "<resource>/<namespace>/<name>".

@@ -531,8 +531,13 @@ func (r *RoleGrantReconciler) syncCluster(ctx context.Context, rg *tenancyv1.Rol
 			wantNS[ns] = true
 		}
 	}
-	for _, b := range haveRB.Items {
+	// The ones kept, as listed: a binding already equal to the spec costs no further request.
+	listedRB := map[string]*rbacv1.RoleBinding{}
+	var listedCRB *rbacv1.ClusterRoleBinding
+	for i := range haveRB.Items {
+		b := haveRB.Items[i]
 		if b.Name == name && wantNS[b.Namespace] && b.Labels[tenancyv1.RoleGrantUIDLabel] == string(rg.UID) {
+			listedRB[b.Namespace] = &haveRB.Items[i]
 			continue
 		}
 		uid := b.UID
@@ -540,8 +545,10 @@ func (r *RoleGrantReconciler) syncCluster(ctx context.Context, rg *tenancyv1.Rol
 			return memberErr("removing RoleBinding "+b.Namespace+"/"+b.Name, err)
 		}
 	}
-	for _, b := range haveCRB.Items {
+	for i := range haveCRB.Items {
+		b := haveCRB.Items[i]
 		if b.Name == name && t.clusterWide && b.Labels[tenancyv1.RoleGrantUIDLabel] == string(rg.UID) {
+			listedCRB = &haveCRB.Items[i]
 			continue
 		}
 		uid := b.UID
@@ -552,7 +559,12 @@ func (r *RoleGrantReconciler) syncCluster(ctx context.Context, rg *tenancyv1.Rol
 
 	var failures []string
 	if t.clusterWide {
-		rv, did, err := r.applyClusterRoleBinding(ctx, kc, name, labels, subjects, ref)
+		rv, did, err := "", false, error(nil)
+		if b := listedCRB; b != nil && b.RoleRef == ref && hasAll(b.Labels, labels) && equality.Semantic.DeepEqual(b.Subjects, subjects) {
+			rv = b.ResourceVersion
+		} else {
+			rv, did, err = r.applyClusterRoleBinding(ctx, kc, name, labels, subjects, ref)
+		}
 		if err != nil {
 			return memberErr("ClusterRoleBinding "+name, err)
 		}
@@ -563,6 +575,11 @@ func (r *RoleGrantReconciler) syncCluster(ctx context.Context, rg *tenancyv1.Rol
 		}
 	} else {
 		for _, ns := range t.namespaces[cluster] {
+			if b := listedRB[ns]; b != nil && b.RoleRef == ref && hasAll(b.Labels, labels) && equality.Semantic.DeepEqual(b.Subjects, subjects) {
+				written[objectKey("rolebindings", ns, name)] = b.ResourceVersion
+				count++
+				continue
+			}
 			rv, did, err := r.applyRoleBinding(ctx, kc, ns, name, labels, subjects, ref)
 			if err != nil {
 				if apierrors.IsNotFound(err) {
@@ -626,8 +643,17 @@ func (r *RoleGrantReconciler) syncCluster(ctx context.Context, rg *tenancyv1.Rol
 
 func (r *RoleGrantReconciler) applyRoleBinding(ctx context.Context, kc kubernetes.Interface, ns, name string, labels map[string]string, subjects []rbacv1.Subject, ref rbacv1.RoleRef) (string, bool, error) {
 	rbs := kc.RbacV1().RoleBindings(ns)
-	b, err := rbs.Get(ctx, name, metav1.GetOptions{})
 	want := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels}, Subjects: subjects, RoleRef: ref}
+	// Not in the pass's list of this RoleGrant's bindings: most likely missing, so created
+	// straight away (one request); one that exists unlabelled is read and judged below.
+	b, err := rbs.Create(ctx, want, metav1.CreateOptions{FieldManager: fieldManager})
+	if err == nil {
+		return b.ResourceVersion, true, nil
+	}
+	if !apierrors.IsAlreadyExists(err) {
+		return "", false, err
+	}
+	b, err = rbs.Get(ctx, name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
 		b, err = rbs.Create(ctx, want, metav1.CreateOptions{FieldManager: fieldManager})
@@ -670,8 +696,15 @@ func (r *RoleGrantReconciler) applyRoleBinding(ctx context.Context, kc kubernete
 
 func (r *RoleGrantReconciler) applyClusterRoleBinding(ctx context.Context, kc kubernetes.Interface, name string, labels map[string]string, subjects []rbacv1.Subject, ref rbacv1.RoleRef) (string, bool, error) {
 	crbs := kc.RbacV1().ClusterRoleBindings()
-	b, err := crbs.Get(ctx, name, metav1.GetOptions{})
 	want := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, Subjects: subjects, RoleRef: ref}
+	b, err := crbs.Create(ctx, want, metav1.CreateOptions{FieldManager: fieldManager})
+	if err == nil {
+		return b.ResourceVersion, true, nil
+	}
+	if !apierrors.IsAlreadyExists(err) {
+		return "", false, err
+	}
+	b, err = crbs.Get(ctx, name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
 		b, err = crbs.Create(ctx, want, metav1.CreateOptions{FieldManager: fieldManager})

@@ -64,6 +64,8 @@ type options struct {
 	helmConcurrency            int
 	oneReleasePerCluster       bool
 	memberLatency              time.Duration
+	tenancyNamespaces          int
+	tenancyGrants              int
 }
 
 // traffic counts requests and response bytes per member apiserver (by host).
@@ -157,8 +159,11 @@ func main() {
 	oneReleasePerCluster := flag.Bool("one-release-per-cluster", false, "With -plugins: one PluginRelease per simulated cluster (else one per simulated cluster on each member apiserver).")
 	memberLatency := flag.Duration("member-latency", 20*time.Millisecond, "With -plugins: delay added to every request to a member (a remote cluster's round trip).")
 	frozenFirst := flag.Bool("frozen-first", false, "Freeze the second member (its probes hang) before stopping the first, and measure the first's detection beside them.")
+	tenancy := flag.Bool("tenancy", false, "Measure the tenancy kinds instead: a workspace of -namespaces NamespaceQuotas and -grants RoleGrants over -members real member clusters.")
+	tenancyNamespaces := flag.Int("namespaces", 50, "With -tenancy: NamespaceQuotas in the workspace.")
+	tenancyGrants := flag.Int("grants", 20, "With -tenancy: workspace-scoped RoleGrants.")
 	flag.Parse()
-	o := options{members: *members, nodes: *nodes, maxProbes: *maxProbes, kubeQPS: *kubeQPS, loss: *loss,
+	o := options{tenancyNamespaces: *tenancyNamespaces, tenancyGrants: *tenancyGrants,members: *members, nodes: *nodes, maxProbes: *maxProbes, kubeQPS: *kubeQPS, loss: *loss,
 		lossFor: *lossFor, steady: *steady, unhealthy: *unhealthy, frozenFirst: *frozenFirst, period: *period, readyTimeout: *readyTimeout,
 		helmConcurrency: *helmConcurrency, memberLatency: *memberLatency, oneReleasePerCluster: *oneReleasePerCluster}
 	ctrl.SetLogger(benchLogger())
@@ -169,6 +174,12 @@ func main() {
 			fail(err)
 		}
 		counts = append(counts, n)
+	}
+	if *tenancy {
+		if err := runTenancy(o); err != nil {
+			fail(err)
+		}
+		return
 	}
 	if *plugins {
 		for _, n := range counts {
