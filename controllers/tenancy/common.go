@@ -7,7 +7,9 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -89,14 +91,24 @@ func memberRef(cluster string) *clustersv1.MemberCluster {
 		ObjectMeta: metav1.ObjectMeta{Name: cluster}}
 }
 
-// memberExists says whether the MemberCluster exists (a cluster whose MemberCluster is gone has
-// nothing left to clean up through Paddock).
-func memberExists(ctx context.Context, c client.Reader, name string) (bool, error) {
-	err := c.Get(ctx, client.ObjectKey{Name: name}, &clustersv1.MemberCluster{})
+// cleanupAccessor returns the member's accessor for removing what Paddock placed there: the
+// usable connection, or while its MemberCluster is being deleted the cleanup one. gone: the
+// MemberCluster no longer exists (nothing is reachable through Paddock any more). A member that
+// is not usable and not being deleted fails at once, not after a request's timeout.
+func cleanupAccessor(ctx context.Context, c client.Reader, cache clustercache.Reader, name string) (acc *clustercache.Accessor, gone bool, err error) {
+	acc, err = cache.Get(ctx, name)
 	if err == nil {
-		return true, nil
+		return acc, false, nil
 	}
-	return false, client.IgnoreNotFound(err)
+	mc := &clustersv1.MemberCluster{}
+	if gerr := c.Get(ctx, client.ObjectKey{Name: name}, mc); gerr != nil {
+		return nil, apierrors.IsNotFound(gerr), err
+	}
+	if mc.DeletionTimestamp.IsZero() {
+		return nil, false, err
+	}
+	acc, err = cache.GetForCleanup(ctx, name)
+	return acc, false, err
 }
 
 // listFailures formats "cluster: message" for the first few failed clusters.
@@ -118,8 +130,9 @@ func listFailures(failed map[string]string) string {
 }
 
 var (
-	indexMu sync.Mutex
-	indexed = map[ctrl.Manager]bool{}
+	indexMu    sync.Mutex
+	indexed    = map[ctrl.Manager]bool{}
+	finalizing = map[ctrl.Manager]bool{}
 )
 
 // indexOnce registers the manager's NamespaceQuota indexes once, whichever tenancy controller
@@ -130,9 +143,7 @@ func indexOnce(ctx context.Context, mgr ctrl.Manager) error {
 	if indexed[mgr] {
 		return nil
 	}
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &tenancyv1.NamespaceQuota{}, WorkspaceIndex, func(o client.Object) []string {
-		return []string{o.(*tenancyv1.NamespaceQuota).Spec.Workspace}
-	}); err != nil {
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &tenancyv1.NamespaceQuota{}, WorkspaceIndex, quotaWorkspaces); err != nil {
 		return fmt.Errorf("indexing NamespaceQuotas by workspace: %w", err)
 	}
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &tenancyv1.NamespaceQuota{}, NamespaceIndex, func(o client.Object) []string {
@@ -140,6 +151,32 @@ func indexOnce(ctx context.Context, mgr ctrl.Manager) error {
 	}); err != nil {
 		return fmt.Errorf("indexing NamespaceQuotas by namespace: %w", err)
 	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &tenancyv1.NamespaceQuota{}, statusClusterIndex, quotaStatusClusters); err != nil {
+		return fmt.Errorf("indexing NamespaceQuotas by cluster: %w", err)
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &tenancyv1.RoleGrant{}, statusClusterIndex, grantStatusClusters); err != nil {
+		return fmt.Errorf("indexing RoleGrants by cluster: %w", err)
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &tenancyv1.RoleGrant{}, GrantWorkspaceIndex, func(o client.Object) []string {
+		if ws := o.(*tenancyv1.RoleGrant).Spec.Scope.Workspace; ws != "" {
+			return []string{ws}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("indexing RoleGrants by workspace: %w", err)
+	}
 	indexed[mgr] = true
 	return nil
+}
+
+// setupMemberFinalizer registers the controller of MemberFinalizer once per manager, whichever
+// of the NamespaceQuota and RoleGrant controllers is set up first.
+func setupMemberFinalizer(mgr ctrl.Manager, grace time.Duration) error {
+	indexMu.Lock()
+	defer indexMu.Unlock()
+	if finalizing[mgr] {
+		return nil
+	}
+	finalizing[mgr] = true
+	return (&memberFinalizer{client: mgr.GetClient(), grace: grace}).setup(mgr)
 }

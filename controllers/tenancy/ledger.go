@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	tenancyv1 "github.com/paddock-dev/paddock/api/tenancy/v1alpha1"
 )
@@ -17,6 +18,7 @@ import (
 // Claim is a NamespaceQuota asking for its share of its workspace's budget.
 type Claim struct {
 	Name       string
+	UID        types.UID
 	Generation int64
 	Created    time.Time
 	// Hard is the per-cluster hard it asks for; Clusters how many clusters it selects.
@@ -75,7 +77,11 @@ func Admit(budget corev1.ResourceList, ledger []tenancyv1.Allocation, claims []C
 	kept := map[string]tenancyv1.Allocation{}
 	var pending []Claim
 	for _, c := range claims {
-		if a, ok := byName[c.Name]; ok {
+		if a, ok := byName[c.Name]; ok && (a.UID == "" || c.UID == "" || a.UID == c.UID) {
+			// (An allocation of an earlier object of the name is freed: that object is gone.)
+			if a.UID == "" {
+				a.UID = c.UID
+			}
 			kept[c.Name] = a
 			addTo(out.Allocated, amount(a.Hard, a.Clusters))
 			// Decided again when its spec or the clusters it selects changed.
@@ -120,7 +126,7 @@ func Admit(budget corev1.ResourceList, ledger []tenancyv1.Allocation, claims []C
 			continue
 		}
 		out.Allocated = total
-		kept[c.Name] = tenancyv1.Allocation{NamespaceQuota: c.Name, Generation: c.Generation, Hard: budgeted(c.Hard, budget), Clusters: c.Clusters}
+		kept[c.Name] = tenancyv1.Allocation{NamespaceQuota: c.Name, UID: c.UID, Generation: c.Generation, Hard: budgeted(c.Hard, budget), Clusters: c.Clusters}
 	}
 	for _, c := range claims {
 		if a, ok := kept[c.Name]; ok {

@@ -137,3 +137,19 @@ func TestClaimsAreDecidedAgainWhenTheirClustersChange(t *testing.T) {
 	a = Admit(low, a.Allocations, []Claim{{Name: "q", Generation: 4, Hard: list("requests.cpu", "1.6"), Clusters: 5}})
 	g.Expect(a.Refused).To(HaveKey("q"), "growing while over")
 }
+
+// An allocation belongs to one object: a NamespaceQuota deleted and created again under the
+// same name, at the same generation, is decided anew (before the workspace saw the deletion).
+func TestAnAllocationOfAnEarlierObjectOfTheNameIsNotKept(t *testing.T) {
+	g := NewWithT(t)
+	budget := list("pods", "10")
+	t0 := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+	ledger := []tenancyv1.Allocation{{NamespaceQuota: "a", UID: "old", Generation: 1, Hard: list("pods", "2"), Clusters: 1}}
+	adm := Admit(budget, ledger, []Claim{{Name: "a", UID: "new", Generation: 1, Created: t0, Hard: list("pods", "20"), Clusters: 1}})
+	g.Expect(adm.Allocations).To(BeEmpty(), "20 pods were never admitted")
+	g.Expect(adm.Refused).To(HaveKey("a"))
+	adm = Admit(budget, ledger, []Claim{{Name: "a", UID: "new", Generation: 1, Created: t0, Hard: list("pods", "3"), Clusters: 1}})
+	g.Expect(adm.Allocations).To(HaveLen(1))
+	g.Expect(adm.Allocations[0].UID).To(BeEquivalentTo("new"))
+	g.Expect(adm.Allocations[0].Hard.Pods().String()).To(Equal("3"))
+}

@@ -2,8 +2,8 @@ package tenancy
 
 import (
 	"context"
-	"hash/fnv"
 	"fmt"
+	"hash/fnv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +37,9 @@ const (
 	// minInterval spaces passes over one cluster that its watches make dirty: a stream of
 	// changes (a busy namespace's quota usage) costs one pass per interval.
 	minInterval = 2 * time.Second
+	// usageInterval spaces the passes that changes of a member's quota usage call for (its
+	// ResourceQuota's status changes with every pod): the status follows usage that often.
+	usageInterval = 10 * time.Second
 	// retryMin and retryMax bound the backoff of a failed cluster.
 	retryMin = 2 * time.Second
 	retryMax = 2 * time.Minute
@@ -55,6 +58,8 @@ type clusterSync struct {
 	desired string
 	at      time.Time
 	dirty   bool
+	// usage: only an object whose changes are mostly usage changed (see usageInterval).
+	usage bool
 	// events counts the changes seen; a pass that started at a count lower than this one has not
 	// seen them all, and leaves the cluster dirty.
 	events uint64
@@ -101,8 +106,11 @@ func (s *syncState) due(owner string, uid types.UID, cluster, desired string, wa
 	// not all come due together.
 	resync = jitter(resync, owner+"/"+cluster)
 	next := cs.at.Add(resync)
-	if cs.dirty {
+	switch {
+	case cs.dirty:
 		next = cs.at.Add(minInterval)
+	case cs.usage:
+		next = cs.at.Add(usageInterval)
 	}
 	return !now.Before(next), next
 }
@@ -138,7 +146,8 @@ func (s *syncState) done(owner string, uid types.UID, cluster, desired string, f
 		cs = &clusterSync{}
 		s.m[k] = cs
 	}
-	cs.uid, cs.desired, cs.at, cs.dirty = uid, desired, at, cs.events != begun
+	cs.uid, cs.desired, cs.at, cs.dirty = uid, desired, at, cs.events != begun && cs.dirty
+	cs.usage = cs.events != begun && cs.usage
 	if failed {
 		cs.failed++
 	} else {
@@ -152,8 +161,8 @@ func (s *syncState) done(owner string, uid types.UID, cluster, desired string, f
 }
 
 // markDirty records a change seen in a member; it says false for an event of Paddock's own
-// write (nothing to do).
-func (s *syncState) markDirty(owner, cluster, objKey, resourceVersion string, deleted bool) bool {
+// write (nothing to do). usage marks a change that is most likely usage (a quota's status).
+func (s *syncState) markDirty(owner, cluster, objKey, resourceVersion string, deleted, usage bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := syncKey{owner, cluster}
@@ -171,7 +180,11 @@ func (s *syncState) markDirty(owner, cluster, objKey, resourceVersion string, de
 	if !deleted && objKey != "" && cs.written[objKey] == resourceVersion {
 		return false
 	}
-	cs.dirty = true
+	if usage {
+		cs.usage = true
+	} else {
+		cs.dirty = true
+	}
 	cs.events++
 	return true
 }
@@ -308,7 +321,8 @@ func (w *memberWatches) handle(ws *watchSet, ev clustercache.WatchEvent) {
 		return
 	}
 	key := objectKey(ev.Watched.Resource.Resource, ev.Object.GetNamespace(), ev.Object.GetName())
-	if w.state.markDirty(owner, ev.Member, key, ev.Object.GetResourceVersion(), ev.Type == watch.Deleted) {
+	usage := ev.Type == watch.Modified && ev.Watched.Resource == resourceQuotasGVR
+	if w.state.markDirty(owner, ev.Member, key, ev.Object.GetResourceVersion(), ev.Type == watch.Deleted, usage) {
 		w.wake.add(owner)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -83,6 +84,9 @@ func (r *NamespaceQuotaReconciler) SetupWithManager(ctx context.Context, mgr ctr
 		return errors.New("the NamespaceQuota controller needs the member cache")
 	}
 	if err := indexOnce(ctx, mgr); err != nil {
+		return err
+	}
+	if err := setupMemberFinalizer(mgr, r.grace()); err != nil {
 		return err
 	}
 	r.state, r.wake = newSyncState(), newWaker()
@@ -193,14 +197,29 @@ func (r *NamespaceQuotaReconciler) grace() time.Duration {
 
 // plan is what one pass decided before touching members.
 type plan struct {
-	// selected are the clusters the namespace should be in; apply says whether they may be
-	// written (false: the spec waits for, or was refused by, the workspace's budget, or is
-	// refused outright; what members hold stays as it is).
+	// selected are the clusters the namespace should be in; apply says whether the current spec
+	// may be written to them (false: it waits for, or was refused by, the workspace's budget, or
+	// is refused outright; the clusters already placed are kept at status.applied).
 	selected []string
 	apply    bool
 	verdict  *verdict
-	// conflicts are the selected clusters where an older NamespaceQuota holds the namespace.
+	// conflicts are the selected clusters where another NamespaceQuota holds the namespace.
 	conflicts map[string]string
+}
+
+// target is what a pass makes a member hold: the current spec once admitted, else the last
+// admitted one (status.applied).
+type target struct {
+	workspace  string
+	generation int64
+	hard       corev1.ResourceList
+	limitRange *tenancyv1.LimitRangeDefaults
+}
+
+func (t target) digest() string { return strconv.FormatInt(t.generation, 10) + "/" + t.workspace }
+
+func specTarget(nsq *tenancyv1.NamespaceQuota) target {
+	return target{workspace: nsq.Spec.Workspace, generation: nsq.Generation, hard: nsq.Spec.Hard, limitRange: nsq.Spec.LimitRange}
 }
 
 func (r *NamespaceQuotaReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -226,10 +245,10 @@ func (r *NamespaceQuotaReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, err
 	}
 	orig := nsq.DeepCopy()
+	st := &nsq.Status
 	now := time.Now()
-	desired := strconv.FormatInt(nsq.Generation, 10)
 	prev := map[string]tenancyv1.NamespaceClusterStatus{}
-	for _, c := range nsq.Status.Clusters {
+	for _, c := range st.Clusters {
 		prev[c.Name] = c
 	}
 	selected := map[string]bool{}
@@ -237,27 +256,46 @@ func (r *NamespaceQuotaReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		selected[c] = true
 	}
 
-	// The clusters to work on now, and the clusters that left the selection.
-	var work, leaving []string
+	// What the members are made to hold, and where: the admitted spec in the selected
+	// clusters; else the last admitted one, only where it is already placed.
+	var tgt *target
+	var candidates []string
+	if p.apply {
+		t := specTarget(nsq)
+		tgt = &t
+		st.Applied = &tenancyv1.AppliedSpec{Workspace: t.workspace, Generation: t.generation, Hard: t.hard.DeepCopy(), LimitRange: t.limitRange.DeepCopy()}
+		for _, c := range p.selected {
+			if _, conflict := p.conflicts[c]; !conflict {
+				candidates = append(candidates, c)
+			}
+		}
+	} else if a := st.Applied; a != nil {
+		tgt = &target{workspace: a.Workspace, generation: a.Generation, hard: a.Hard, limitRange: a.LimitRange}
+		for _, c := range st.Clusters {
+			if c.Placed && c.Phase != tenancyv1.NamespaceRemoving {
+				candidates = append(candidates, c.Name)
+			}
+		}
+	}
 	next := time.Time{}
 	later := func(t time.Time) {
 		if next.IsZero() || t.Before(next) {
 			next = t
 		}
 	}
-	if p.apply {
-		for _, c := range p.selected {
-			if _, conflict := p.conflicts[c]; conflict {
-				continue
-			}
-			due, at := r.state.due(nsq.Name, nsq.UID, c, desired, r.watches.watched(c), r.resync(), now)
+	var work, leaving []string
+	if tgt != nil {
+		for _, c := range candidates {
+			due, at := r.state.due(nsq.Name, nsq.UID, c, tgt.digest(), r.watches.watched(c), r.resync(), now)
 			if due {
 				work = append(work, c)
 			} else {
 				later(at)
 			}
 		}
-		for _, c := range nsq.Status.Clusters {
+	}
+	if p.apply {
+		for _, c := range st.Clusters {
 			if !selected[c.Name] {
 				leaving = append(leaving, c.Name)
 			}
@@ -266,57 +304,69 @@ func (r *NamespaceQuotaReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	results := make([]tenancyv1.NamespaceClusterStatus, len(work))
 	forEachCluster(work, func(i int, c string) {
 		pc, had := prev[c]
-		inPlace := had && pc.Phase == tenancyv1.NamespaceActive && r.state.applied(nsq.Name, nsq.UID, c) == desired
+		digest := tgt.digest()
+		inPlace := had && pc.Phase == tenancyv1.NamespaceActive && r.state.applied(nsq.Name, nsq.UID, c) == digest
 		begun := r.state.begin(nsq.Name, c)
-		st, written, failed := r.syncCluster(ctx, nsq, c, pc, inPlace)
-		r.state.done(nsq.Name, nsq.UID, c, desired, failed, written, begun, time.Now())
-		results[i] = st
+		res, written, failed := r.syncCluster(ctx, nsq, *tgt, c, pc, inPlace)
+		r.state.done(nsq.Name, nsq.UID, c, digest, failed, written, begun, time.Now())
+		results[i] = res
 	})
+	for _, c := range work {
+		// The next pass over the clusters worked on now: a retry, the resync, or the backstop.
+		_, at := r.state.due(nsq.Name, nsq.UID, c, tgt.digest(), r.watches.watched(c), r.resync(), time.Now())
+		later(at)
+	}
 	removed := make([]bool, len(leaving))
 	leftMsg := make([]string, len(leaving))
 	forEachCluster(leaving, func(i int, c string) {
-		removed[i], leftMsg[i] = r.cleanupCluster(ctx, nsq, c)
+		removed[i], leftMsg[i] = r.cleanupCluster(ctx, nsq, c, prev[c])
 		if removed[i] {
 			r.state.forget(nsq.Name, c)
 		}
 	})
 
-	// Status: every selected cluster (worked on now, or as it was), and the leaving ones not
-	// cleaned up yet.
+	// Status: the selected clusters, worked on now or as they were, then the clusters left
+	// from before (being removed; or, while the spec is not applied, kept as they are).
 	byName := map[string]tenancyv1.NamespaceClusterStatus{}
 	for i, c := range work {
 		byName[c] = results[i]
 	}
 	var clusters []tenancyv1.NamespaceClusterStatus
 	for _, c := range p.selected {
-		st, ok := byName[c]
+		cs, ok := byName[c]
 		switch {
 		case ok:
 		case p.conflicts[c] != "":
-			st = tenancyv1.NamespaceClusterStatus{Name: c, Phase: tenancyv1.NamespaceFailed, Message: p.conflicts[c]}
+			cs = tenancyv1.NamespaceClusterStatus{Name: c, Phase: tenancyv1.NamespaceFailed, Message: p.conflicts[c]}
+			if pc, had := prev[c]; had {
+				// What it placed there before (an older holder took the cluster) is not lost.
+				cs.Created, cs.NamespaceUID = pc.Created, pc.NamespaceUID
+			}
 		default:
-			if st, ok = prev[c]; !ok {
-				msg := "waiting for the workspace's budget to admit this NamespaceQuota"
-				if !p.apply && p.verdict != nil {
+			if cs, ok = prev[c]; !ok {
+				msg := "waiting for the workspace's budget to admit this spec"
+				if p.verdict != nil {
 					msg = p.verdict.msg
 				}
-				st = tenancyv1.NamespaceClusterStatus{Name: c, Phase: tenancyv1.NamespacePending, Message: truncate(msg, 1024)}
+				cs = tenancyv1.NamespaceClusterStatus{Name: c, Phase: tenancyv1.NamespacePending, Message: truncate(msg, 1024)}
 			}
 		}
-		clusters = append(clusters, withTransition(st, prev, now))
+		clusters = append(clusters, withTransition(cs, prev, now))
 	}
 	for i, c := range leaving {
 		if !removed[i] {
-			st := prev[c]
-			st.Phase, st.Message = tenancyv1.NamespaceRemoving, leftMsg[i]
-			clusters = append(clusters, withTransition(st, prev, now))
-			later(now.Add(retryMin * 5))
+			cs := prev[c]
+			cs.Phase, cs.Message, cs.Placed = tenancyv1.NamespaceRemoving, leftMsg[i], false
+			clusters = append(clusters, withTransition(cs, prev, now))
+			later(now.Add(10 * time.Second))
 		}
 	}
 	if !p.apply {
-		// Clusters listed before and not selected now keep their entries (nothing was removed).
-		for _, c := range nsq.Status.Clusters {
+		for _, c := range st.Clusters {
 			if !selected[c.Name] {
+				if cs, ok := byName[c.Name]; ok {
+					c = withTransition(cs, prev, now)
+				}
 				clusters = append(clusters, c)
 			}
 		}
@@ -325,15 +375,19 @@ func (r *NamespaceQuotaReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		clusters = clusters[:tenancyv1.MaxWorkspaceNamespaces]
 	}
 	r.events(nsq, prev, clusters)
-	st := &nsq.Status
 	st.Clusters = clusters
 	st.Hard, st.Used = corev1.ResourceList{}, corev1.ResourceList{}
-	active := 0
+	active, pending := 0, 0
 	failed := map[string]string{}
-	pending := 0
 	for _, c := range clusters {
-		addTo(st.Hard, c.Hard)
-		addTo(st.Used, c.Used)
+		if c.Phase == tenancyv1.NamespaceActive || c.Phase == tenancyv1.NamespaceUnreachable || c.Phase == tenancyv1.NamespacePending {
+			// What the members enforce and count (an unreachable one as last read).
+			addTo(st.Hard, c.Hard)
+			addTo(st.Used, c.Used)
+		}
+		if !selected[c.Name] {
+			continue
+		}
 		switch c.Phase {
 		case tenancyv1.NamespaceActive:
 			active++
@@ -350,7 +404,7 @@ func (r *NamespaceQuotaReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	case len(failed) > 0:
 		v = &verdict{reason: tenancyv1.ReasonClustersFailed, stalled: true,
 			msg: fmt.Sprintf("%d of %d clusters failed: %s", len(failed), len(p.selected), listFailures(failed))}
-	case pending > 0:
+	case pending > 0 || len(leaving) > 0 && slices.Contains(removed, false):
 		v = &verdict{reason: tenancyv1.ReasonProgressing, reconciling: true,
 			msg: fmt.Sprintf("namespace %s is in place in %d of %d clusters", nsq.Spec.Namespace, active, len(p.selected))}
 	default:
@@ -451,7 +505,7 @@ func (r *NamespaceQuotaReconciler) plan(ctx context.Context, nsq *tenancyv1.Name
 				alloc = &ws.Status.Allocations[i]
 			}
 		}
-		if alloc == nil || alloc.Generation != nsq.Generation || int(alloc.Clusters) != len(selected) {
+		if !admittedFor(alloc, nsq, ws.Spec.Quota.Hard, len(selected)) {
 			if ws.Status.Quota != nil {
 				for _, ref := range ws.Status.Quota.Refused {
 					if ref.NamespaceQuota == nsq.Name && ref.Generation == nsq.Generation {
@@ -471,27 +525,24 @@ func (r *NamespaceQuotaReconciler) plan(ctx context.Context, nsq *tenancyv1.Name
 		}
 	}
 	p.apply = true
-	// An older NamespaceQuota of the same namespace in a cluster keeps it there.
+	// Another NamespaceQuota that holds the namespace in a cluster (has placed it there) keeps
+	// it; one that only selects it does not block anyone (the member's labels decide a race).
 	var same tenancyv1.NamespaceQuotaList
 	if err := r.Client.List(ctx, &same, client.MatchingFields{NamespaceIndex: nsq.Spec.Namespace}); err != nil {
 		return nil, err
 	}
+	in := map[string]bool{}
+	for _, c := range selected {
+		in[c] = true
+	}
 	for i := range same.Items {
 		o := &same.Items[i]
-		if o.UID == nsq.UID || !older(o, nsq) {
+		if o.UID == nsq.UID {
 			continue
 		}
-		theirs, err := selectClusters(ctx, r.Client, o.Spec.Clusters, "spec.clusters")
-		if err != nil {
-			continue
-		}
-		in := map[string]bool{}
-		for _, c := range theirs {
-			in[c] = true
-		}
-		for _, c := range selected {
-			if in[c] {
-				p.conflicts[c] = fmt.Sprintf("%s: NamespaceQuota %s, created earlier, manages namespace %s in %s", tenancyv1.ReasonNamespaceConflict, o.Name, nsq.Spec.Namespace, c)
+		for _, c := range o.Status.Clusters {
+			if in[c.Name] && (c.Placed || c.Phase == tenancyv1.NamespaceRemoving) {
+				p.conflicts[c.Name] = fmt.Sprintf("%s: NamespaceQuota %s manages namespace %s in %s", tenancyv1.ReasonNamespaceConflict, o.Name, nsq.Spec.Namespace, c.Name)
 			}
 		}
 	}
@@ -502,16 +553,24 @@ func (r *NamespaceQuotaReconciler) plan(ctx context.Context, nsq *tenancyv1.Name
 		}
 		sort.Strings(names)
 		p.verdict = &verdict{reason: tenancyv1.ReasonNamespaceConflict, stalled: true,
-			msg: fmt.Sprintf("another NamespaceQuota, created earlier, manages namespace %s in %s", nsq.Spec.Namespace, strings.Join(firstN(names, 10), ", "))}
+			msg: fmt.Sprintf("another NamespaceQuota manages namespace %s in %s", nsq.Spec.Namespace, strings.Join(firstN(names, 10), ", "))}
 	}
 	return p, nil
 }
 
-func older(a, b *tenancyv1.NamespaceQuota) bool {
-	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
-		return a.CreationTimestamp.Before(&b.CreationTimestamp)
+// admittedFor says whether the workspace's ledger admitted this very NamespaceQuota (by UID), at
+// its current generation, for this many clusters, with the budgeted part of its spec.
+func admittedFor(alloc *tenancyv1.Allocation, nsq *tenancyv1.NamespaceQuota, budget corev1.ResourceList, clusters int) bool {
+	if alloc == nil || alloc.Generation != nsq.Generation || int(alloc.Clusters) != clusters || (alloc.UID != "" && alloc.UID != nsq.UID) {
+		return false
 	}
-	return a.Name < b.Name
+	for name := range budget {
+		a, s := alloc.Hard[name], nsq.Spec.Hard[name]
+		if a.Cmp(s) != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func firstN(s []string, n int) []string {
@@ -528,8 +587,8 @@ const memberTimeout = 30 * time.Second
 // back what the member's quota enforces and counts.
 // inPlace says the cluster was Active for this very spec at the last pass: whatever must be
 // restored now was changed outside Paddock (a DriftCorrected event).
-func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancyv1.NamespaceQuota, cluster string, prev tenancyv1.NamespaceClusterStatus, inPlace bool) (tenancyv1.NamespaceClusterStatus, map[string]string, bool) {
-	st := tenancyv1.NamespaceClusterStatus{Name: cluster, Created: prev.Created, Placed: prev.Placed, Hard: prev.Hard, Used: prev.Used}
+func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancyv1.NamespaceQuota, tgt target, cluster string, prev tenancyv1.NamespaceClusterStatus, inPlace bool) (tenancyv1.NamespaceClusterStatus, map[string]string, bool) {
+	st := tenancyv1.NamespaceClusterStatus{Name: cluster, Created: prev.Created, NamespaceUID: prev.NamespaceUID, Placed: prev.Placed, Hard: prev.Hard, Used: prev.Used}
 	fail := func(phase tenancyv1.NamespacePhase, msg string) (tenancyv1.NamespaceClusterStatus, map[string]string, bool) {
 		st.Phase, st.Message = phase, truncate(msg, 1024)
 		return st, nil, true
@@ -549,7 +608,7 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 	defer cancel()
 	written := map[string]string{}
 	name := nsq.Spec.Namespace
-	labels := map[string]string{tenancyv1.NamespaceQuotaLabel: nsq.Name, tenancyv1.WorkspaceLabel: nsq.Spec.Workspace, ManagedByLabel: managedBy}
+	labels := map[string]string{tenancyv1.NamespaceQuotaLabel: nsq.Name, tenancyv1.WorkspaceLabel: tgt.workspace, ManagedByLabel: managedBy}
 	memberErr := func(what string, err error) (tenancyv1.NamespaceClusterStatus, map[string]string, bool) {
 		if ctx.Err() != nil || apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) {
 			return fail(tenancyv1.NamespaceUnreachable, what+": "+err.Error())
@@ -567,6 +626,8 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 		if ns, err = core.Namespaces().Create(ctx, ns, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
 			return memberErr("creating namespace "+name, err)
 		}
+		// Created by Paddock: this very namespace (by UID) is the one Delete may delete.
+		st.Created, st.NamespaceUID = true, string(ns.UID)
 		corrected = inPlace
 	case err != nil:
 		return memberErr("reading namespace "+name, err)
@@ -585,6 +646,14 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 				return fail(tenancyv1.NamespaceFailed, fmt.Sprintf("%s: namespace %s in %s is managed by NamespaceQuota %s", tenancyv1.ReasonNamespaceConflict, name, cluster, owner))
 			}
 		}
+		if ns.Labels[tenancyv1.NamespaceQuotaLabel] != nsq.Name && ns.Labels[tenancyv1.WorkspaceLabel] != tgt.workspace {
+			// A namespace Paddock does not manage is adopted only when the member offers it to
+			// this workspace: adopting any namespace would let a workspace admin bind roles in
+			// namespaces of system components or of other teams.
+			st.Placed = false
+			return fail(tenancyv1.NamespaceFailed, fmt.Sprintf("namespace %s exists in %s and is not offered to workspace %s: to let Paddock adopt it, a member admin labels it %s=%s",
+				name, cluster, tgt.workspace, tenancyv1.WorkspaceLabel, tgt.workspace))
+		}
 		if !hasAll(ns.Labels, labels) {
 			ns = ns.DeepCopy()
 			if ns.Labels == nil {
@@ -599,7 +668,10 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 		}
 	}
 	written[objectKey("namespaces", "", name)] = ns.ResourceVersion
-	st.Created, st.Placed = ns.Annotations[CreatedByAnnotation] == string(nsq.UID), true
+	if st.NamespaceUID != string(ns.UID) {
+		// Not the namespace Paddock created (adopted, or created again by someone else).
+		st.Created, st.NamespaceUID = false, ""
+	}
 
 	// The quota.
 	rqLabels := map[string]string{tenancyv1.NamespaceQuotaLabel: nsq.Name, ManagedByLabel: managedBy}
@@ -607,7 +679,7 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 	switch {
 	case apierrors.IsNotFound(err):
 		rq = &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Name: QuotaName, Namespace: name, Labels: rqLabels},
-			Spec: corev1.ResourceQuotaSpec{Hard: nsq.Spec.Hard.DeepCopy()}}
+			Spec: corev1.ResourceQuotaSpec{Hard: tgt.hard.DeepCopy()}}
 		if rq, err = core.ResourceQuotas(name).Create(ctx, rq, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
 			return memberErr("creating ResourceQuota "+QuotaName, err)
 		}
@@ -615,7 +687,7 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 	case err != nil:
 		return memberErr("reading ResourceQuota "+QuotaName, err)
 	default:
-		if !hasAll(rq.Labels, rqLabels) || !sameList(rq.Spec.Hard, nsq.Spec.Hard) || rq.Spec.ScopeSelector != nil || len(rq.Spec.Scopes) > 0 {
+		if !hasAll(rq.Labels, rqLabels) || !sameList(rq.Spec.Hard, tgt.hard) || rq.Spec.ScopeSelector != nil || len(rq.Spec.Scopes) > 0 {
 			rq = rq.DeepCopy()
 			if rq.Labels == nil {
 				rq.Labels = map[string]string{}
@@ -624,17 +696,19 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 				rq.Labels[k] = v
 			}
 			corrected = corrected || inPlace
-			rq.Spec = corev1.ResourceQuotaSpec{Hard: nsq.Spec.Hard.DeepCopy()}
+			rq.Spec = corev1.ResourceQuotaSpec{Hard: tgt.hard.DeepCopy()}
 			if rq, err = core.ResourceQuotas(name).Update(ctx, rq, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
 				return memberErr("updating ResourceQuota "+QuotaName, err)
 			}
 		}
 	}
 	written[objectKey("resourcequotas", name, QuotaName)] = rq.ResourceVersion
+	// Placed once its quota is there: workspace RoleGrants bind only in a limited namespace.
+	st.Placed = true
 
 	// The limits.
 	lr, err := core.LimitRanges(name).Get(ctx, LimitRangeName, metav1.GetOptions{})
-	want := limitRangeSpec(nsq.Spec.LimitRange)
+	want := limitRangeSpec(tgt.limitRange)
 	switch {
 	case err != nil && !apierrors.IsNotFound(err):
 		return memberErr("reading LimitRange "+LimitRangeName, err)
@@ -652,7 +726,7 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 		}
 		written[objectKey("limitranges", name, LimitRangeName)] = lr.ResourceVersion
 	case want != nil:
-		if !hasAll(lr.Labels, rqLabels) || !equality.Semantic.DeepEqual(lr.Spec, *want) {
+		if !hasAll(lr.Labels, rqLabels) || !limitsCover(lr.Spec, *want) {
 			lr = lr.DeepCopy()
 			if lr.Labels == nil {
 				lr.Labels = map[string]string{}
@@ -680,7 +754,7 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 	switch {
 	case ns.Status.Phase == corev1.NamespaceTerminating:
 		st.Phase, st.Message = tenancyv1.NamespacePending, "namespace "+name+" is being deleted"
-	case !sameList(rq.Status.Hard, nsq.Spec.Hard):
+	case !sameList(rq.Status.Hard, tgt.hard):
 		st.Phase, st.Message = tenancyv1.NamespacePending, "waiting for the member's quota controller to enforce the new hard limits"
 	default:
 		st.Phase, st.Message = tenancyv1.NamespaceActive, ""
@@ -701,6 +775,43 @@ func (r *NamespaceQuotaReconciler) heldBy(ctx context.Context, owner, namespace 
 		return false, err
 	}
 	return o.Spec.Namespace == namespace, nil
+}
+
+// limitsCover says whether a LimitRange holds what want sets: one Container item, max and min
+// exactly as wanted, and default and defaultRequest with want's quantities (the apiserver fills
+// in default from max, and defaultRequest from default or min: those extra entries are its own;
+// any other is drift).
+func limitsCover(live, want corev1.LimitRangeSpec) bool {
+	if len(live.Limits) != 1 || live.Limits[0].Type != corev1.LimitTypeContainer || len(live.Limits[0].MaxLimitRequestRatio) > 0 {
+		return false
+	}
+	l, w := live.Limits[0], want.Limits[0]
+	if !sameList(l.Max, w.Max) || !sameList(l.Min, w.Min) {
+		return false
+	}
+	covers := func(got, wanted corev1.ResourceList, from ...corev1.ResourceList) bool {
+		for name, q := range wanted {
+			if g, ok := got[name]; !ok || g.Cmp(q) != 0 {
+				return false
+			}
+		}
+		for name, g := range got {
+			if _, ok := wanted[name]; ok {
+				continue
+			}
+			derived := false
+			for _, f := range from {
+				if q, ok := f[name]; ok && q.Cmp(g) == 0 {
+					derived = true
+				}
+			}
+			if !derived {
+				return false
+			}
+		}
+		return true
+	}
+	return covers(l.Default, w.Default, l.Max) && covers(l.DefaultRequest, w.DefaultRequest, l.Default, l.Min)
 }
 
 // limitRangeSpec is the LimitRange a spec asks for, or nil.
@@ -743,13 +854,12 @@ func sameList(a, b corev1.ResourceList) bool {
 // cleanupCluster removes what the NamespaceQuota placed in one cluster: its quota objects, and
 // the namespace if Paddock created it and deletionPolicy is Delete (else the namespace only loses
 // Paddock's labels). It says whether the cluster is done, else why not.
-func (r *NamespaceQuotaReconciler) cleanupCluster(ctx context.Context, nsq *tenancyv1.NamespaceQuota, cluster string) (bool, string) {
-	acc, err := r.Cache.GetForCleanup(ctx, cluster)
+func (r *NamespaceQuotaReconciler) cleanupCluster(ctx context.Context, nsq *tenancyv1.NamespaceQuota, cluster string, placed tenancyv1.NamespaceClusterStatus) (bool, string) {
+	acc, gone, err := cleanupAccessor(ctx, r.Client, r.Cache, cluster)
+	if gone {
+		return true, ""
+	}
 	if err != nil {
-		exists, gerr := memberExists(ctx, r.Client, cluster)
-		if gerr == nil && !exists {
-			return true, ""
-		}
 		return false, notUsable(cluster, err)
 	}
 	core, err := acc.CoreV1()
@@ -770,7 +880,7 @@ func (r *NamespaceQuotaReconciler) cleanupCluster(ctx context.Context, nsq *tena
 		// Not ours (any more): nothing of ours is in it.
 		return true, ""
 	}
-	if nsq.Spec.DeletionPolicy == tenancyv1.NamespaceDelete && ns.Annotations[CreatedByAnnotation] == string(nsq.UID) {
+	if nsq.Spec.DeletionPolicy == tenancyv1.NamespaceDelete && placed.Created && placed.NamespaceUID == string(ns.UID) {
 		uid := ns.UID
 		if err := core.Namespaces().Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
 			return false, "deleting namespace " + name + ": " + err.Error()
@@ -798,9 +908,10 @@ func (r *NamespaceQuotaReconciler) cleanupCluster(ctx context.Context, nsq *tena
 	} else if err != nil && !apierrors.IsNotFound(err) {
 		return false, "reading LimitRange " + LimitRangeName + ": " + err.Error()
 	}
-	// The namespace stays; it leaves Paddock (and the workspace).
-	patch := []byte(fmt.Sprintf(`{"metadata":{"labels":{%q:null,%q:null,%q:null},"annotations":{%q:null}}}`,
-		tenancyv1.NamespaceQuotaLabel, tenancyv1.WorkspaceLabel, ManagedByLabel, CreatedByAnnotation))
+	// The namespace stays, out of Paddock's hands; it keeps its workspace label, which offers it
+	// to that workspace again (a new NamespaceQuota of the workspace may adopt it).
+	patch := []byte(fmt.Sprintf(`{"metadata":{"labels":{%q:null,%q:null},"annotations":{%q:null}}}`,
+		tenancyv1.NamespaceQuotaLabel, ManagedByLabel, CreatedByAnnotation))
 	if _, err := core.Namespaces().Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}); err != nil && !apierrors.IsNotFound(err) {
 		return false, "releasing namespace " + name + ": " + err.Error()
 	}
@@ -832,7 +943,11 @@ func (r *NamespaceQuotaReconciler) finalize(ctx context.Context, nsq *tenancyv1.
 	}
 	done := make([]bool, len(clusters))
 	msgs := make([]string, len(clusters))
-	forEachCluster(clusters, func(i int, c string) { done[i], msgs[i] = r.cleanupCluster(ctx, nsq, c) })
+	placed := map[string]tenancyv1.NamespaceClusterStatus{}
+	for _, c := range nsq.Status.Clusters {
+		placed[c.Name] = c
+	}
+	forEachCluster(clusters, func(i int, c string) { done[i], msgs[i] = r.cleanupCluster(ctx, nsq, c, placed[c]) })
 	left := map[string]string{}
 	for i, c := range clusters {
 		if !done[i] {

@@ -8,6 +8,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -174,7 +175,7 @@ func TestANamespaceQuotaIsPlacedInBothMembersAndCountsTheirPods(t *testing.T) {
 		g.Expect(m.Client.Get(ctx, client.ObjectKey{Name: "q-one"}, ns)).To(Succeed())
 		g.Expect(ns.DeletionTimestamp.IsZero()).To(BeTrue())
 		g.Expect(ns.Labels).NotTo(HaveKey(tenancyv1.NamespaceQuotaLabel))
-		g.Expect(ns.Labels).NotTo(HaveKey(tenancyv1.WorkspaceLabel))
+		g.Expect(ns.Labels).To(HaveKeyWithValue(tenancyv1.WorkspaceLabel, "team-q"), "still offered to its workspace")
 		g.Expect(ns.Annotations).NotTo(HaveKey(CreatedByAnnotation))
 		g.Expect(apierrors.IsNotFound(m.Client.Get(ctx, client.ObjectKey{Namespace: "q-one", Name: QuotaName}, &corev1.ResourceQuota{}))).To(BeTrue())
 		g.Expect(apierrors.IsNotFound(m.Client.Get(ctx, client.ObjectKey{Namespace: "q-one", Name: LimitRangeName}, &corev1.LimitRange{}))).To(BeTrue())
@@ -191,7 +192,8 @@ func TestDeletePolicyDeletesOnlyTheNamespacesPaddockCreated(t *testing.T) {
 	clusters := attachMembers(t)
 	realWorkspace(t, "team-d", nil)
 	m1, m2 := env.Members[0].Client, env.Members[1].Client
-	existing := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "d-ns", Labels: map[string]string{"owner": "someone"}}}
+	// Offered to the workspace by the member's admin: adopted (never deleted by Paddock).
+	existing := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "d-ns", Labels: map[string]string{"owner": "someone", tenancyv1.WorkspaceLabel: "team-d"}}}
 	g.Expect(m1.Create(ctx, existing)).To(Succeed())
 	g.Expect(m1.Create(ctx, pod("d-ns", "theirs"))).To(Succeed())
 
@@ -368,6 +370,175 @@ func eventReasons(g Gomega, name string) []string {
 	for _, e := range list.Items {
 		if e.Regarding.Name == name {
 			out = append(out, e.Reason)
+		}
+	}
+	return out
+}
+
+// A namespace that exists in a member and was not offered to the workspace (by its label) is
+// not adopted: else a workspace admin could bind roles in any namespace of the member.
+func TestANamespaceNotOfferedToTheWorkspaceIsNotAdopted(t *testing.T) {
+	g := NewWithT(t)
+	clusters := attachMembers(t)
+	realWorkspace(t, "team-o", nil)
+	m1 := env.Members[0].Client
+	sys := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "o-system", Labels: map[string]string{"owner": "platform"}}}
+	g.Expect(m1.Create(ctx, sys)).To(Succeed())
+	nsq := namespaceQuota("o-quota", "team-o", clusters, list("pods", "1"))
+	nsq.Spec.Namespace = "o-system"
+	g.Expect(mgmt.Create(ctx, nsq)).To(Succeed())
+	t.Cleanup(func() { deleteAndWait(t, nsq) })
+	g.Eventually(func(g Gomega) {
+		n := getQuota(g, "o-quota")
+		g.Expect(readyReason(n.Status.Conditions)).To(Equal("False/" + tenancyv1.ReasonClustersFailed))
+		for _, c := range n.Status.Clusters {
+			if c.Name == env.Members[0].Name {
+				g.Expect(c.Phase).To(Equal(tenancyv1.NamespaceFailed))
+				g.Expect(c.Placed).To(BeFalse())
+				g.Expect(c.Message).To(ContainSubstring("is not offered to workspace team-o: to let Paddock adopt it, a member admin labels it tenancy.paddock.dev/workspace=team-o"))
+			} else {
+				g.Expect(c.Phase).To(Equal(tenancyv1.NamespaceActive), "created where it did not exist")
+			}
+		}
+	}, eventuallyWait, poll).Should(Succeed())
+	got := &corev1.Namespace{}
+	g.Expect(m1.Get(ctx, client.ObjectKey{Name: "o-system"}, got)).To(Succeed())
+	g.Expect(got.Labels).To(Equal(map[string]string{"owner": "platform", "kubernetes.io/metadata.name": "o-system"}), "untouched")
+	g.Expect(apierrors.IsNotFound(m1.Get(ctx, client.ObjectKey{Namespace: "o-system", Name: QuotaName}, &corev1.ResourceQuota{}))).To(BeTrue())
+
+	// Offered by the member's admin: adopted.
+	got.Labels[tenancyv1.WorkspaceLabel] = "team-o"
+	g.Expect(m1.Update(ctx, got)).To(Succeed())
+	g.Eventually(func(g Gomega) string { return readyReason(getQuota(g, "o-quota").Status.Conditions) }, retryMax, poll).Should(Equal("True/Succeeded"))
+}
+
+// While a newer spec is refused by the budget, the members are kept at the admitted one: a
+// quota deleted by hand comes back with the admitted limits, not the refused ones.
+func TestTheAdmittedSpecIsEnforcedWhileANewerOneIsRefused(t *testing.T) {
+	g := NewWithT(t)
+	clusters := attachMembers(t)
+	realWorkspace(t, "team-e", list("pods", "10"))
+	nsq := namespaceQuota("e-quota", "team-e", clusters, list("pods", "4"))
+	g.Expect(mgmt.Create(ctx, nsq)).To(Succeed())
+	t.Cleanup(func() { deleteAndWait(t, nsq) })
+	expectReady(t, "e-quota")
+	g.Expect(mgmt.Get(ctx, client.ObjectKey{Name: "e-quota"}, nsq)).To(Succeed())
+	nsq.Spec.Hard = list("pods", "6") // 12 of 10
+	g.Expect(mgmt.Update(ctx, nsq)).To(Succeed())
+	g.Eventually(func(g Gomega) string { return readyReason(getQuota(g, "e-quota").Status.Conditions) }, eventuallyWait, poll).
+		Should(Equal("False/" + tenancyv1.ReasonExceedsWorkspaceQuota))
+	m2 := env.Members[1].Client
+	rq := &corev1.ResourceQuota{}
+	g.Expect(m2.Get(ctx, client.ObjectKey{Namespace: "e-quota", Name: QuotaName}, rq)).To(Succeed())
+	g.Expect(m2.Delete(ctx, rq)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		got := &corev1.ResourceQuota{}
+		g.Expect(m2.Get(ctx, client.ObjectKey{Namespace: "e-quota", Name: QuotaName}, got)).To(Succeed())
+		g.Expect(got.UID).NotTo(Equal(rq.UID))
+		g.Expect(got.Spec.Hard.Pods().String()).To(Equal("4"), "the admitted spec, not the refused one")
+	}, 30*time.Second, poll).Should(Succeed())
+	n := getQuota(g, "e-quota")
+	g.Expect(n.Status.Applied).NotTo(BeNil())
+	g.Expect(n.Status.Applied.Generation).To(Equal(n.Generation - 1))
+}
+
+// Moving a namespace to another workspace is an edit of spec.workspace; one the new budget
+// refuses stays where it was, counted in its old budget and granted by its old workspace only.
+func TestMovingANamespaceToAWorkspaceThatRefusesItKeepsItWhereItWas(t *testing.T) {
+	g := NewWithT(t)
+	clusters := attachMembers(t)
+	realWorkspace(t, "team-from", list("pods", "10"))
+	to := realWorkspace(t, "team-to", list("pods", "2"))
+	nsq := namespaceQuota("mv-quota", "team-from", clusters, list("pods", "3"))
+	g.Expect(mgmt.Create(ctx, nsq)).To(Succeed())
+	t.Cleanup(func() { deleteAndWait(t, nsq) })
+	expectReady(t, "mv-quota")
+	fromGrant := grant("mv-from", "view", tenancyv1.GrantScope{Workspace: "team-from"}, tenancyv1.Subject{Kind: "User", Name: "from-user"})
+	toGrant := grant("mv-to", "view", tenancyv1.GrantScope{Workspace: "team-to"}, tenancyv1.Subject{Kind: "User", Name: "to-user"})
+	for _, rg := range []*tenancyv1.RoleGrant{fromGrant, toGrant} {
+		g.Expect(mgmt.Create(ctx, rg)).To(Succeed())
+		t.Cleanup(func() { deleteAndWait(t, rg) })
+	}
+	expectGrantReady(t, "mv-from", 2)
+
+	g.Expect(mgmt.Get(ctx, client.ObjectKey{Name: "mv-quota"}, nsq)).To(Succeed())
+	nsq.Spec.Workspace = "team-to" // 6 of team-to's 2
+	g.Expect(mgmt.Update(ctx, nsq)).To(Succeed())
+	g.Eventually(func(g Gomega) string { return readyReason(getQuota(g, "mv-quota").Status.Conditions) }, eventuallyWait, poll).
+		Should(Equal("False/" + tenancyv1.ReasonExceedsWorkspaceQuota))
+	// Still counted in team-from (nothing freed for others to take), still labelled and granted
+	// as team-from's; team-to's grant has nothing there.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		g.Expect(admittedIn(getWorkspace(g, "team-from"))).To(ContainElement("mv-quota"))
+		for _, m := range env.Members {
+			ns := &corev1.Namespace{}
+			g.Expect(m.Client.Get(ctx, client.ObjectKey{Name: "mv-quota"}, ns)).To(Succeed())
+			g.Expect(ns.Labels).To(HaveKeyWithValue(tenancyv1.WorkspaceLabel, "team-from"))
+			g.Expect(apierrors.IsNotFound(m.Client.Get(ctx, client.ObjectKey{Namespace: "mv-quota", Name: "paddock-mv-to"}, &rbacv1.RoleBinding{}))).To(BeTrue())
+			g.Expect(m.Client.Get(ctx, client.ObjectKey{Namespace: "mv-quota", Name: "paddock-mv-from"}, &rbacv1.RoleBinding{})).To(Succeed())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// team-to's budget grows: the move happens, and the grants follow it.
+	g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(to), to)).To(Succeed())
+	to.Spec.Quota.Hard = list("pods", "20")
+	g.Expect(mgmt.Update(ctx, to)).To(Succeed())
+	expectReady(t, "mv-quota")
+	g.Eventually(func(g Gomega) {
+		g.Expect(admittedIn(getWorkspace(g, "team-from"))).NotTo(ContainElement("mv-quota"))
+		for _, m := range env.Members {
+			ns := &corev1.Namespace{}
+			g.Expect(m.Client.Get(ctx, client.ObjectKey{Name: "mv-quota"}, ns)).To(Succeed())
+			g.Expect(ns.Labels).To(HaveKeyWithValue(tenancyv1.WorkspaceLabel, "team-to"))
+			g.Expect(m.Client.Get(ctx, client.ObjectKey{Namespace: "mv-quota", Name: "paddock-mv-to"}, &rbacv1.RoleBinding{})).To(Succeed())
+			g.Expect(apierrors.IsNotFound(m.Client.Get(ctx, client.ObjectKey{Namespace: "mv-quota", Name: "paddock-mv-from"}, &rbacv1.RoleBinding{}))).To(BeTrue())
+		}
+	}, eventuallyWait, poll).Should(Succeed())
+}
+
+// A LimitRange of max only (the apiserver fills in default and defaultRequest from it) is left
+// alone once in place: no write on every pass.
+func TestAPartialLimitRangeIsNotRewrittenOnEveryPass(t *testing.T) {
+	g := NewWithT(t)
+	clusters := attachMembers(t)
+	realWorkspace(t, "team-l", nil)
+	nsq := namespaceQuota("l-quota", "team-l", clusters[:1], list("pods", "3"))
+	nsq.Spec.LimitRange = &tenancyv1.LimitRangeDefaults{Max: list("cpu", "1", "memory", "1Gi")}
+	g.Expect(mgmt.Create(ctx, nsq)).To(Succeed())
+	t.Cleanup(func() { deleteAndWait(t, nsq) })
+	expectReady(t, "l-quota")
+	m1 := env.Members[0].Client
+	lr := &corev1.LimitRange{}
+	g.Expect(m1.Get(ctx, client.ObjectKey{Namespace: "l-quota", Name: LimitRangeName}, lr)).To(Succeed())
+	g.Expect(lr.Spec.Limits[0].Default.Cpu().String()).To(Equal("1"), "defaulted by the apiserver")
+	// Passes happen (a pod changes the quota's usage), and the LimitRange stays as it is.
+	g.Expect(m1.Create(ctx, pod("l-quota", "p"))).To(Succeed())
+	g.Eventually(func(g Gomega) string {
+		return getQuota(g, "l-quota").Status.Used.Pods().String()
+	}, eventuallyWait, poll).Should(Equal("1"))
+	got := &corev1.LimitRange{}
+	g.Expect(m1.Get(ctx, client.ObjectKey{Namespace: "l-quota", Name: LimitRangeName}, got)).To(Succeed())
+	g.Expect(got.ResourceVersion).To(Equal(lr.ResourceVersion))
+	// A hand edit of what Paddock set is drift, and restored.
+	got.Spec.Limits[0].Max[corev1.ResourceCPU] = qty("64")
+	g.Expect(m1.Update(ctx, got)).To(Succeed())
+	g.Eventually(func(g Gomega) string {
+		lr := &corev1.LimitRange{}
+		g.Expect(m1.Get(ctx, client.ObjectKey{Namespace: "l-quota", Name: LimitRangeName}, lr)).To(Succeed())
+		return lr.Spec.Limits[0].Max.Cpu().String()
+	}, 30*time.Second, poll).Should(Equal("1"))
+}
+
+// eventNotes lists the notes of the events of reason about the object named name.
+func eventNotes(g Gomega, name, reason string) []string {
+	var list eventsv1.EventList
+	g.Expect(mgmt.List(ctx, &list)).To(Succeed())
+	var out []string
+	for _, e := range list.Items {
+		if e.Regarding.Name == name && e.Reason == reason {
+			out = append(out, e.Note)
 		}
 	}
 	return out

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -24,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -83,13 +85,8 @@ func (r *RoleGrantReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Man
 	if err := indexOnce(ctx, mgr); err != nil {
 		return err
 	}
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &tenancyv1.RoleGrant{}, GrantWorkspaceIndex, func(o client.Object) []string {
-		if ws := o.(*tenancyv1.RoleGrant).Spec.Scope.Workspace; ws != "" {
-			return []string{ws}
-		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("indexing RoleGrants by workspace: %w", err)
+	if err := setupMemberFinalizer(mgr, r.grace()); err != nil {
+		return err
 	}
 	r.state, r.wake = newSyncState(), newWaker()
 	r.watches = newMemberWatches(r.Cache, tenancyv1.RoleGrantLabel, r.state, r.wake,
@@ -103,7 +100,7 @@ func (r *RoleGrantReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Man
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("rolegrant").
 		For(&tenancyv1.RoleGrant{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&tenancyv1.NamespaceQuota{}, handler.EnqueueRequestsFromMapFunc(r.grantsOfQuota)).
+		Watches(&tenancyv1.NamespaceQuota{}, handler.EnqueueRequestsFromMapFunc(r.grantsOfQuota), builder.WithPredicates(placementChanged)).
 		Watches(&tenancyv1.Workspace{}, handler.EnqueueRequestsFromMapFunc(r.grantsOfWorkspace),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&clustersv1.MemberCluster{}, handler.EnqueueRequestsFromMapFunc(r.allGrants),
@@ -118,10 +115,41 @@ func (r *RoleGrantReconciler) grantsOfWorkspace(ctx context.Context, o client.Ob
 	return r.grantsIn(ctx, o.GetName())
 }
 
+// placementChanged passes NamespaceQuota events that change which namespaces a workspace has
+// where (not its usage, which changes all the time).
+var placementChanged = predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		o, n := e.ObjectOld.(*tenancyv1.NamespaceQuota), e.ObjectNew.(*tenancyv1.NamespaceQuota)
+		return o.DeletionTimestamp.IsZero() != n.DeletionTimestamp.IsZero() || appliedWorkspace(o) != appliedWorkspace(n) ||
+			o.Spec.Workspace != n.Spec.Workspace || !slices.Equal(placedIn(o), placedIn(n))
+	},
+}
+
+func appliedWorkspace(n *tenancyv1.NamespaceQuota) string {
+	if n.Status.Applied == nil {
+		return ""
+	}
+	return n.Status.Applied.Workspace
+}
+
+func placedIn(n *tenancyv1.NamespaceQuota) []string {
+	var out []string
+	for _, c := range n.Status.Clusters {
+		if c.Placed && c.Phase != tenancyv1.NamespaceRemoving {
+			out = append(out, c.Name)
+		}
+	}
+	return out
+}
+
 // grantsOfQuota wakes the workspace-scoped RoleGrants of a NamespaceQuota's workspace (its
 // namespaces come and go with the NamespaceQuota's status).
 func (r *RoleGrantReconciler) grantsOfQuota(ctx context.Context, o client.Object) []reconcile.Request {
-	return r.grantsIn(ctx, o.(*tenancyv1.NamespaceQuota).Spec.Workspace)
+	var out []reconcile.Request
+	for _, ws := range quotaWorkspaces(o) {
+		out = append(out, r.grantsIn(ctx, ws)...)
+	}
+	return out
 }
 
 func (r *RoleGrantReconciler) grantsIn(ctx context.Context, workspace string) []reconcile.Request {
@@ -222,7 +250,9 @@ func (r *RoleGrantReconciler) targets(ctx context.Context, rg *tenancyv1.RoleGra
 		// unreachable for a while keeps its bindings; a NamespaceQuota being deleted takes its
 		// namespace out of the workspace).
 		for _, q := range quotas.Items {
-			if !q.DeletionTimestamp.IsZero() {
+			// The namespaces it holds for this workspace: its applied spec's workspace (a
+			// NamespaceQuota moving here from another workspace joins once admitted here).
+			if !q.DeletionTimestamp.IsZero() || q.Status.Applied == nil || q.Status.Applied.Workspace != ws.Name {
 				continue
 			}
 			for _, c := range q.Status.Clusters {
@@ -237,12 +267,17 @@ func (r *RoleGrantReconciler) targets(ctx context.Context, rg *tenancyv1.RoleGra
 		}
 		sort.Strings(t.clusters)
 	case sc.Cluster != "":
-		ok, err := memberExists(ctx, r.Client, sc.Cluster)
-		if err != nil {
-			return nil, err
-		}
-		if !ok {
+		mc := &clustersv1.MemberCluster{}
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: sc.Cluster}, mc); err != nil {
+			if !apierrors.IsNotFound(err) {
+				return nil, err
+			}
 			t.verdict = &verdict{reason: ReasonClusterNotFound, stalled: true, msg: fmt.Sprintf("MemberCluster %q does not exist", sc.Cluster)}
+			return t, nil
+		}
+		if !mc.DeletionTimestamp.IsZero() {
+			// Leaving the fleet: its bindings are removed, none made.
+			t.verdict = &verdict{reason: ReasonClusterNotFound, stalled: true, msg: fmt.Sprintf("MemberCluster %q is being deleted", sc.Cluster)}
 			return t, nil
 		}
 		t.clusters = []string{sc.Cluster}
@@ -341,6 +376,11 @@ func (r *RoleGrantReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		r.state.done(rg.Name, rg.UID, c, digest, failed, written, begun, time.Now())
 		results[i] = st
 	})
+	for _, c := range work {
+		// The next pass over the clusters worked on now: a retry, the resync, or the backstop.
+		_, at := r.state.due(rg.Name, rg.UID, c, desiredDigest(rg, t, c), r.watches.watched(c), r.resync(), time.Now())
+		later(at)
+	}
 	removed := make([]bool, len(leaving))
 	leftMsg := make([]string, len(leaving))
 	forEachCluster(leaving, func(i int, c string) {
@@ -502,13 +542,6 @@ func (r *RoleGrantReconciler) syncCluster(ctx context.Context, rg *tenancyv1.Rol
 		}
 		return fail(tenancyv1.GrantFailed, what+": "+err.Error())
 	}
-	role, err := kc.RbacV1().ClusterRoles().Get(ctx, rg.Spec.RoleRef.Name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return fail(tenancyv1.GrantFailed, fmt.Sprintf("ClusterRole %q does not exist in %s; create it there, or grant another role", rg.Spec.RoleRef.Name, cluster))
-	}
-	if err != nil {
-		return memberErr("reading ClusterRole "+rg.Spec.RoleRef.Name, err)
-	}
 	name, labels, subjects := bindingName(rg), grantLabels(rg), grantSubjects(rg)
 	ref := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: rg.Spec.RoleRef.Name}
 	written := map[string]string{}
@@ -536,7 +569,9 @@ func (r *RoleGrantReconciler) syncCluster(ctx context.Context, rg *tenancyv1.Rol
 	var listedCRB *rbacv1.ClusterRoleBinding
 	for i := range haveRB.Items {
 		b := haveRB.Items[i]
-		if b.Name == name && wantNS[b.Namespace] && b.Labels[tenancyv1.RoleGrantUIDLabel] == string(rg.UID) {
+		// Kept only when wanted, of this very RoleGrant, and of its role: a binding of the role
+		// granted before goes first (fail closed), even while the new role cannot be granted.
+		if b.Name == name && wantNS[b.Namespace] && b.Labels[tenancyv1.RoleGrantUIDLabel] == string(rg.UID) && b.RoleRef == ref {
 			listedRB[b.Namespace] = &haveRB.Items[i]
 			continue
 		}
@@ -547,7 +582,7 @@ func (r *RoleGrantReconciler) syncCluster(ctx context.Context, rg *tenancyv1.Rol
 	}
 	for i := range haveCRB.Items {
 		b := haveCRB.Items[i]
-		if b.Name == name && t.clusterWide && b.Labels[tenancyv1.RoleGrantUIDLabel] == string(rg.UID) {
+		if b.Name == name && t.clusterWide && b.Labels[tenancyv1.RoleGrantUIDLabel] == string(rg.UID) && b.RoleRef == ref {
 			listedCRB = &haveCRB.Items[i]
 			continue
 		}
@@ -555,6 +590,15 @@ func (r *RoleGrantReconciler) syncCluster(ctx context.Context, rg *tenancyv1.Rol
 		if err := kc.RbacV1().ClusterRoleBindings().Delete(ctx, b.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
 			return memberErr("removing ClusterRoleBinding "+b.Name, err)
 		}
+	}
+
+	role, err := kc.RbacV1().ClusterRoles().Get(ctx, rg.Spec.RoleRef.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		st.Bindings = 0
+		return fail(tenancyv1.GrantFailed, fmt.Sprintf("ClusterRole %q does not exist in %s; create it there, or grant another role (bindings of another role made before were removed)", rg.Spec.RoleRef.Name, cluster))
+	}
+	if err != nil {
+		return memberErr("reading ClusterRole "+rg.Spec.RoleRef.Name, err)
 	}
 
 	var failures []string
@@ -620,7 +664,7 @@ func (r *RoleGrantReconciler) syncCluster(ctx context.Context, rg *tenancyv1.Rol
 	}
 	check, ra, nra, ok := verificationFor(role, ns)
 	if !ok {
-		return fail(tenancyv1.GrantFailed, fmt.Sprintf("bindings made, but ClusterRole %s has no rules in %s: it grants nothing (an aggregated role whose aggregation has not run yet is asked again)",
+		return fail(tenancyv1.GrantFailed, fmt.Sprintf("bindings made, but ClusterRole %s grants nothing in %s that its bindings can give (no rules, or only non-resource URLs, which a RoleBinding cannot grant); an aggregated role whose aggregation has not run yet is asked again",
 			rg.Spec.RoleRef.Name, cluster))
 	}
 	sar := subjectReview(rg.Spec.Subjects[0], ra, nra)
@@ -781,7 +825,8 @@ func verificationFor(role *rbacv1.ClusterRole, ns string) (what string, ra *auth
 		return what, ra, nil, true
 	}
 	for _, r := range role.Rules {
-		if len(r.NonResourceURLs) > 0 && len(r.Verbs) > 0 {
+		// (A RoleBinding cannot grant non-resource URLs.)
+		if ns == "" && len(r.NonResourceURLs) > 0 && len(r.Verbs) > 0 {
 			nra = &authzv1.NonResourceAttributes{Path: r.NonResourceURLs[0], Verb: r.Verbs[0]}
 			return nra.Verb + " " + nra.Path, nil, nra, true
 		}
@@ -818,12 +863,11 @@ func describeSubject(s tenancyv1.Subject) string {
 // (when verify is set) asks the member's authorizer whether the subject still may do what the
 // role grants. It says whether the cluster is done, else why not.
 func (r *RoleGrantReconciler) cleanupCluster(ctx context.Context, rg *tenancyv1.RoleGrant, cluster string, verify *string) (bool, string) {
-	acc, err := r.Cache.GetForCleanup(ctx, cluster)
+	acc, gone, err := cleanupAccessor(ctx, r.Client, r.Cache, cluster)
+	if gone {
+		return true, ""
+	}
 	if err != nil {
-		exists, gerr := memberExists(ctx, r.Client, cluster)
-		if gerr == nil && !exists {
-			return true, ""
-		}
 		return false, notUsable(cluster, err)
 	}
 	kc, err := acc.Kubernetes()
@@ -878,7 +922,7 @@ func (r *RoleGrantReconciler) verifyRevoked(ctx context.Context, kc kubernetes.I
 	}
 	what := describeSubject(rg.Spec.Subjects[0]) + " " + check
 	// The authorizer's cache follows the deletion within a moment.
-	for range 10 {
+	for range 5 {
 		res, err := kc.AuthorizationV1().SubjectAccessReviews().Create(ctx, subjectReview(rg.Spec.Subjects[0], ra, nra), metav1.CreateOptions{})
 		if err != nil {
 			return "not verified: " + err.Error()
@@ -889,7 +933,7 @@ func (r *RoleGrantReconciler) verifyRevoked(ctx context.Context, kc kubernetes.I
 		select {
 		case <-ctx.Done():
 			return "not verified: " + ctx.Err().Error()
-		case <-time.After(300 * time.Millisecond):
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 	return "the member's authorizer still allows " + what + " (other bindings grant it)"

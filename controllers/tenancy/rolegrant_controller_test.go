@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	clustersv1 "github.com/paddock-dev/paddock/api/clusters/v1alpha1"
 	tenancyv1 "github.com/paddock-dev/paddock/api/tenancy/v1alpha1"
 	"github.com/paddock-dev/paddock/internal/scheme"
 	"github.com/paddock-dev/paddock/test/envs"
@@ -179,7 +180,8 @@ func TestRoleGrantsAtEachScopeAreProvenByTheMembersAuthorizers(t *testing.T) {
 		g.Expect(rbs.Items).To(BeEmpty())
 	}
 	g.Expect(m1.Client.Get(ctx, client.ObjectKey{Namespace: "g-ns", Name: "paddock-g-namespace"}, rb)).To(Succeed(), "another grant's binding stays")
-	g.Eventually(func(g Gomega) []string { return eventReasons(g, "g-workspace") }, eventuallyWait, poll).Should(ContainElement("Revoked"))
+	g.Eventually(func(g Gomega) []string { return eventNotes(g, "g-workspace", "Revoked") }, eventuallyWait, poll).Should(
+		ContainElement(ContainSubstring("the member's authorizer no longer allows User alice")))
 }
 
 // A binding deleted or edited by hand in a member is restored within the documented 30 s.
@@ -259,4 +261,63 @@ func TestAMissingClusterRoleIsAPerClusterError(t *testing.T) {
 		got := getGrant(g, "m-grant")
 		g.Expect(readyReason(got.Status.Conditions)).To(Equal("True/Succeeded"))
 	}, retryMax, poll).Should(Succeed(), "retried with a backoff of at most %s", retryMax)
+}
+
+// Changing a grant to a role a member lacks removes the old role's binding there at once (fail
+// closed), and says why the new one is not granted.
+func TestADowngradeToAMissingRoleRemovesTheOldBinding(t *testing.T) {
+	g := NewWithT(t)
+	attachMembers(t)
+	m1 := env.Members[0]
+	rg := grant("dg-grant", "cluster-admin", tenancyv1.GrantScope{Cluster: m1.Name}, tenancyv1.Subject{Kind: "User", Name: "frank"})
+	g.Expect(mgmt.Create(ctx, rg)).To(Succeed())
+	t.Cleanup(func() { deleteAndWait(t, rg) })
+	expectGrantReady(t, "dg-grant", 1)
+	g.Eventually(func(g Gomega) bool { return canCreateConfigMap(g, as(t, m1, "frank"), "kube-system") }, eventuallyWait, poll).Should(BeTrue())
+
+	g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(rg), rg)).To(Succeed())
+	rg.Spec.RoleRef.Name = "no-such-role"
+	g.Expect(mgmt.Update(ctx, rg)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		got := getGrant(g, "dg-grant")
+		g.Expect(got.Status.ObservedGeneration).To(Equal(got.Generation))
+		g.Expect(readyReason(got.Status.Conditions)).To(Equal("False/" + tenancyv1.ReasonClustersFailed))
+		g.Expect(got.Status.Clusters[0].Message).To(ContainSubstring(`ClusterRole "no-such-role" does not exist`))
+		g.Expect(got.Status.Clusters[0].Bindings).To(BeZero())
+		g.Expect(canCreateConfigMap(g, as(t, m1, "frank"), "kube-system")).To(BeFalse(), "cluster-admin is gone")
+	}, eventuallyWait, poll).Should(Succeed())
+	g.Expect(apierrors.IsNotFound(m1.Client.Get(ctx, client.ObjectKey{Name: "paddock-dg-grant"}, &rbacv1.ClusterRoleBinding{}))).To(BeTrue())
+}
+
+// A MemberCluster being deleted waits until the grants in it are removed: a cluster leaving the
+// fleet does not keep Paddock's bindings. (A second MemberCluster over member-1's apiserver, so
+// that deleting it leaves the shared members attached.)
+func TestDeletingAMemberClusterRemovesTheGrantsInIt(t *testing.T) {
+	g := NewWithT(t)
+	attachMembers(t)
+	m1 := env.Members[0]
+	mc := &clustersv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "leaving"},
+		Spec: clustersv1.MemberClusterSpec{Attach: &clustersv1.AttachSpec{KubeconfigSecretRef: clustersv1.SecretKeyReference{
+			Namespace: secretNS, Name: envs.KubeconfigSecretName(m1.Name)}},
+			HealthCheck: clustersv1.HealthCheckSpec{Period: &metav1.Duration{Duration: time.Second}}}}
+	g.Expect(mgmt.Create(ctx, mc)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, mc) })
+	rg := grant("lv-grant", "view", tenancyv1.GrantScope{Cluster: "leaving"}, tenancyv1.Subject{Kind: "User", Name: "gina"})
+	g.Expect(mgmt.Create(ctx, rg)).To(Succeed())
+	t.Cleanup(func() { deleteAndWait(t, rg) })
+	expectGrantReady(t, "lv-grant", 1)
+	g.Eventually(func(g Gomega) []string {
+		got := &clustersv1.MemberCluster{}
+		g.Expect(mgmt.Get(ctx, client.ObjectKey{Name: "leaving"}, got)).To(Succeed())
+		return got.Finalizers
+	}, eventuallyWait, poll).Should(ContainElement(MemberFinalizer))
+
+	deleteAndWait(t, mc)
+	g.Expect(apierrors.IsNotFound(m1.Client.Get(ctx, client.ObjectKey{Name: "paddock-lv-grant"}, &rbacv1.ClusterRoleBinding{}))).To(BeTrue(),
+		"the binding went before the MemberCluster did")
+	g.Eventually(func(g Gomega) {
+		got := getGrant(g, "lv-grant")
+		g.Expect(readyReason(got.Status.Conditions)).To(Equal("False/" + ReasonClusterNotFound))
+		g.Expect(got.Status.Clusters).To(BeEmpty())
+	}, eventuallyWait, poll).Should(Succeed())
 }

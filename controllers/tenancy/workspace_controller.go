@@ -93,9 +93,26 @@ var workspacesOfQuota = handler.TypedFuncs[client.Object, reconcile.Request]{
 }
 
 func enqueueWorkspace(q workqueue.TypedRateLimitingInterface[reconcile.Request], o client.Object) {
-	if nsq, ok := o.(*tenancyv1.NamespaceQuota); ok && nsq.Spec.Workspace != "" {
-		q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Name: nsq.Spec.Workspace}})
+	for _, ws := range quotaWorkspaces(o) {
+		q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Name: ws}})
 	}
+}
+
+// quotaWorkspaces are the workspaces a NamespaceQuota belongs to: its spec's, and the one its
+// applied spec placed it in (while it moves, both).
+func quotaWorkspaces(o client.Object) []string {
+	nsq, ok := o.(*tenancyv1.NamespaceQuota)
+	if !ok {
+		return nil
+	}
+	var out []string
+	if nsq.Spec.Workspace != "" {
+		out = append(out, nsq.Spec.Workspace)
+	}
+	if a := nsq.Status.Applied; a != nil && a.Workspace != "" && a.Workspace != nsq.Spec.Workspace {
+		out = append(out, a.Workspace)
+	}
+	return out
 }
 
 // allWorkspaces enqueues every Workspace (a MemberCluster's labels may move it in or out of any).
@@ -154,6 +171,12 @@ func (r *WorkspaceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	used := corev1.ResourceList{}
 	for i := range quotas.Items {
 		nsq := &quotas.Items[i]
+		if nsq.Spec.Workspace != ws.Name {
+			// Moving out (listed by its applied workspace): what was admitted here stays until
+			// the members hold it for its new workspace.
+			claims = append(claims, Claim{Name: nsq.Name, UID: nsq.UID, Hold: true})
+			continue
+		}
 		selected, err := selectClusters(ctx, r.Client, nsq.Spec.Clusters, "spec.clusters")
 		if err != nil && !errors.As(err, &selErr) {
 			return ctrl.Result{}, err
@@ -161,11 +184,11 @@ func (r *WorkspaceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		if err != nil || len(outside(selected, clusters)) > 0 {
 			// Not decided now (its own status says why), but what was admitted for it stays:
 			// its quotas may still be in the members.
-			claims = append(claims, Claim{Name: nsq.Name, Hold: true})
+			claims = append(claims, Claim{Name: nsq.Name, UID: nsq.UID, Hold: true})
 			continue
 		}
 		inside[nsq.Name] = placed{nsq.Spec.Namespace, selected}
-		claims = append(claims, Claim{Name: nsq.Name, Generation: nsq.Generation, Created: nsq.CreationTimestamp.Time,
+		claims = append(claims, Claim{Name: nsq.Name, UID: nsq.UID, Generation: nsq.Generation, Created: nsq.CreationTimestamp.Time,
 			Hard: nsq.Spec.Hard, Clusters: int32(len(selected))})
 		addTo(used, nsq.Status.Used)
 	}

@@ -163,7 +163,7 @@ func main() {
 	tenancyNamespaces := flag.Int("namespaces", 50, "With -tenancy: NamespaceQuotas in the workspace.")
 	tenancyGrants := flag.Int("grants", 20, "With -tenancy: workspace-scoped RoleGrants.")
 	flag.Parse()
-	o := options{tenancyNamespaces: *tenancyNamespaces, tenancyGrants: *tenancyGrants,members: *members, nodes: *nodes, maxProbes: *maxProbes, kubeQPS: *kubeQPS, loss: *loss,
+	o := options{tenancyNamespaces: *tenancyNamespaces, tenancyGrants: *tenancyGrants, members: *members, nodes: *nodes, maxProbes: *maxProbes, kubeQPS: *kubeQPS, loss: *loss,
 		lossFor: *lossFor, steady: *steady, unhealthy: *unhealthy, frozenFirst: *frozenFirst, period: *period, readyTimeout: *readyTimeout,
 		helmConcurrency: *helmConcurrency, memberLatency: *memberLatency, oneReleasePerCluster: *oneReleasePerCluster}
 	ctrl.SetLogger(benchLogger())

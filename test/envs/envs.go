@@ -239,11 +239,13 @@ func (e *Env) Stop() error {
 }
 
 func (m *Member) stop() error {
-	m.kcm.stop()
-	m.proxy.close()
 	m.mu.Lock()
+	kcm := m.kcm
+	m.kcm = nil
 	stopped := m.stopped
 	m.mu.Unlock()
+	kcm.stop()
+	m.proxy.close()
 	var err error
 	if stopped {
 		// The apiserver is down already; stop etcd through the environment anyway.
@@ -296,6 +298,9 @@ func (m *Member) StopAPIServer() error {
 	m.kcm = nil
 	if err := m.Env.ControlPlane.APIServer.Stop(); err != nil {
 		m.proxy.setDown(false)
+		if restartKCM {
+			_ = m.startControllerManager(m.assets)
+		}
 		return err
 	}
 	m.stopped, m.restartKCM = true, restartKCM

@@ -39,7 +39,8 @@ func (m *Member) startControllerManager(assets string) error {
 	if d := os.Getenv("PADDOCK_KCM_LOG_DIR"); d != "" {
 		logDir = d
 	}
-	logFile, err := os.Create(filepath.Join(logDir, m.Name+"-kube-controller-manager.log"))
+	// Appended to: a restart (StopAPIServer, StartAPIServer) keeps the earlier log.
+	logFile, err := os.OpenFile(filepath.Join(logDir, m.Name+"-kube-controller-manager.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}

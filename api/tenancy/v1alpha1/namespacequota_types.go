@@ -100,10 +100,15 @@ type NamespaceClusterStatus struct {
 	// Created: Paddock created the namespace (else it adopted one that existed).
 	// +optional
 	Created bool `json:"created,omitempty"`
-	// Placed: the namespace is there and belongs to this NamespaceQuota (and its workspace):
-	// workspace-scoped RoleGrants make their RoleBindings in it.
+	// Placed: the namespace is there, belongs to this NamespaceQuota (and to the workspace of
+	// status.applied), and holds its quota: workspace-scoped RoleGrants make their RoleBindings
+	// in it.
 	// +optional
 	Placed bool `json:"placed,omitempty"`
+	// NamespaceUID is the UID of the namespace Paddock created there (with created): only that
+	// very namespace may be deleted by deletionPolicy Delete.
+	// +optional
+	NamespaceUID string `json:"namespaceUID,omitempty"`
 	// Hard is what the member's ResourceQuota enforces (its status.hard).
 	// +optional
 	Hard corev1.ResourceList `json:"hard,omitempty"`
@@ -118,11 +123,30 @@ type NamespaceClusterStatus struct {
 	LastTransitionTime *metav1.Time `json:"lastTransitionTime,omitempty"`
 }
 
+// AppliedSpec is the spec the members are kept at: the last one that was admitted (by the
+// workspace's budget, when it has one). A newer spec waiting for, or refused by, the budget
+// leaves the members at this one, still enforced.
+type AppliedSpec struct {
+	// Workspace the namespace is labelled with in the members (and whose RoleGrants bind in it).
+	Workspace string `json:"workspace"`
+	// Generation of the NamespaceQuota whose spec this is.
+	Generation int64 `json:"generation"`
+	// Hard is the ResourceQuota hard list applied.
+	Hard corev1.ResourceList `json:"hard"`
+	// LimitRange applied, if any.
+	// +optional
+	LimitRange *LimitRangeDefaults `json:"limitRange,omitempty"`
+}
+
 // NamespaceQuotaStatus is the observed state of a NamespaceQuota.
 type NamespaceQuotaStatus struct {
 	// ObservedGeneration is the generation the status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Applied is the spec the members are kept at (see AppliedSpec).
+	// +optional
+	Applied *AppliedSpec `json:"applied,omitempty"`
 
 	// Conditions: Ready (the namespace and its quota are in place in every selected cluster),
 	// Reconciling and Stalled (kstatus).

@@ -3,6 +3,7 @@ package v1alpha1
 import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // WorkspaceLabel is set on every namespace a NamespaceQuota places in a member: the name of its
@@ -69,6 +70,10 @@ type WorkspaceCluster struct {
 type Allocation struct {
 	// NamespaceQuota is the NamespaceQuota's name.
 	NamespaceQuota string `json:"namespaceQuota"`
+	// UID of the NamespaceQuota that was admitted (one deleted and created again under the
+	// same name is decided anew).
+	// +optional
+	UID types.UID `json:"uid,omitempty"`
 	// Generation of the NamespaceQuota that was admitted.
 	Generation int64 `json:"generation"`
 	// Hard is the admitted per-cluster hard (what the NamespaceQuota applies in each cluster).
