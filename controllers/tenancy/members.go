@@ -67,6 +67,9 @@ type clusterSync struct {
 	// written are the resourceVersions of the objects as Paddock last wrote or read them, by
 	// kind/namespace/name: their watch events are Paddock's own and change nothing.
 	written map[string]string
+	// created is the UID of the namespace a pass created there (status says so too, but a pass
+	// may read a copy of status older than its own last write).
+	created string
 }
 
 // syncState is what the controller remembers of every owner's clusters (lost on restart: the
@@ -121,6 +124,29 @@ func (s *syncState) applied(owner string, uid types.UID, cluster string) string 
 	defer s.mu.Unlock()
 	if cs := s.m[syncKey{owner, cluster}]; cs != nil && cs.uid == uid && cs.failed == 0 {
 		return cs.desired
+	}
+	return ""
+}
+
+// createdHere records that a pass created the namespace of this UID in the owner's cluster.
+func (s *syncState) createdHere(owner string, uid types.UID, cluster, nsUID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := syncKey{owner, cluster}
+	cs := s.m[k]
+	if cs == nil {
+		cs = &clusterSync{uid: uid}
+		s.m[k] = cs
+	}
+	cs.created = nsUID
+}
+
+// createdUID is the UID of the namespace a pass of this process created there, if any.
+func (s *syncState) createdUID(owner string, uid types.UID, cluster string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cs := s.m[syncKey{owner, cluster}]; cs != nil && (cs.uid == uid || cs.uid == "") {
+		return cs.created
 	}
 	return ""
 }

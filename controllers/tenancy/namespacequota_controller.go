@@ -304,10 +304,17 @@ func (r *NamespaceQuotaReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	results := make([]tenancyv1.NamespaceClusterStatus, len(work))
 	forEachCluster(work, func(i int, c string) {
 		pc, had := prev[c]
+		if u := r.state.createdUID(nsq.Name, nsq.UID, c); u != "" && pc.NamespaceUID == "" {
+			// Created by an earlier pass whose status this copy does not show yet.
+			pc.Created, pc.NamespaceUID = true, u
+		}
 		digest := tgt.digest()
 		inPlace := had && pc.Phase == tenancyv1.NamespaceActive && r.state.applied(nsq.Name, nsq.UID, c) == digest
 		begun := r.state.begin(nsq.Name, c)
 		res, written, failed := r.syncCluster(ctx, nsq, *tgt, c, pc, inPlace)
+		if res.Created && res.NamespaceUID != "" {
+			r.state.createdHere(nsq.Name, nsq.UID, c, res.NamespaceUID)
+		}
 		r.state.done(nsq.Name, nsq.UID, c, digest, failed, written, begun, time.Now())
 		results[i] = res
 	})
@@ -946,6 +953,13 @@ func (r *NamespaceQuotaReconciler) finalize(ctx context.Context, nsq *tenancyv1.
 	placed := map[string]tenancyv1.NamespaceClusterStatus{}
 	for _, c := range nsq.Status.Clusters {
 		placed[c.Name] = c
+	}
+	for _, c := range clusters {
+		if u := r.state.createdUID(nsq.Name, nsq.UID, c); u != "" && placed[c].NamespaceUID == "" {
+			p := placed[c]
+			p.Created, p.NamespaceUID = true, u
+			placed[c] = p
+		}
 	}
 	forEachCluster(clusters, func(i int, c string) { done[i], msgs[i] = r.cleanupCluster(ctx, nsq, c, placed[c]) })
 	left := map[string]string{}

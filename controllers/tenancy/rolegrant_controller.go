@@ -548,8 +548,11 @@ func (r *RoleGrantReconciler) syncCluster(ctx context.Context, rg *tenancyv1.Rol
 	var changed []string
 	var count int32
 
-	// What is there now (labelled as this RoleGrant's), to remove what it no longer wants.
-	sel := metav1.ListOptions{LabelSelector: tenancyv1.RoleGrantLabel + "=" + rg.Name}
+	// What is there now (labelled as this RoleGrant's), to remove what it no longer wants: from
+	// the member's watch cache (resourceVersion 0), not a quorum read of etcd on every pass. A
+	// stale answer is safe: deletes are conditional on UID, and a create of one that exists falls
+	// back to reading it.
+	sel := metav1.ListOptions{LabelSelector: tenancyv1.RoleGrantLabel + "=" + rg.Name, ResourceVersion: "0"}
 	haveRB, err := kc.RbacV1().RoleBindings(metav1.NamespaceAll).List(ctx, sel)
 	if err != nil {
 		return memberErr("listing RoleBindings", err)

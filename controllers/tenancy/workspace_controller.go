@@ -143,7 +143,8 @@ func (r *WorkspaceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	set := func(t string, status metav1.ConditionStatus, reason, msg string) {
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: status, Reason: reason, Message: msg, ObservedGeneration: gen})
 	}
-	clusters, err := selectClusters(ctx, r.Client, ws.Spec.Clusters, "spec.clusters")
+	snapshot := &fleetSnapshot{Reader: r.Client}
+	clusters, err := selectClusters(ctx, snapshot, ws.Spec.Clusters, "spec.clusters")
 	var selErr *fleet.SelectorError
 	if errors.As(err, &selErr) {
 		set(tenancyv1.ReadyCondition, metav1.ConditionFalse, ReasonInvalidSelector, selErr.Error())
@@ -177,7 +178,7 @@ func (r *WorkspaceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 			claims = append(claims, Claim{Name: nsq.Name, UID: nsq.UID, Hold: true})
 			continue
 		}
-		selected, err := selectClusters(ctx, r.Client, nsq.Spec.Clusters, "spec.clusters")
+		selected, err := selectClusters(ctx, snapshot, nsq.Spec.Clusters, "spec.clusters")
 		if err != nil && !errors.As(err, &selErr) {
 			return ctrl.Result{}, err
 		}

@@ -117,8 +117,16 @@ func TestChartDefaultsApplyToARealAPIServer(t *testing.T) {
 	g.Expect(k).To(HaveKeyWithValue("CustomResourceDefinition", BeNumerically(">=", 1)))
 	g.Expect(k).To(HaveKeyWithValue("Deployment", 1))
 	g.Expect(k).To(HaveKeyWithValue("ServiceAccount", 1))
-	g.Expect(k).To(HaveKeyWithValue("ClusterRole", 1))
+	g.Expect(k).To(HaveKeyWithValue("ClusterRole", 4), "the manager's, and paddock-viewer, paddock-workspace-admin, paddock-platform-admin")
 	g.Expect(k).To(HaveKeyWithValue("ClusterRoleBinding", 1))
+	g.Expect(k).To(HaveKeyWithValue("ValidatingAdmissionPolicy", 2), "the RoleGrant escalation check and the tenancy scope check")
+	var userRoles []string
+	for _, o := range objs {
+		if o.GetKind() == "ClusterRole" && strings.HasPrefix(o.GetName(), "paddock-") && o.GetLabels()["app.kubernetes.io/part-of"] == "paddock" {
+			userRoles = append(userRoles, o.GetName())
+		}
+	}
+	g.Expect(userRoles).To(ConsistOf("paddock-viewer", "paddock-workspace-admin", "paddock-platform-admin"), "fixed names, for docs and bindings")
 	g.Expect(k).To(HaveKeyWithValue("Role", 4), "leader election, kubeconfig Secrets, repository Secrets, digest key")
 	applyDryRun(t, objs)
 
@@ -139,9 +147,9 @@ func TestChartDefaultsApplyToARealAPIServer(t *testing.T) {
 	g.Expect(c.SecurityContext.Capabilities.Drop).To(ContainElement(corev1.Capability("ALL")))
 	g.Expect(*d.Spec.Template.Spec.SecurityContext.RunAsNonRoot).To(BeTrue())
 
-	// The ClusterRole is the one generated from the controllers' RBAC markers.
+	// The manager's ClusterRole is the one generated from the controllers' RBAC markers.
 	for _, o := range objs {
-		if o.GetKind() == "ClusterRole" {
+		if o.GetKind() == "ClusterRole" && strings.HasSuffix(o.GetName(), "-manager") {
 			rules, _, _ := unstructured.NestedSlice(o.Object, "rules")
 			g.Expect(rules).To(ContainElement(HaveKeyWithValue("resources", ContainElement("memberclusters/status"))))
 			g.Expect(rules).NotTo(ContainElement(HaveKeyWithValue("resources", ContainElement("secrets"))), "no cluster-wide Secret read")
@@ -189,6 +197,7 @@ func TestChartVariantsApply(t *testing.T) {
 	g := NewWithT(t)
 	objs := render(t, map[string]any{
 		"leaderElection": map[string]any{"enabled": false},
+		"rbac":           map[string]any{"create": true, "userRoles": false},
 		"metrics":        map[string]any{"secure": true},
 		"manager": map[string]any{"concurrency": []any{"membercluster=100"},
 			"kubeconfigSecretNamespaces": []any{releaseNamespace(render(t, nil)), "default"},
@@ -205,7 +214,7 @@ func TestChartVariantsApply(t *testing.T) {
 			g.Expect(rules).To(ConsistOf(HaveKeyWithValue("verbs", ConsistOf("get"))), "values Secrets are read one by one, never listed or watched")
 		}
 	}
-	g.Expect(k).To(HaveKeyWithValue("ClusterRole", 3), "manager, metrics-auth, metrics-reader")
+	g.Expect(k).To(HaveKeyWithValue("ClusterRole", 3), "manager, metrics-auth, metrics-reader (no user roles)")
 	applyDryRun(t, objs)
 	c := deployment(t, objs).Spec.Template.Spec.Containers[0]
 	g.Expect(c.Args).To(ContainElements("--leader-elect=false", "--metrics-secure=true", "--concurrency=membercluster=100",
