@@ -231,6 +231,20 @@ func (s *syncState) markMember(cluster string) []string {
 	return out
 }
 
+// redo makes the owner's passes over clusters due again (what they found was not written to
+// status: a conflict with a newer copy).
+func (s *syncState) redo(owner string, clusters []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range clusters {
+		if cs := s.m[syncKey{owner, c}]; cs != nil {
+			cs.dirty = true
+			cs.at = time.Time{}
+			cs.events++
+		}
+	}
+}
+
 // forget drops the owner's state in cluster.
 func (s *syncState) forget(owner, cluster string) {
 	s.mu.Lock()

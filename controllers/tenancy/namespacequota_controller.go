@@ -219,7 +219,7 @@ type target struct {
 func (t target) digest() string { return strconv.FormatInt(t.generation, 10) + "/" + t.workspace }
 
 func specTarget(nsq *tenancyv1.NamespaceQuota) target {
-	return target{workspace: nsq.Spec.Workspace, generation: nsq.Generation, hard: nsq.Spec.Hard, limitRange: nsq.Spec.LimitRange}
+	return target{workspace: nsq.Spec.Workspace, generation: nsq.Generation, hard: nsq.Spec.Hard.Core(), limitRange: nsq.Spec.LimitRange}
 }
 
 func (r *NamespaceQuotaReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -423,7 +423,10 @@ func (r *NamespaceQuotaReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	setConditions(&st.Conditions, nsq.Generation, *v)
 	st.ObservedGeneration = nsq.Generation
 	if !equality.Semantic.DeepEqual(orig.Status, nsq.Status) {
-		if err := r.Client.Status().Patch(ctx, nsq, client.MergeFrom(orig)); err != nil {
+		// With a lock: a pass that read an older copy (the cache behind its own last write) must
+		// not write back what that copy said.
+		if err := r.Client.Status().Patch(ctx, nsq, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+			r.state.redo(nsq.Name, work)
 			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
 	}
@@ -512,7 +515,7 @@ func (r *NamespaceQuotaReconciler) plan(ctx context.Context, nsq *tenancyv1.Name
 				alloc = &ws.Status.Allocations[i]
 			}
 		}
-		if !admittedFor(alloc, nsq, ws.Spec.Quota.Hard, len(selected)) {
+		if !admittedFor(alloc, nsq, ws.Spec.Quota.Hard.Core(), len(selected)) {
 			if ws.Status.Quota != nil {
 				for _, ref := range ws.Status.Quota.Refused {
 					if ref.NamespaceQuota == nsq.Name && ref.Generation == nsq.Generation {
@@ -572,7 +575,7 @@ func admittedFor(alloc *tenancyv1.Allocation, nsq *tenancyv1.NamespaceQuota, bud
 		return false
 	}
 	for name := range budget {
-		a, s := alloc.Hard[name], nsq.Spec.Hard[name]
+		a, s := alloc.Hard[name], nsq.Spec.Hard.Core()[name]
 		if a.Cmp(s) != 0 {
 			return false
 		}
@@ -828,10 +831,10 @@ func limitRangeSpec(d *tenancyv1.LimitRangeDefaults) *corev1.LimitRangeSpec {
 	}
 	return &corev1.LimitRangeSpec{Limits: []corev1.LimitRangeItem{{
 		Type:           corev1.LimitTypeContainer,
-		Default:        d.Default.DeepCopy(),
-		DefaultRequest: d.DefaultRequest.DeepCopy(),
-		Max:            d.Max.DeepCopy(),
-		Min:            d.Min.DeepCopy(),
+		Default:        d.Default.Core().DeepCopy(),
+		DefaultRequest: d.DefaultRequest.Core().DeepCopy(),
+		Max:            d.Max.Core().DeepCopy(),
+		Min:            d.Min.Core().DeepCopy(),
 	}}}
 }
 
@@ -985,7 +988,7 @@ func (r *NamespaceQuotaReconciler) finalize(ctx context.Context, nsq *tenancyv1.
 			nsq.Status.Clusters = st
 			setConditions(&nsq.Status.Conditions, nsq.Generation, verdict{reason: tenancyv1.ReasonDeleting, reconciling: true,
 				msg: fmt.Sprintf("removing the quota objects; %d clusters not reached yet: %s", len(left), listFailures(left))})
-			if err := r.Client.Status().Patch(ctx, nsq, client.MergeFrom(orig)); err != nil {
+			if err := r.Client.Status().Patch(ctx, nsq, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
 				return ctrl.Result{}, client.IgnoreNotFound(err)
 			}
 			return ctrl.Result{RequeueAfter: min(10*time.Second, r.grace()-waited)}, nil

@@ -452,7 +452,9 @@ func (r *RoleGrantReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	setConditions(&st.Conditions, rg.Generation, *v)
 	st.ObservedGeneration = rg.Generation
 	if !equality.Semantic.DeepEqual(orig.Status, rg.Status) {
-		if err := r.Client.Status().Patch(ctx, rg, client.MergeFrom(orig)); err != nil {
+		// With a lock, as for NamespaceQuotas: never write back an older copy's view.
+		if err := r.Client.Status().Patch(ctx, rg, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+			r.state.redo(rg.Name, work)
 			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
 	}
@@ -1000,7 +1002,7 @@ func (r *RoleGrantReconciler) finalize(ctx context.Context, rg *tenancyv1.RoleGr
 			rg.Status.Clusters = st
 			setConditions(&rg.Status.Conditions, rg.Generation, verdict{reason: tenancyv1.ReasonDeleting, reconciling: true,
 				msg: fmt.Sprintf("removing the bindings; %d clusters not reached yet: %s", len(left), listFailures(left))})
-			if err := r.Client.Status().Patch(ctx, rg, client.MergeFrom(orig)); err != nil {
+			if err := r.Client.Status().Patch(ctx, rg, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
 				return ctrl.Result{}, client.IgnoreNotFound(err)
 			}
 			return ctrl.Result{RequeueAfter: min(10*time.Second, r.grace()-waited)}, nil

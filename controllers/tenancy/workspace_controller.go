@@ -190,16 +190,16 @@ func (r *WorkspaceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		}
 		inside[nsq.Name] = placed{nsq.Spec.Namespace, selected}
 		claims = append(claims, Claim{Name: nsq.Name, UID: nsq.UID, Generation: nsq.Generation, Created: nsq.CreationTimestamp.Time,
-			Hard: nsq.Spec.Hard, Clusters: int32(len(selected))})
+			Hard: nsq.Spec.Hard.Core(), Clusters: int32(len(selected))})
 		addTo(used, nsq.Status.Used)
 	}
 	var over []string
 	if ws.Spec.Quota != nil {
-		adm := Admit(ws.Spec.Quota.Hard, st.Allocations, claims)
+		adm := Admit(ws.Spec.Quota.Hard.Core(), st.Allocations, claims)
 		st.Allocations = adm.Allocations
-		st.Quota = &tenancyv1.WorkspaceQuotaStatus{Hard: ws.Spec.Quota.Hard, Allocated: adm.Allocated, Used: used,
+		st.Quota = &tenancyv1.WorkspaceQuotaStatus{Hard: ws.Spec.Quota.Hard.Core(), Allocated: adm.Allocated, Used: used,
 			Refused: refusals(adm.Refused, claims)}
-		over = overBudget(ws.Spec.Quota.Hard, adm.Allocated)
+		over = overBudget(ws.Spec.Quota.Hard.Core(), adm.Allocated)
 	} else {
 		st.Allocations, st.Quota = nil, nil
 	}

@@ -27,7 +27,7 @@ func memberCluster(t *testing.T, name string, labels map[string]string) *cluster
 
 func namespaceQuota(name, workspace string, clusters []string, hard corev1.ResourceList) *tenancyv1.NamespaceQuota {
 	return &tenancyv1.NamespaceQuota{ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: tenancyv1.NamespaceQuotaSpec{Namespace: name, Workspace: workspace, Clusters: tenancyv1.ClusterTargets{ClusterNames: clusters}, Hard: hard}}
+		Spec: tenancyv1.NamespaceQuotaSpec{Namespace: name, Workspace: workspace, Clusters: tenancyv1.ClusterTargets{ClusterNames: clusters}, Hard: tenancyv1.ResourceList(hard)}}
 }
 
 func getWorkspace(g Gomega, name string) *tenancyv1.Workspace {
@@ -62,7 +62,7 @@ func TestAWorkspaceKeepsItsClustersNamespacesAndBudget(t *testing.T) {
 	dev := memberCluster(t, "ws-c", map[string]string{"env": "dev"})
 	ws := &tenancyv1.Workspace{ObjectMeta: metav1.ObjectMeta{Name: "team-a"}, Spec: tenancyv1.WorkspaceSpec{
 		Clusters: tenancyv1.ClusterTargets{ClusterSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"env": "prod"}}},
-		Quota:    &tenancyv1.WorkspaceQuota{Hard: list("requests.cpu", "10", "pods", "100")}}}
+		Quota:    &tenancyv1.WorkspaceQuota{Hard: tenancyv1.ResourceList(list("requests.cpu", "10", "pods", "100"))}}}
 	g.Expect(mgmt.Create(ctx, ws)).To(Succeed())
 	t.Cleanup(func() { _ = mgmt.Delete(ctx, ws) })
 	g.Eventually(func(g Gomega) {

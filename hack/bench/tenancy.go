@@ -103,7 +103,7 @@ func runTenancy(o options) error {
 		return c.Create(ctx, &tenancyv1.NamespaceQuota{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("ns-%03d", i)},
 			Spec: tenancyv1.NamespaceQuotaSpec{Namespace: fmt.Sprintf("ns-%03d", i), Workspace: "bench",
 				Clusters: tenancyv1.ClusterTargets{ClusterSelector: &metav1.LabelSelector{}},
-				Hard:     corev1.ResourceList{corev1.ResourcePods: resource.MustParse("20"), corev1.ResourceRequestsCPU: resource.MustParse("4")}}})
+				Hard:     tenancyv1.ResourceList{corev1.ResourcePods: resource.MustParse("20"), corev1.ResourceRequestsCPU: resource.MustParse("4")}}})
 	}); err != nil {
 		return err
 	}

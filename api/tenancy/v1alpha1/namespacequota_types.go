@@ -30,19 +30,19 @@ type LimitRangeDefaults struct {
 	// Default limits of a container that sets none.
 	// +optional
 	// +kubebuilder:validation:XValidation:rule="size(self) <= 16",message="at most 16 resources"
-	Default corev1.ResourceList `json:"default,omitempty"`
+	Default ResourceList `json:"default,omitempty"`
 	// DefaultRequest requests of a container that sets none.
 	// +optional
 	// +kubebuilder:validation:XValidation:rule="size(self) <= 16",message="at most 16 resources"
-	DefaultRequest corev1.ResourceList `json:"defaultRequest,omitempty"`
+	DefaultRequest ResourceList `json:"defaultRequest,omitempty"`
 	// Max a container may set.
 	// +optional
 	// +kubebuilder:validation:XValidation:rule="size(self) <= 16",message="at most 16 resources"
-	Max corev1.ResourceList `json:"max,omitempty"`
+	Max ResourceList `json:"max,omitempty"`
 	// Min a container must set.
 	// +optional
 	// +kubebuilder:validation:XValidation:rule="size(self) <= 16",message="at most 16 resources"
-	Min corev1.ResourceList `json:"min,omitempty"`
+	Min ResourceList `json:"min,omitempty"`
 }
 
 // NamespaceQuotaSpec is the desired state of a NamespaceQuota.
@@ -66,7 +66,7 @@ type NamespaceQuotaSpec struct {
 
 	// Hard is the namespace's ResourceQuota hard list, in each cluster.
 	// +kubebuilder:validation:XValidation:rule="size(self) >= 1 && size(self) <= 64",message="hard lists between 1 and 64 resources"
-	Hard corev1.ResourceList `json:"hard"`
+	Hard ResourceList `json:"hard"`
 
 	// LimitRange sets container defaults in the namespace.
 	// +optional

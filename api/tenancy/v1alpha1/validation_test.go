@@ -64,6 +64,20 @@ func refused(g Gomega, o client.Object, want string) {
 	g.Expect(err.Error()).To(ContainSubstring(want))
 }
 
+// refusedByPolicy is refused for a ValidatingAdmissionPolicy's check, which takes effect a
+// moment after the policy is created.
+func refusedByPolicy(g Gomega, o client.Object, want string) {
+	g.Eventually(func(g Gomega) {
+		c := o.DeepCopyObject().(client.Object)
+		err := mgmt.Create(ctx, c)
+		if err == nil {
+			_ = mgmt.Delete(ctx, c)
+		}
+		g.Expect(err).To(HaveOccurred(), "%s was accepted", o.GetName())
+		g.Expect(err.Error()).To(ContainSubstring(want))
+	}, 30*time.Second, 200*time.Millisecond).Should(Succeed())
+}
+
 func TestWorkspaceValidation(t *testing.T) {
 	g := NewWithT(t)
 	ws := func(name string, spec tenancyv1.WorkspaceSpec) *tenancyv1.Workspace {
@@ -71,8 +85,10 @@ func TestWorkspaceValidation(t *testing.T) {
 	}
 	refused(g, ws("no-clusters", tenancyv1.WorkspaceSpec{}), "set clusterNames, clusterSelector, or both")
 	refused(g, ws("empty-quota", tenancyv1.WorkspaceSpec{Clusters: names("a"), Quota: &tenancyv1.WorkspaceQuota{Hard: nil}}), "spec.quota.hard")
+	refusedByPolicy(g, ws("negative-quota", tenancyv1.WorkspaceSpec{Clusters: names("a"), Quota: &tenancyv1.WorkspaceQuota{Hard: tenancyv1.ResourceList{"pods": q("-5")}}}),
+		"quantities must not be negative: spec.quota.hard.pods=-5")
 	ok := ws("team-a", tenancyv1.WorkspaceSpec{DisplayName: "Team A", Clusters: tenancyv1.ClusterTargets{ClusterSelector: &metav1.LabelSelector{}},
-		Quota: &tenancyv1.WorkspaceQuota{Hard: corev1.ResourceList{"requests.cpu": q("10"), "pods": q("100")}}})
+		Quota: &tenancyv1.WorkspaceQuota{Hard: tenancyv1.ResourceList{"requests.cpu": q("10"), "pods": q("100")}}})
 	g.Expect(mgmt.Create(ctx, ok)).To(Succeed())
 	t.Cleanup(func() { _ = mgmt.Delete(ctx, ok) })
 
@@ -88,7 +104,7 @@ func TestNamespaceQuotaValidation(t *testing.T) {
 	g := NewWithT(t)
 	nsq := func(name string, edit func(*tenancyv1.NamespaceQuotaSpec)) *tenancyv1.NamespaceQuota {
 		spec := tenancyv1.NamespaceQuotaSpec{Namespace: "team-a-dev", Workspace: "team-a", Clusters: names("a", "b"),
-			Hard: corev1.ResourceList{"requests.cpu": q("2"), "pods": q("20")}}
+			Hard: tenancyv1.ResourceList{"requests.cpu": q("2"), "pods": q("20")}}
 		if edit != nil {
 			edit(&spec)
 		}
@@ -105,7 +121,13 @@ func TestNamespaceQuotaValidation(t *testing.T) {
 	g.Expect(err.Error()).To(ContainSubstring("set clusterNames, clusterSelector, or both"))
 	refused(g, nsq("bad-name", func(s *tenancyv1.NamespaceQuotaSpec) { s.Namespace = "Team_A" }), "spec.namespace")
 	refused(g, nsq("no-workspace", func(s *tenancyv1.NamespaceQuotaSpec) { s.Workspace = "" }), "spec.workspace")
-	refused(g, nsq("no-hard", func(s *tenancyv1.NamespaceQuotaSpec) { s.Hard = corev1.ResourceList{} }), "hard lists between 1 and 64 resources")
+	refused(g, nsq("no-hard", func(s *tenancyv1.NamespaceQuotaSpec) { s.Hard = tenancyv1.ResourceList{} }), "hard lists between 1 and 64 resources")
+	refusedByPolicy(g, nsq("negative", func(s *tenancyv1.NamespaceQuotaSpec) {
+		s.Hard = tenancyv1.ResourceList{"pods": q("-1"), "requests.cpu": q("2")}
+	}), "quantities must not be negative: spec.hard.pods=-1")
+	refusedByPolicy(g, nsq("negative-limits", func(s *tenancyv1.NamespaceQuotaSpec) {
+		s.LimitRange = &tenancyv1.LimitRangeDefaults{Max: tenancyv1.ResourceList{"cpu": q("-500m")}}
+	}), "quantities must not be negative: spec.limitRange.max.cpu=-500m")
 	refused(g, nsq("no-clusters", func(s *tenancyv1.NamespaceQuotaSpec) { s.Clusters = tenancyv1.ClusterTargets{} }), "set clusterNames, clusterSelector, or both")
 	refused(g, nsq("empty-limitrange", func(s *tenancyv1.NamespaceQuotaSpec) { s.LimitRange = &tenancyv1.LimitRangeDefaults{} }),
 		"set at least one of default, defaultRequest, max, min")
@@ -235,7 +257,7 @@ func TestTheShippedRolesKeepAWorkspaceAdminInItsWorkspace(t *testing.T) {
 	quota := func(name, ws string) *tenancyv1.NamespaceQuota {
 		return &tenancyv1.NamespaceQuota{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: tenancyv1.NamespaceQuotaSpec{
 			Namespace: name, Workspace: ws, Clusters: tenancyv1.ClusterTargets{ClusterNames: []string{"a"}},
-			Hard: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("1")}}}
+			Hard: tenancyv1.ResourceList{corev1.ResourcePods: resource.MustParse("1")}}}
 	}
 	grantIn := func(name, role string, scope tenancyv1.GrantScope) *tenancyv1.RoleGrant {
 		return &tenancyv1.RoleGrant{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: tenancyv1.RoleGrantSpec{

@@ -32,7 +32,7 @@ type WorkspaceQuota struct {
 	// Hard is the budget summed over all the workspace's namespaces in all clusters: a
 	// NamespaceQuota's hard counts once per cluster it selects.
 	// +kubebuilder:validation:XValidation:rule="size(self) >= 1 && size(self) <= 64",message="hard lists between 1 and 64 resources"
-	Hard corev1.ResourceList `json:"hard"`
+	Hard ResourceList `json:"hard"`
 }
 
 // WorkspaceSpec is the desired state of a Workspace.
