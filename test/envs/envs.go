@@ -163,10 +163,15 @@ func Start(opts Options) (_ *Env, retErr error) {
 		}
 		e.Management, errs[0] = cp, err
 	}()
+	// At most four members start at once: more apiservers starting together on a small machine
+	// miss envtest's start timeout.
+	starting := make(chan struct{}, 4)
 	for i := range opts.Members {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			starting <- struct{}{}
+			defer func() { <-starting }()
 			m, err := startMember(fmt.Sprintf("member-%d", i+1), assets, opts.ProxyInChildProcess)
 			if err == nil && opts.MemberControllers {
 				err = m.startControllerManager(assets)
