@@ -119,7 +119,7 @@ func TestChartDefaultsApplyToARealAPIServer(t *testing.T) {
 	g.Expect(k).To(HaveKeyWithValue("ServiceAccount", 1))
 	g.Expect(k).To(HaveKeyWithValue("ClusterRole", 4), "the manager's, and paddock-viewer, paddock-workspace-admin, paddock-platform-admin")
 	g.Expect(k).To(HaveKeyWithValue("ClusterRoleBinding", 1))
-	g.Expect(k).To(HaveKeyWithValue("ValidatingAdmissionPolicy", 3), "the RoleGrant escalation check, the tenancy scope check, the quantities check")
+	g.Expect(k).To(HaveKeyWithValue("ValidatingAdmissionPolicy", 4), "the RoleGrant escalation check, the tenancy scope, quantities and finalizers checks")
 	var userRoles []string
 	for _, o := range objs {
 		if o.GetKind() == "ClusterRole" && strings.HasPrefix(o.GetName(), "paddock-") && o.GetLabels()["app.kubernetes.io/part-of"] == "paddock" {

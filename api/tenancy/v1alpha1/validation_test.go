@@ -304,6 +304,44 @@ func TestTheShippedRolesKeepAWorkspaceAdminInItsWorkspace(t *testing.T) {
 		g.Expect(err.Error()).To(ContainSubstring(c.msg))
 	}
 
+	// Nor delete or re-scope another workspace's objects.
+	err = carol.Delete(ctx, theirs)
+	g.Expect(err).To(HaveOccurred(), "carol deleted team-b's namespace")
+	g.Expect(err.Error()).To(ContainSubstring("deleting a namespace of workspace team-b needs the use verb on workspaces/team-b"))
+	bGrant := grantIn("b-view", "view", tenancyv1.GrantScope{Workspace: "team-b"})
+	g.Expect(mgmt.Create(ctx, bGrant)).To(Succeed())
+	t.Cleanup(func() { _ = mgmt.Delete(ctx, bGrant) })
+	bGrant.Spec.Scope.Workspace = "team-a"
+	err = carol.Update(ctx, bGrant)
+	g.Expect(err).To(HaveOccurred(), "carol took team-b's grant")
+	g.Expect(err.Error()).To(ContainSubstring("changing a RoleGrant's scope needs the use verb on its old scope too"))
+	g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(bGrant), bGrant)).To(Succeed())
+	err = carol.Delete(ctx, bGrant)
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(err.Error()).To(ContainSubstring("deleting a grant of workspace team-b"))
+
+	// Nor strip the controller's finalizer from her own (its quotas would stay in the members,
+	// untracked); she deletes it and the controller cleans up.
+	g.Expect(mgmt.Get(ctx, client.ObjectKeyFromObject(mine), mine)).To(Succeed())
+	mine.Finalizers = []string{tenancyv1.NamespaceQuotaFinalizer}
+	g.Expect(mgmt.Update(ctx, mine)).To(Succeed())
+	t.Cleanup(func() {
+		o := &tenancyv1.NamespaceQuota{}
+		if mgmt.Get(ctx, client.ObjectKeyFromObject(mine), o) == nil {
+			o.Finalizers = nil
+			_ = mgmt.Update(ctx, o)
+		}
+	})
+	g.Eventually(func(g Gomega) {
+		o := &tenancyv1.NamespaceQuota{}
+		g.Expect(carol.Get(ctx, client.ObjectKeyFromObject(mine), o)).To(Succeed())
+		o.Finalizers = nil
+		err := carol.Update(ctx, o)
+		g.Expect(err).To(HaveOccurred(), "carol removed the finalizer")
+		g.Expect(err.Error()).To(ContainSubstring("removing a tenancy.paddock.dev finalizer needs update on namespacequotas/finalizers"))
+	}, 30*time.Second, 200*time.Millisecond).Should(Succeed())
+	g.Expect(carol.Delete(ctx, mine)).To(Succeed(), "carol deletes her own")
+
 	// The viewer reads, and writes nothing.
 	g.Expect(victor.List(ctx, &tenancyv1.NamespaceQuotaList{})).To(Succeed())
 	g.Expect(victor.List(ctx, &tenancyv1.RoleGrantList{})).To(Succeed())
