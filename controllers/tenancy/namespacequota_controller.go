@@ -205,6 +205,10 @@ type plan struct {
 	verdict  *verdict
 	// conflicts are the selected clusters where another NamespaceQuota holds the namespace.
 	conflicts map[string]string
+	// allowed are the clusters the namespace may be in now (selected and in the workspace), when
+	// known (nil: the workspace is missing or a selector does not parse). Whatever the budget
+	// decides, a cluster it holds outside them is cleaned up.
+	allowed map[string]bool
 }
 
 // target is what a pass makes a member hold: the current spec once admitted, else the last
@@ -272,7 +276,7 @@ func (r *NamespaceQuotaReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	} else if a := st.Applied; a != nil {
 		tgt = &target{workspace: a.Workspace, generation: a.Generation, hard: a.Hard, limitRange: a.LimitRange}
 		for _, c := range st.Clusters {
-			if c.Placed && c.Phase != tenancyv1.NamespaceRemoving {
+			if c.Placed && c.Phase != tenancyv1.NamespaceRemoving && (p.allowed == nil || p.allowed[c.Name]) {
 				candidates = append(candidates, c.Name)
 			}
 		}
@@ -294,12 +298,25 @@ func (r *NamespaceQuotaReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 			}
 		}
 	}
-	if p.apply {
+	switch {
+	case p.apply:
 		for _, c := range st.Clusters {
 			if !selected[c.Name] {
 				leaving = append(leaving, c.Name)
 			}
 		}
+	case p.allowed != nil:
+		// Not applied, but a cluster it may no longer be in (out of its selection or of the
+		// workspace, or its MemberCluster going) is cleaned up anyway.
+		for _, c := range st.Clusters {
+			if !p.allowed[c.Name] {
+				leaving = append(leaving, c.Name)
+			}
+		}
+	}
+	if len(p.conflicts) > 0 {
+		// The holder may let go (deleted, or out of the cluster): looked at again.
+		later(now.Add(30 * time.Second))
 	}
 	results := make([]tenancyv1.NamespaceClusterStatus, len(work))
 	forEachCluster(work, func(i int, c string) {
@@ -369,8 +386,12 @@ func (r *NamespaceQuotaReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		}
 	}
 	if !p.apply {
+		isLeaving := map[string]bool{}
+		for _, c := range leaving {
+			isLeaving[c] = true
+		}
 		for _, c := range st.Clusters {
-			if !selected[c.Name] {
+			if !selected[c.Name] && !isLeaving[c.Name] {
 				if cs, ok := byName[c.Name]; ok {
 					c = withTransition(cs, prev, now)
 				}
@@ -499,6 +520,16 @@ func (r *NamespaceQuotaReconciler) plan(ctx context.Context, nsq *tenancyv1.Name
 	if err != nil {
 		return nil, err
 	}
+	p.allowed = map[string]bool{}
+	inWS := map[string]bool{}
+	for _, c := range wsClusters {
+		inWS[c] = true
+	}
+	for _, c := range selected {
+		if inWS[c] {
+			p.allowed[c] = true
+		}
+	}
 	if out := outside(selected, wsClusters); len(out) > 0 {
 		return refuse(tenancyv1.ReasonClustersOutsideWorkspace, fmt.Sprintf("spec.clusters selects %s, outside workspace %s's clusters; nothing is applied until every selected cluster is inside it",
 			strings.Join(firstN(out, 10), ", "), ws.Name))
@@ -601,6 +632,11 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 	st := tenancyv1.NamespaceClusterStatus{Name: cluster, Created: prev.Created, NamespaceUID: prev.NamespaceUID, Placed: prev.Placed, Hard: prev.Hard, Used: prev.Used}
 	fail := func(phase tenancyv1.NamespacePhase, msg string) (tenancyv1.NamespaceClusterStatus, map[string]string, bool) {
 		st.Phase, st.Message = phase, truncate(msg, 1024)
+		if phase == tenancyv1.NamespaceFailed {
+			// Not confirmed to hold its quota: no RoleBindings there meanwhile (an unreachable
+			// member keeps what it had).
+			st.Placed = false
+		}
 		return st, nil, true
 	}
 	acc, err := r.Cache.Get(ctx, cluster)
@@ -656,10 +692,11 @@ func (r *NamespaceQuotaReconciler) syncCluster(ctx context.Context, nsq *tenancy
 				return fail(tenancyv1.NamespaceFailed, fmt.Sprintf("%s: namespace %s in %s is managed by NamespaceQuota %s", tenancyv1.ReasonNamespaceConflict, name, cluster, owner))
 			}
 		}
-		if ns.Labels[tenancyv1.NamespaceQuotaLabel] != nsq.Name && ns.Labels[tenancyv1.WorkspaceLabel] != tgt.workspace {
-			// A namespace Paddock does not manage is adopted only when the member offers it to
-			// this workspace: adopting any namespace would let a workspace admin bind roles in
-			// namespaces of system components or of other teams.
+		if ns.Labels[tenancyv1.WorkspaceLabel] != tgt.workspace && !(prev.Placed && ns.Labels[tenancyv1.NamespaceQuotaLabel] == nsq.Name) {
+			// A namespace is adopted only when the member offers it to this workspace (or this
+			// NamespaceQuota placed it, and moves it): adopting any namespace, or one merely
+			// labelled with this name, would let a workspace admin bind roles in namespaces of
+			// system components or of other teams.
 			st.Placed = false
 			return fail(tenancyv1.NamespaceFailed, fmt.Sprintf("namespace %s exists in %s and is not offered to workspace %s: to let Paddock adopt it, a member admin labels it %s=%s",
 				name, cluster, tgt.workspace, tenancyv1.WorkspaceLabel, tgt.workspace))

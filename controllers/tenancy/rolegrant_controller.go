@@ -246,6 +246,16 @@ func (r *RoleGrantReconciler) targets(ctx context.Context, rg *tenancyv1.RoleGra
 		if err := r.Client.List(ctx, &quotas, client.MatchingFields{WorkspaceIndex: ws.Name}); err != nil {
 			return nil, err
 		}
+		// Only in the workspace's clusters now (a cluster taken out of it loses its grants at
+		// once, whatever its NamespaceQuotas' status still says).
+		wsClusters, err := selectClusters(ctx, r.Client, ws.Spec.Clusters, "spec.clusters")
+		if err != nil && !errors.As(err, new(*fleet.SelectorError)) {
+			return nil, err
+		}
+		inWS := map[string]bool{}
+		for _, c := range wsClusters {
+			inWS[c] = true
+		}
 		// The workspace's namespaces: those its NamespaceQuotas have placed (a member that is
 		// unreachable for a while keeps its bindings; a NamespaceQuota being deleted takes its
 		// namespace out of the workspace).
@@ -256,7 +266,7 @@ func (r *RoleGrantReconciler) targets(ctx context.Context, rg *tenancyv1.RoleGra
 				continue
 			}
 			for _, c := range q.Status.Clusters {
-				if c.Placed && c.Phase != tenancyv1.NamespaceRemoving {
+				if c.Placed && c.Phase != tenancyv1.NamespaceRemoving && inWS[c.Name] {
 					t.namespaces[c.Name] = append(t.namespaces[c.Name], q.Spec.Namespace)
 				}
 			}

@@ -321,3 +321,45 @@ func TestDeletingAMemberClusterRemovesTheGrantsInIt(t *testing.T) {
 		g.Expect(got.Status.Clusters).To(BeEmpty())
 	}, eventuallyWait, poll).Should(Succeed())
 }
+
+// A cluster taken out of a workspace loses the workspace's quota and grants there at once, even
+// while the NamespaceQuota that lists it is refused for selecting it (nothing is applied for
+// it, but nothing is left behind either).
+func TestAClusterTakenOutOfTheWorkspaceLosesItsQuotaAndGrants(t *testing.T) {
+	g := NewWithT(t)
+	clusters := attachMembers(t)
+	m2 := env.Members[1]
+	realWorkspace(t, "team-x", nil)
+	nsq := namespaceQuota("x-quota", "team-x", clusters, list("pods", "3"))
+	g.Expect(mgmt.Create(ctx, nsq)).To(Succeed())
+	t.Cleanup(func() { deleteAndWait(t, nsq) })
+	expectReady(t, "x-quota")
+	rg := grant("x-view", "view", tenancyv1.GrantScope{Workspace: "team-x"}, tenancyv1.Subject{Kind: "User", Name: "xu"})
+	g.Expect(mgmt.Create(ctx, rg)).To(Succeed())
+	t.Cleanup(func() { deleteAndWait(t, rg) })
+	expectGrantReady(t, "x-view", 2)
+
+	relabel := func(tier string) {
+		mc := &clustersv1.MemberCluster{}
+		g.Expect(mgmt.Get(ctx, client.ObjectKey{Name: m2.Name}, mc)).To(Succeed())
+		mc.Labels["tier"] = tier
+		g.Expect(mgmt.Update(ctx, mc)).To(Succeed())
+	}
+	relabel("elsewhere")
+	t.Cleanup(func() { relabel("real") })
+	g.Eventually(func(g Gomega) {
+		n := getQuota(g, "x-quota")
+		g.Expect(readyReason(n.Status.Conditions)).To(Equal("False/" + tenancyv1.ReasonClustersOutsideWorkspace))
+		g.Expect(apierrors.IsNotFound(m2.Client.Get(ctx, client.ObjectKey{Namespace: "x-quota", Name: QuotaName}, &corev1.ResourceQuota{}))).To(BeTrue())
+		g.Expect(apierrors.IsNotFound(m2.Client.Get(ctx, client.ObjectKey{Namespace: "x-quota", Name: "paddock-x-view"}, &rbacv1.RoleBinding{}))).To(BeTrue())
+		g.Expect(canListPods(g, as(t, m2, "xu"), "x-quota")).To(BeFalse())
+	}, eventuallyWait, poll).Should(Succeed())
+	// The cluster still in the workspace keeps both.
+	m1 := env.Members[0]
+	g.Expect(m1.Client.Get(ctx, client.ObjectKey{Namespace: "x-quota", Name: QuotaName}, &corev1.ResourceQuota{})).To(Succeed())
+	g.Expect(m1.Client.Get(ctx, client.ObjectKey{Namespace: "x-quota", Name: "paddock-x-view"}, &rbacv1.RoleBinding{})).To(Succeed())
+
+	relabel("real")
+	expectReady(t, "x-quota")
+	expectGrantReady(t, "x-view", 2)
+}
