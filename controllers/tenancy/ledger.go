@@ -84,8 +84,9 @@ func Admit(budget corev1.ResourceList, ledger []tenancyv1.Allocation, claims []C
 			}
 			kept[c.Name] = a
 			addTo(out.Allocated, amount(a.Hard, a.Clusters))
-			// Decided again when its spec or the clusters it selects changed.
-			if c.Hold || (a.Generation == c.Generation && a.Clusters == c.Clusters) {
+			// Decided again when its spec or the clusters it selects changed, or when what the
+			// budget counts of it did (a resource added to the budget: it must set it too).
+			if c.Hold || (a.Generation == c.Generation && a.Clusters == c.Clusters && sameCounted(a.Hard, c.Hard, budget)) {
 				continue
 			}
 		}
@@ -135,6 +136,22 @@ func Admit(budget corev1.ResourceList, ledger []tenancyv1.Allocation, claims []C
 	}
 	sort.Slice(out.Allocations, func(i, j int) bool { return out.Allocations[i].NamespaceQuota < out.Allocations[j].NamespaceQuota })
 	return out
+}
+
+// sameCounted says whether an allocation holds exactly what the budget counts of hard: the same
+// resources, the same quantities.
+func sameCounted(allocated, hard, budget corev1.ResourceList) bool {
+	want := budgeted(hard, budget)
+	if len(allocated) != len(want) {
+		return false
+	}
+	for name, q := range want {
+		a, ok := allocated[name]
+		if !ok || a.Cmp(q) != 0 {
+			return false
+		}
+	}
+	return len(missingResources(budget, hard)) == 0
 }
 
 // grows says whether claim c, in place of what was kept for it, takes more of a budgeted

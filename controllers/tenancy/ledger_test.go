@@ -153,3 +153,26 @@ func TestAnAllocationOfAnEarlierObjectOfTheNameIsNotKept(t *testing.T) {
 	g.Expect(adm.Allocations[0].UID).To(BeEquivalentTo("new"))
 	g.Expect(adm.Allocations[0].Hard.Pods().String()).To(Equal("3"))
 }
+
+// A resource added to the budget later: every claim is decided again, and one that does not
+// set it is refused (its namespace would be unlimited in it, and uncounted).
+func TestAResourceAddedToTheBudgetDecidesClaimsAgain(t *testing.T) {
+	g := NewWithT(t)
+	t0 := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+	claims := []Claim{
+		{Name: "sets-it", UID: "1", Generation: 1, Created: t0, Hard: list("pods", "2", "requests.cpu", "1"), Clusters: 2},
+		{Name: "lacks-it", UID: "2", Generation: 1, Created: t0.Add(time.Minute), Hard: list("pods", "2"), Clusters: 2},
+	}
+	adm := Admit(list("pods", "10"), nil, claims)
+	g.Expect(admitted(adm)).To(HaveLen(2))
+	adm = Admit(list("pods", "10", "requests.cpu", "4"), adm.Allocations, claims)
+	g.Expect(adm.Refused).To(HaveKeyWithValue("lacks-it", ContainSubstring("spec.hard must set it too")))
+	var counted []string
+	for _, a := range adm.Allocations {
+		if _, ok := a.Hard[corev1.ResourceRequestsCPU]; ok {
+			counted = append(counted, a.NamespaceQuota)
+		}
+	}
+	g.Expect(counted).To(ConsistOf("sets-it"), "its cpu is now counted")
+	g.Expect(allocated(adm, "requests.cpu")).To(Equal("2"))
+}

@@ -606,8 +606,9 @@ func admittedFor(alloc *tenancyv1.Allocation, nsq *tenancyv1.NamespaceQuota, bud
 		return false
 	}
 	for name := range budget {
-		a, s := alloc.Hard[name], nsq.Spec.Hard.Core()[name]
-		if a.Cmp(s) != 0 {
+		a, okA := alloc.Hard[name]
+		s, okS := nsq.Spec.Hard[name]
+		if !okA || !okS || a.Cmp(s) != 0 {
 			return false
 		}
 	}
