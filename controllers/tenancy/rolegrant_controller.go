@@ -701,106 +701,87 @@ func (r *RoleGrantReconciler) syncCluster(ctx context.Context, rg *tenancyv1.Rol
 }
 
 func (r *RoleGrantReconciler) applyRoleBinding(ctx context.Context, kc kubernetes.Interface, ns, name string, labels map[string]string, subjects []rbacv1.Subject, ref rbacv1.RoleRef) (string, bool, error) {
-	rbs := kc.RbacV1().RoleBindings(ns)
 	want := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels}, Subjects: subjects, RoleRef: ref}
-	// Not in the pass's list of this RoleGrant's bindings: most likely missing, so created
-	// straight away (one request); one that exists unlabelled is read and judged below.
-	b, err := rbs.Create(ctx, want, metav1.CreateOptions{FieldManager: fieldManager})
-	if err == nil {
-		return b.ResourceVersion, true, nil
-	}
-	if !apierrors.IsAlreadyExists(err) {
-		return "", false, err
-	}
-	b, err = rbs.Get(ctx, name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		b, err = rbs.Create(ctx, want, metav1.CreateOptions{FieldManager: fieldManager})
-		if err != nil {
-			return "", false, err
-		}
-		return b.ResourceVersion, true, nil
-	case err != nil:
-		return "", false, err
-	}
-	if b.Labels[ManagedByLabel] != managedBy {
-		return "", false, fmt.Errorf("a RoleBinding of that name, not made by Paddock, exists; Paddock leaves it alone")
-	}
-	if b.RoleRef != ref {
-		// roleRef is immutable: replaced.
-		uid := b.UID
-		if err := rbs.Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
-			return "", false, err
-		}
-		b, err = rbs.Create(ctx, want, metav1.CreateOptions{FieldManager: fieldManager})
-		if err != nil {
-			return "", false, err
-		}
-		return b.ResourceVersion, true, nil
-	}
-	if hasAll(b.Labels, labels) && equality.Semantic.DeepEqual(b.Subjects, subjects) {
-		return b.ResourceVersion, false, nil
-	}
-	b = b.DeepCopy()
-	for k, v := range labels {
-		b.Labels[k] = v
-	}
-	b.Subjects = subjects
-	b, err = rbs.Update(ctx, b, metav1.UpdateOptions{FieldManager: fieldManager})
-	if err != nil {
-		return "", false, err
-	}
-	return b.ResourceVersion, true, nil
+	return applyBinding(ctx, kc.RbacV1().RoleBindings(ns), "RoleBinding", want,
+		func(b *rbacv1.RoleBinding) (*metav1.ObjectMeta, *[]rbacv1.Subject, rbacv1.RoleRef) {
+			return &b.ObjectMeta, &b.Subjects, b.RoleRef
+		},
+		(*rbacv1.RoleBinding).DeepCopy)
 }
 
 func (r *RoleGrantReconciler) applyClusterRoleBinding(ctx context.Context, kc kubernetes.Interface, name string, labels map[string]string, subjects []rbacv1.Subject, ref rbacv1.RoleRef) (string, bool, error) {
-	crbs := kc.RbacV1().ClusterRoleBindings()
 	want := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, Subjects: subjects, RoleRef: ref}
-	b, err := crbs.Create(ctx, want, metav1.CreateOptions{FieldManager: fieldManager})
-	if err == nil {
-		return b.ResourceVersion, true, nil
-	}
-	if !apierrors.IsAlreadyExists(err) {
-		return "", false, err
-	}
-	b, err = crbs.Get(ctx, name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		b, err = crbs.Create(ctx, want, metav1.CreateOptions{FieldManager: fieldManager})
+	return applyBinding(ctx, kc.RbacV1().ClusterRoleBindings(), "ClusterRoleBinding", want,
+		func(b *rbacv1.ClusterRoleBinding) (*metav1.ObjectMeta, *[]rbacv1.Subject, rbacv1.RoleRef) {
+			return &b.ObjectMeta, &b.Subjects, b.RoleRef
+		},
+		(*rbacv1.ClusterRoleBinding).DeepCopy)
+}
+
+// bindingClient is the typed client of RoleBindings (one namespace) or ClusterRoleBindings.
+type bindingClient[T any] interface {
+	Create(ctx context.Context, b T, opts metav1.CreateOptions) (T, error)
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error)
+	Update(ctx context.Context, b T, opts metav1.UpdateOptions) (T, error)
+	Delete(ctx context.Context, name string, opts metav1.DeleteOptions) error
+}
+
+// applyBinding makes the binding want in a member and says its resourceVersion and whether it
+// wrote. One not in the pass's list of this RoleGrant's bindings is most likely missing, so it is
+// created straight away (one request); one that exists is read: left alone if not Paddock's,
+// replaced if of another role (roleRef is immutable), else updated to want's labels and subjects.
+func applyBinding[T interface {
+	*rbacv1.RoleBinding | *rbacv1.ClusterRoleBinding
+}](ctx context.Context, c bindingClient[T], kind string, want T,
+	parts func(T) (*metav1.ObjectMeta, *[]rbacv1.Subject, rbacv1.RoleRef), deepCopy func(T) T) (string, bool, error) {
+	wm, wsubs, wref := parts(want)
+	create := func() (string, bool, error) {
+		b, err := c.Create(ctx, want, metav1.CreateOptions{FieldManager: fieldManager})
 		if err != nil {
 			return "", false, err
 		}
-		return b.ResourceVersion, true, nil
+		m, _, _ := parts(b)
+		return m.ResourceVersion, true, nil
+	}
+	rv, did, err := create()
+	if err == nil || !apierrors.IsAlreadyExists(err) {
+		return rv, did, err
+	}
+	b, err := c.Get(ctx, wm.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return create()
 	case err != nil:
 		return "", false, err
 	}
-	if b.Labels[ManagedByLabel] != managedBy {
-		return "", false, fmt.Errorf("a ClusterRoleBinding of that name, not made by Paddock, exists; Paddock leaves it alone")
+	m, subs, ref := parts(b)
+	if m.Labels[ManagedByLabel] != managedBy {
+		return "", false, fmt.Errorf("a %s of that name, not made by Paddock, exists; Paddock leaves it alone", kind)
 	}
-	if b.RoleRef != ref {
-		uid := b.UID
-		if err := crbs.Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
+	if ref != wref {
+		uid := m.UID
+		if err := c.Delete(ctx, wm.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
 			return "", false, err
 		}
-		b, err = crbs.Create(ctx, want, metav1.CreateOptions{FieldManager: fieldManager})
-		if err != nil {
-			return "", false, err
-		}
-		return b.ResourceVersion, true, nil
+		return create()
 	}
-	if hasAll(b.Labels, labels) && equality.Semantic.DeepEqual(b.Subjects, subjects) {
-		return b.ResourceVersion, false, nil
+	if hasAll(m.Labels, wm.Labels) && equality.Semantic.DeepEqual(*subs, *wsubs) {
+		return m.ResourceVersion, false, nil
 	}
-	b = b.DeepCopy()
-	for k, v := range labels {
-		b.Labels[k] = v
+	b = deepCopy(b)
+	m, subs, _ = parts(b)
+	if m.Labels == nil {
+		m.Labels = map[string]string{}
 	}
-	b.Subjects = subjects
-	b, err = crbs.Update(ctx, b, metav1.UpdateOptions{FieldManager: fieldManager})
-	if err != nil {
+	for k, v := range wm.Labels {
+		m.Labels[k] = v
+	}
+	*subs = *wsubs
+	if b, err = c.Update(ctx, b, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
 		return "", false, err
 	}
-	return b.ResourceVersion, true, nil
+	m, _, _ = parts(b)
+	return m.ResourceVersion, true, nil
 }
 
 // verificationFor picks one thing the role grants, to ask the authorizer about: the first
